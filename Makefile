@@ -1,0 +1,46 @@
+# Two commands do everything: `make run` (set up, migrate, start API + worker) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+API_WORKERS ?= 1
+export DATABASE_URL ?= mysql://root@127.0.0.1:3306/doctor_appointments
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: install run migrate test bench lint check-services clean
+
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BIN)/activate
+
+install: $(BIN)/activate  ## virtualenv with the service, the worker and the test tools
+
+check-services: install  ## say plainly when MySQL or Redis is not there
+	@$(BIN)/python scripts/check_services.py
+
+migrate: check-services  ## create the database if missing and apply the migrations
+	$(BIN)/python -m service migrate
+
+run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
+	@echo "API:      http://127.0.0.1:$(PORT)"
+	@echo "Swagger:  http://127.0.0.1:$(PORT)/schema/swagger"
+	@echo "ReDoc:    http://127.0.0.1:$(PORT)/schema/redoc"
+	@echo "Health:   http://127.0.0.1:$(PORT)/health"
+	@trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/arq worker.WorkerSettings & \
+	$(BIN)/uvicorn service.app:app --host 0.0.0.0 --port $(PORT) --workers $(API_WORKERS) & \
+	wait
+
+test: check-services  ## the whole suite against the local MariaDB/MySQL and Redis
+	$(BIN)/pytest
+
+bench: check-services  ## the booking benchmark; writes tests/bench/results/latest.json
+	$(BIN)/python -m tests.bench.run
+
+lint: install
+	$(BIN)/ruff check service worker tests scripts
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

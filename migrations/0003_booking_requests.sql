@@ -1,0 +1,27 @@
+-- depends: 0001_users
+-- The durable record of every POST /appointments: written before the 202, decided by a worker.
+CREATE TABLE booking_requests (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    patient_id BIGINT UNSIGNED NOT NULL,
+    doctor_id BIGINT UNSIGNED NOT NULL,
+    start_time DATETIME(6) NOT NULL,
+    end_time DATETIME(6) NOT NULL,
+    notes VARCHAR(2000) NULL,
+    status ENUM('pending', 'confirmed', 'rejected', 'failed') NOT NULL DEFAULT 'pending',
+    reason VARCHAR(64) NULL,
+    appointment_id BIGINT UNSIGNED NULL,
+    idempotency_key VARCHAR(255) NULL,
+    -- Fingerprint of the body sent with the idempotency key, to refuse the same key with another body.
+    request_fingerprint CHAR(64) NULL,
+    attempts INT UNSIGNED NOT NULL DEFAULT 0,
+    created_at DATETIME(6) NOT NULL,
+    decided_at DATETIME(6) NULL,
+    PRIMARY KEY (id),
+    UNIQUE KEY uq_booking_requests_idempotency (patient_id, idempotency_key),
+    KEY idx_booking_requests_patient (patient_id, id),
+    KEY idx_booking_requests_doctor_pending (doctor_id, status, id),
+    KEY idx_booking_requests_status_created (status, created_at),
+    CONSTRAINT fk_booking_requests_patient FOREIGN KEY (patient_id) REFERENCES users (id) ON DELETE CASCADE,
+    CONSTRAINT fk_booking_requests_doctor FOREIGN KEY (doctor_id) REFERENCES users (id) ON DELETE CASCADE,
+    CONSTRAINT chk_booking_requests_interval CHECK (end_time > start_time)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci

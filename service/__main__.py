@@ -1,0 +1,42 @@
+"""`python -m service migrate` creates the database if needed and applies the migrations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from service.settings import Settings, SettingsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("migrate", help="create the database if missing and apply every migration")
+    commands.add_parser("rollback", help="roll back every migration (drops the tables)")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    from service.db import migrate
+
+    address = settings.mysql
+    try:
+        done = migrate(settings, rollback_all=args.command == "rollback")
+    except Exception as exc:  # noqa: BLE001 - say plainly what to start
+        if "Can't connect" in str(exc) or "Connection refused" in str(exc) or "2003" in str(exc):
+            print(f"cannot reach MySQL at {address.host}:{address.port}: {exc}\n"
+                  "Start it (e.g. `docker compose up -d mysql`, or your local MariaDB/MySQL) "
+                  "or point DATABASE_URL at a running server.", file=sys.stderr)
+            return 1
+        raise
+    verb = "rolled back" if args.command == "rollback" else "applied"
+    print(f"{address.database}: {verb} {len(done)} migration(s){': ' + ', '.join(done) if done else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Accounts: register, login, the current user, forgot and reset password."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Annotated
+
+import msgspec
+from arq.connections import ArqRedis
+from litestar import Controller, Response, get, post
+from litestar.params import Body
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from msgspec import Meta
+
+from service.db import ER_DUP_ENTRY, Connection, Database, mysql_error_code
+from service.errors import Conflict, InvalidInput, NotAuthenticated
+from service.ratelimit import limit_per_account
+from service.security import (
+    MAX_PASSWORD_BYTES,
+    PUBLIC,
+    CurrentUser,
+    Passwords,
+    Role,
+    hash_reset_token,
+    issue_access_token,
+    new_reset_token,
+)
+from service.settings import Settings
+from service.times import from_row, utcnow
+
+log = logging.getLogger("service")
+
+# Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed.
+Email = Annotated[str, Meta(max_length=255, pattern=r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$",
+                            examples=["ada@clinic.example"])]
+Password = Annotated[str, Meta(min_length=8, max_length=72, description="8 to 72 UTF-8 bytes")]
+Name = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"\S")]
+Specialty = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"\S")]
+
+
+class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    name: Name
+    role: Role
+    password: Password
+    specialty: Specialty | None = None
+
+
+class LoginIn(msgspec.Struct):
+    email: Email
+    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class ForgotPasswordIn(msgspec.Struct):
+    email: Email
+
+
+class ResetPasswordIn(msgspec.Struct):
+    token: Annotated[str, Meta(min_length=1, max_length=256)]
+    new_password: Password
+
+
+class UserOut(msgspec.Struct):
+    id: int
+    email: str
+    name: str
+    role: Role
+    specialty: str | None
+    created_at: datetime
+
+
+class TokenOut(msgspec.Struct):
+    access_token: str
+    expires_in: int
+    token_type: str = "bearer"
+
+
+class AcceptedOut(msgspec.Struct):
+    detail: str
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def check_password_bytes(password: str, field: str) -> None:
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise InvalidInput(f"must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8", field=field)
+
+
+class AuthController(Controller):
+    path = "/auth"
+    tags = ["accounts"]
+
+    @post("/register", opt=PUBLIC, status_code=HTTP_201_CREATED, operation_id="register",
+          summary="Register a doctor or a patient")
+    async def register(self, data: Annotated[RegisterIn, Body()], db: Database, passwords: Passwords) -> UserOut:
+        check_password_bytes(data.password, "password")
+        if data.specialty is not None and data.role != "Doctor":
+            raise InvalidInput("only doctors have a specialty", field="specialty")
+        email = normalize_email(data.email)
+        row = {
+            "email": email,
+            "name": data.name.strip(),
+            "role": data.role,
+            "specialty": data.specialty.strip() if data.specialty else None,
+            "password_hash": await passwords.hash(data.password),
+            "created_at": utcnow(),
+        }
+        try:
+            _, user_id = await db.execute("insert_user", row)
+        except Exception as exc:
+            if mysql_error_code(exc) == ER_DUP_ENTRY:
+                raise Conflict("an account with this email already exists") from None
+            raise
+        return from_row(UserOut, {**row, "id": user_id})
+
+    @post("/login", opt=PUBLIC, status_code=200, operation_id="login", summary="Exchange credentials for a token")
+    async def login(
+        self, data: Annotated[LoginIn, Body()], db: Database, redis: ArqRedis, passwords: Passwords,
+        settings: Settings,
+    ) -> TokenOut:
+        email = normalize_email(data.email)
+        await limit_per_account(redis, "login", email, settings.login_rate_limit_per_minute)
+        user = await db.fetch_one("find_user_by_email", {"email": email})
+        # The same check runs (against a decoy hash) for an unknown email: same answer, same time.
+        if not await passwords.verify(data.password, user["password_hash"] if user else None) or user is None:
+            raise NotAuthenticated("email or password is wrong")
+        token, lifetime = issue_access_token(user["id"], user["role"], user["token_version"], settings)
+        return TokenOut(access_token=token, expires_in=lifetime)
+
+    @get("/me", operation_id="getCurrentUser", summary="The user the token belongs to")
+    async def me(self, user: CurrentUser, db: Database) -> UserOut:
+        row = await db.fetch_one("find_user_by_id", {"id": user.id})
+        if row is None:  # deleted between the token check and here
+            raise NotAuthenticated()
+        return from_row(UserOut, row)
+
+    @post("/forgot-password", opt=PUBLIC, status_code=HTTP_202_ACCEPTED, operation_id="forgotPassword",
+          summary="Email a password-reset token, if the account exists")
+    async def forgot_password(
+        self, data: Annotated[ForgotPasswordIn, Body()], db: Database, redis: ArqRedis, settings: Settings
+    ) -> AcceptedOut:
+        email = normalize_email(data.email)
+        await limit_per_account(redis, "forgot-password", email, settings.login_rate_limit_per_minute)
+        user = await db.fetch_one("find_user_by_email", {"email": email})
+        if user is not None:
+            token, token_hash = new_reset_token()
+            now = utcnow()
+            async with db.transaction() as tx:
+                await tx.execute("retire_reset_tokens", {"user_id": user["id"], "now": now})
+                await tx.execute("insert_reset_token", {
+                    "user_id": user["id"], "token_hash": token_hash, "now": now,
+                    "expires_at": now + timedelta(minutes=settings.reset_token_minutes),
+                })
+            await send_reset_email(redis, user["email"], user["name"], token, settings)
+        return AcceptedOut(detail="If an account exists for this email, a reset token is on its way to it")
+
+    @post("/reset-password", opt=PUBLIC, status_code=HTTP_204_NO_CONTENT, operation_id="resetPassword",
+          summary="Set a new password with a token from the reset email")
+    async def reset_password(
+        self, data: Annotated[ResetPasswordIn, Body()], tx: Connection, passwords: Passwords
+    ) -> Response[None]:
+        check_password_bytes(data.new_password, "new_password")
+        now = utcnow()
+        token = await tx.fetch_one("lock_reset_token", {"token_hash": hash_reset_token(data.token)})
+        if token is None or token["used_at"] is not None or token["expires_at"] <= now:
+            raise InvalidInput("the reset token is invalid, used or expired", field="token")
+        password_hash = await passwords.hash(data.new_password)
+        await tx.execute("change_password", {"id": token["user_id"], "password_hash": password_hash})
+        await tx.execute("retire_reset_tokens", {"user_id": token["user_id"], "now": now})
+        return Response(None, status_code=HTTP_204_NO_CONTENT)
+
+
+async def send_reset_email(redis: ArqRedis, to: str, name: str, token: str, settings: Settings) -> None:
+    """Queue the reset email. A lost email is not a lost booking: the user can simply ask again."""
+    body = (
+        f"Hello {name},\n\n"
+        "Someone asked to reset the password of your Doctor Appointments account.\n"
+        f"Your reset token (valid for {settings.reset_token_minutes} minutes, usable once):\n\n"
+        f"    {token}\n\n"
+        "Send it with your new password to POST /auth/reset-password.\n"
+        "If you did not ask for this, ignore this email: your password stays as it is.\n"
+    )
+    try:
+        await redis.enqueue_job("send_email", to, "Reset your password", body)
+    except Exception:  # noqa: BLE001
+        log.exception("could not queue the password-reset email")

@@ -1,0 +1,244 @@
+"""Appointments: queue-backed booking, reading and cancelling."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+import msgspec
+from arq.connections import ArqRedis
+from litestar import Controller, Response, delete, get, post
+from litestar.openapi import ResponseSpec
+from litestar.params import Body, Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+from msgspec import Meta
+
+from service.booking import enqueue_booking
+from service.booking_requests import read_own_request, status_url, to_out, wait_for_decision
+from service.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
+from service.errors import Conflict, InvalidInput, NotFound
+from service.notify import DecisionListener
+from service.paging import From, Limit, Offset, To, time_range
+from service.security import CurrentUser, requires_patient
+from service.times import from_row, to_db, utcnow
+
+AppointmentStatus = Literal["confirmed", "cancelled"]
+MAX_APPOINTMENT = timedelta(hours=8)
+MAX_PREFER_WAIT = 10
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+
+
+class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
+    doctor_id: Annotated[int, Meta(ge=1, le=2**63 - 1)]
+    start_time: datetime
+    end_time: datetime
+    notes: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+class BookingAccepted(msgspec.Struct):
+    request_id: int
+    status: str
+    status_url: str
+
+
+class AppointmentOut(msgspec.Struct):
+    id: int
+    booking_request_id: int
+    doctor_id: int
+    doctor_name: str
+    patient_id: int
+    patient_name: str
+    start_time: datetime
+    end_time: datetime
+    notes: str | None
+    status: AppointmentStatus
+    created_at: datetime
+    cancelled_at: datetime | None
+    cancelled_by: int | None
+    cancel_reason: str | None
+
+
+class AppointmentPage(msgspec.Struct):
+    items: list[AppointmentOut]
+    total: int
+    limit: int
+    offset: int
+
+
+def prefer_wait(prefer: str | None) -> int:
+    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; 0 when absent or malformed."""
+    match = PREFER_WAIT.search(prefer or "")
+    return min(int(match.group(1)), MAX_PREFER_WAIT) if match else 0
+
+
+def check_booking(data: BookingIn) -> tuple[datetime, datetime]:
+    start = to_db(data.start_time, "start_time")
+    end = to_db(data.end_time, "end_time")
+    if end <= start:
+        raise InvalidInput("must be after start_time", field="end_time")
+    if start <= utcnow():
+        raise InvalidInput("must be in the future", field="start_time")
+    if end - start > MAX_APPOINTMENT:
+        raise InvalidInput("an appointment is at most 8 hours long", field="end_time")
+    return start, end
+
+
+def fingerprint(data: BookingIn, start: datetime, end: datetime) -> str:
+    """What makes two bodies "the same request" for an Idempotency-Key."""
+    canonical = f"{data.doctor_id}|{start.isoformat()}|{end.isoformat()}|{data.notes or ''}"
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def store_request(
+    db: Database, data: BookingIn, patient_id: int, idempotency_key: str | None
+) -> int:
+    """Store the pending request (or find the one this Idempotency-Key already made); return its id."""
+    start, end = check_booking(data)
+    digest = fingerprint(data, start, end) if idempotency_key else None
+    if idempotency_key:
+        first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
+        if first is not None:
+            return first
+    if await db.fetch_one("find_doctor", {"id": data.doctor_id}) is None:
+        raise NotFound(f"no doctor with id {data.doctor_id}")
+    try:
+        _, request_id = await db.execute("insert_booking_request", {
+            "patient_id": patient_id, "doctor_id": data.doctor_id, "start_time": start, "end_time": end,
+            "notes": data.notes, "idempotency_key": idempotency_key, "fingerprint": digest,
+            "created_at": utcnow(),
+        })
+    except Exception as exc:
+        if mysql_error_code(exc) == ER_DUP_ENTRY and idempotency_key:  # the same key raced in twice
+            first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
+            if first is not None:
+                return first
+        raise
+    return request_id
+
+
+async def find_by_idempotency_key(db: Database, patient_id: int, key: str, digest: str | None) -> int | None:
+    first = await db.fetch_one("find_booking_request_by_idempotency_key",
+                               {"patient_id": patient_id, "idempotency_key": key})
+    if first is None:
+        return None
+    if first["request_fingerprint"] != digest:
+        raise Conflict("this Idempotency-Key was already used with a different request body")
+    return first["id"]
+
+
+async def find_appointment(db: Database | Connection, appointment_id: int, user: CurrentUser) -> Row:
+    row = await db.fetch_one("find_appointment_for_user", {"id": appointment_id, "user_id": user.id})
+    if row is None:
+        raise NotFound(f"no appointment {appointment_id} of yours")
+    return row
+
+
+async def list_appointments(
+    db: Database, user: CurrentUser, status: str | None, start: datetime | None, end: datetime | None,
+    limit: int, offset: int,
+) -> AppointmentPage:
+    """The caller's appointments: a doctor's schedule or a patient's bookings, by start time."""
+    range_start, range_end = time_range(start, end)
+    params = {
+        "doctor_id": user.id if user.role == "Doctor" else None,
+        "patient_id": user.id if user.role == "Patient" else None,
+        "status": status, "from": range_start, "to": range_end,
+    }
+    async with db.connection() as conn:
+        rows = await conn.fetch_all("list_appointments_for_user", {**params, "limit": limit, "offset": offset})
+        total = await conn.fetch_value("count_appointments_for_user", params)
+    return AppointmentPage([from_row(AppointmentOut, r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+class AppointmentController(Controller):
+    path = "/appointments"
+    tags = ["appointments"]
+
+    @post(
+        "/", guards=[requires_patient], status_code=HTTP_202_ACCEPTED, operation_id="bookAppointment",
+        summary="Ask for an appointment; a worker decides it",
+        description=(
+            "Stores a booking request and answers 202 with its status URL. Send `Prefer: wait=N` (N ≤ 10) to "
+            "wait for the decision: 201 with the appointment, or 409 with the reason, if it comes in time. "
+            "The same `Idempotency-Key` returns the first request instead of making another."
+        ),
+        responses={HTTP_201_CREATED: ResponseSpec(AppointmentOut, description="Booked (with Prefer: wait)")},
+    )
+    async def book(
+        self,
+        data: Annotated[BookingIn, Body()],
+        user: CurrentUser,
+        db: Database,
+        redis: ArqRedis,
+        listener: DecisionListener,
+        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", min_length=1,
+                                                         max_length=255)] = None,
+        prefer: Annotated[str | None, Parameter(header="Prefer", max_length=200)] = None,
+    ) -> Response[BookingAccepted]:
+        request_id = await store_request(db, data, user.id, idempotency_key)
+        await enqueue_booking(redis, request_id)
+        wait = prefer_wait(prefer)
+        if wait:
+            row = await wait_for_decision(db, listener, request_id, user.id, wait)
+            decided = await decided_response(db, row, user)
+            if decided is not None:
+                return decided
+        else:
+            row = await read_own_request(db, request_id, user.id)
+        headers = {"Location": status_url(request_id)}
+        if wait:
+            headers["Preference-Applied"] = f"wait={wait}"
+        return Response(
+            BookingAccepted(request_id=request_id, status=row["status"], status_url=status_url(request_id)),
+            status_code=HTTP_202_ACCEPTED, headers=headers,
+        )
+
+    @get("/my-appointments", operation_id="listMyAppointments",
+         summary="Your appointments: a patient's bookings or a doctor's schedule")
+    async def my_appointments(
+        self, user: CurrentUser, db: Database, start: From = None, end: To = None,
+        status: AppointmentStatus | None = None, limit: Limit = 50, offset: Offset = 0,
+    ) -> AppointmentPage:
+        return await list_appointments(db, user, status, start, end, limit, offset)
+
+    @get("/{appointment_id:int}", operation_id="getAppointment", summary="One of your appointments")
+    async def get_appointment(self, appointment_id: int, user: CurrentUser, db: Database) -> AppointmentOut:
+        return from_row(AppointmentOut, await find_appointment(db, appointment_id, user))
+
+    @delete("/{appointment_id:int}", status_code=200, operation_id="cancelAppointment",
+            summary="Cancel an appointment (its patient, or its doctor with a reason)")
+    async def cancel(
+        self,
+        appointment_id: int,
+        user: CurrentUser,
+        tx: Connection,
+        reason: Annotated[str | None, Parameter(min_length=1, max_length=500,
+                                                description="Why; required when the doctor cancels")] = None,
+    ) -> AppointmentOut:
+        appointment = await find_appointment(tx, appointment_id, user)
+        if appointment["status"] == "cancelled":
+            return from_row(AppointmentOut, appointment)
+        if user.role == "Doctor" and not (reason and reason.strip()):
+            raise InvalidInput("a doctor must say why the appointment is cancelled", field="reason")
+        if appointment["start_time"] <= utcnow():
+            raise Conflict("the appointment has already started")
+        # Every writer of a doctor's appointments takes the doctor's row lock first (see booking.py).
+        await tx.fetch_one("lock_doctor", {"doctor_id": appointment["doctor_id"]})
+        await tx.execute("cancel_appointment", {"id": appointment_id, "user_id": user.id, "now": utcnow(),
+                                                "reason": reason.strip() if reason else None})
+        return from_row(AppointmentOut, await find_appointment(tx, appointment_id, user))
+
+
+async def decided_response(db: Database, row: Row, user: CurrentUser) -> Response | None:
+    """For `Prefer: wait`: 201 with the appointment, 409 with the reason, or None while still pending."""
+    if row["status"] == "confirmed":
+        appointment = await find_appointment(db, row["appointment_id"], user)
+        return Response(from_row(AppointmentOut, appointment), status_code=HTTP_201_CREATED,
+                        headers={"Location": f"/appointments/{appointment['id']}"})
+    if row["status"] in ("rejected", "failed"):
+        raise Conflict(f"the booking was {row['status']}: {row['reason']}", reason=row["reason"],
+                       request_id=row["id"], status_url=status_url(row["id"]),
+                       booking_request=msgspec.to_builtins(to_out(row)))
+    return None

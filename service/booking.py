@@ -1,0 +1,169 @@
+"""The booking decision: run by the worker, under the doctor's row lock, in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from redis.asyncio import Redis
+
+from service.db import RETRYABLE_ERRORS, Connection, Database, mysql_error_code
+from service.faults import fault_point
+from service.times import overlaps, utcnow
+
+log = logging.getLogger("service.booking")
+
+BOOK_JOB = "book_appointment"
+DECISIONS_CHANNEL = "booking:decisions"
+
+# Machine-readable reasons a request is rejected or failed.
+SLOT_TAKEN = "slot_taken"
+OUTSIDE_AVAILABILITY = "outside_availability"
+PATIENT_BUSY = "patient_busy"
+DOCTOR_NOT_FOUND = "doctor_not_found"
+IN_PAST = "in_past"
+RETRIES_EXHAUSTED = "retries_exhausted"
+
+
+def booking_job_id(request_id: int) -> str:
+    """arq's job id for a request: enqueueing it again while it is queued or running is a no-op."""
+    return f"booking:{request_id}"
+
+
+async def enqueue_booking(redis: Redis, request_id: int) -> bool:
+    """Queue the decision of a stored request; False (and a log line) if Redis is out of reach.
+
+    The request is safe in MySQL either way: the sweep queues whatever stays pending.
+    """
+    try:
+        await redis.enqueue_job(BOOK_JOB, request_id, _job_id=booking_job_id(request_id))  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not queue booking request %s (the sweep will): %r", request_id, exc)
+        return False
+    return True
+
+
+async def publish_decisions(redis: Redis, request_ids: list[int]) -> None:
+    """Wake the API processes long-polling these requests."""
+    if request_ids:
+        await redis.publish(DECISIONS_CHANNEL, ",".join(map(str, request_ids)))
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    id: int
+    patient_id: int
+    start_time: datetime
+    end_time: datetime
+    notes: str | None
+
+
+@dataclass(slots=True)
+class Decision:
+    request_id: int
+    status: str  # confirmed | rejected
+    reason: str | None = None
+
+
+def decide(
+    requests: list[PendingRequest],
+    windows: list[tuple[datetime, datetime]],
+    doctor_busy: list[tuple[datetime, datetime]],
+    patient_busy: dict[int, list[tuple[datetime, datetime]]],
+    now: datetime,
+) -> list[Decision]:
+    """Decide requests in order, each seeing the ones confirmed before it. Pure: no I/O."""
+    decisions = []
+    for request in requests:
+        slot = (request.start_time, request.end_time)
+        if request.start_time <= now:
+            reason = IN_PAST
+        elif not any(start <= slot[0] and slot[1] <= end for start, end in windows):
+            reason = OUTSIDE_AVAILABILITY
+        elif any(overlaps(*slot, *busy) for busy in doctor_busy):
+            reason = SLOT_TAKEN
+        elif any(overlaps(*slot, *busy) for busy in patient_busy[request.patient_id]):
+            reason = PATIENT_BUSY
+        else:
+            doctor_busy.append(slot)
+            patient_busy[request.patient_id].append(slot)
+            decisions.append(Decision(request.id, "confirmed"))
+            continue
+        decisions.append(Decision(request.id, "rejected", reason))
+    return decisions
+
+
+async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: int) -> list[Decision]:
+    """Decide up to `batch_size` pending requests of one doctor inside the caller's transaction.
+
+    The doctor's row lock serializes every writer of this doctor's schedule; the patients' row locks
+    serialize bookings of one patient with different doctors. Reads come after the locks, and the session
+    runs READ COMMITTED, so they see everything committed before.
+    """
+    doctor = await tx.fetch_one("lock_doctor", {"doctor_id": doctor_id})
+    rows = await tx.fetch_all("lock_pending_requests_of_doctor", {"doctor_id": doctor_id, "limit": batch_size})
+    if not rows:
+        return []
+    requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"]) for r in rows]
+    now = utcnow()
+    if doctor is None:
+        decisions = [Decision(r.id, "rejected", DOCTOR_NOT_FOUND) for r in requests]
+    else:
+        patient_ids = tuple(sorted({r.patient_id for r in requests}))
+        await tx.fetch_all("lock_patients", {"patient_ids": patient_ids})
+        span = {"from": min(r.start_time for r in requests), "to": max(r.end_time for r in requests)}
+        windows = await tx.fetch_all("list_windows_of_doctor_between", {"doctor_id": doctor_id, **span})
+        taken = await tx.fetch_all("list_confirmed_of_doctor_between", {"doctor_id": doctor_id, **span})
+        patients_taken = await tx.fetch_all("list_confirmed_of_patients_between",
+                                            {"patient_ids": patient_ids, **span})
+        patient_busy: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+        for row in patients_taken:
+            patient_busy[row["patient_id"]].append((row["start_time"], row["end_time"]))
+        decisions = decide(
+            requests,
+            windows=[(w["start_time"], w["end_time"]) for w in windows],
+            doctor_busy=[(t["start_time"], t["end_time"]) for t in taken],
+            patient_busy=patient_busy,
+            now=now,
+        )
+    await record_decisions(tx, doctor_id, requests, decisions, now)
+    fault_point("before_commit")
+    return decisions
+
+
+async def record_decisions(
+    tx: Connection, doctor_id: int, requests: list[PendingRequest], decisions: list[Decision], now: datetime
+) -> None:
+    by_id = {r.id: r for r in requests}
+    confirmed = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
+    if confirmed:
+        await tx.execute_many("insert_appointment", [
+            {"booking_request_id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id,
+             "start_time": r.start_time, "end_time": r.end_time, "notes": r.notes, "now": now}
+            for r in confirmed
+        ])
+        await tx.execute("confirm_booking_requests", {"ids": tuple(r.id for r in confirmed), "now": now})
+    rejected: dict[str, list[int]] = defaultdict(list)
+    for d in decisions:
+        if d.status == "rejected":
+            rejected[d.reason or ""].append(d.request_id)
+    for reason, ids in rejected.items():
+        await tx.execute("reject_booking_requests", {"ids": tuple(ids), "reason": reason, "now": now})
+
+
+async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attempts: int = 3) -> list[Decision]:
+    """Run the decision in one transaction; a deadlock or lock-wait timeout rolls back and runs it again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with db.transaction() as tx:
+                return await decide_pending_requests(tx, doctor_id, batch_size)
+        except Exception as exc:
+            if mysql_error_code(exc) not in RETRYABLE_ERRORS or attempt == attempts:
+                raise
+            log.info("booking transaction for doctor %s hit MySQL error %s; retrying", doctor_id,
+                     mysql_error_code(exc))
+            await asyncio.sleep(0.005 * 2**attempt)
+    raise AssertionError("unreachable")

@@ -1,0 +1,281 @@
+"""Doctors: the directory, availability windows, bookable slots and the doctor's own schedule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, delete, get, patch, post
+from litestar.params import Body, Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from msgspec import Meta
+
+from service.appointments import AppointmentPage, AppointmentStatus, list_appointments
+from service.db import Connection, Database
+from service.errors import Conflict, InvalidInput, NotFound
+from service.paging import From, Limit, Offset, To, time_range
+from service.security import PUBLIC, CurrentUser, requires_doctor
+from service.times import from_row, overlaps, to_db, utcnow
+
+MAX_WINDOW = timedelta(hours=24)
+MAX_RANGE = timedelta(days=62)
+DEFAULT_RANGE = timedelta(days=14)
+Specialty = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"\S")]
+
+
+class DoctorOut(msgspec.Struct):
+    id: int
+    name: str
+    email: str
+    specialty: str | None
+    created_at: datetime
+
+
+class DoctorPage(msgspec.Struct):
+    items: list[DoctorOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class DoctorPatch(msgspec.Struct, forbid_unknown_fields=True):
+    specialty: Specialty | None
+
+
+class WindowIn(msgspec.Struct, forbid_unknown_fields=True):
+    start_time: datetime
+    end_time: datetime
+
+
+class WindowOut(msgspec.Struct):
+    id: int
+    doctor_id: int
+    start_time: datetime
+    end_time: datetime
+
+
+class Interval(msgspec.Struct):
+    start_time: datetime
+    end_time: datetime
+
+
+class AvailabilityOut(msgspec.Struct):
+    id: int
+    doctor_id: int
+    start_time: datetime
+    end_time: datetime
+    free: list[Interval]
+
+
+class SlotOut(msgspec.Struct):
+    start_time: datetime
+    end_time: datetime
+    availability_id: int
+
+
+class SlotsOut(msgspec.Struct):
+    doctor_id: int
+    duration: int
+    slots: list[SlotOut]
+
+
+WindowsIn = Annotated[list[WindowIn], Meta(min_length=1, max_length=100)]
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with LIKE's own wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class DoctorController(Controller):
+    path = "/doctors"
+    tags = ["doctors"]
+
+    @get("/", opt=PUBLIC, operation_id="listDoctors", summary="List doctors, optionally by name or specialty")
+    async def list_doctors(
+        self,
+        db: Database,
+        q: Annotated[str | None, Parameter(max_length=255, description="Part of the doctor's name")] = None,
+        specialty: Annotated[str | None, Parameter(max_length=100)] = None,
+        limit: Limit = 50,
+        offset: Offset = 0,
+    ) -> DoctorPage:
+        filters = {"name_like": like_pattern(q) if q else None, "specialty": specialty}
+        async with db.connection() as conn:
+            rows = await conn.fetch_all("list_doctors", {**filters, "limit": limit, "offset": offset})
+            total = await conn.fetch_value("count_doctors", filters)
+        return DoctorPage([from_row(DoctorOut, r) for r in rows], total=total, limit=limit, offset=offset)
+
+    @get("/{doctor_id:int}", opt=PUBLIC, operation_id="getDoctor", summary="A doctor's profile")
+    async def get_doctor(self, doctor_id: int, db: Database) -> DoctorOut:
+        return from_row(DoctorOut, await find_doctor(db, doctor_id))
+
+    @patch("/me", guards=[requires_doctor], operation_id="updateMyDoctorProfile", summary="Change your specialty")
+    async def update_me(self, data: Annotated[DoctorPatch, Body()], user: CurrentUser, tx: Connection) -> DoctorOut:
+        specialty = data.specialty.strip() if data.specialty else None
+        await tx.execute("update_doctor_specialty", {"id": user.id, "specialty": specialty})
+        return from_row(DoctorOut, await find_doctor(tx, user.id))
+
+    @post("/availability", guards=[requires_doctor], status_code=HTTP_201_CREATED,
+          operation_id="addAvailability", summary="Publish one window, or several all-or-none")
+    async def add_availability(
+        self, data: Annotated[WindowIn | WindowsIn, Body()], user: CurrentUser, tx: Connection
+    ) -> WindowOut | list[WindowOut]:
+        windows = [data] if isinstance(data, WindowIn) else data
+        now = utcnow()
+        checked = [check_window(window, index if isinstance(data, list) else None, now)
+                   for index, window in enumerate(windows)]
+        for i, (start, end) in enumerate(checked):
+            for other_start, other_end in checked[:i]:
+                if overlaps(start, end, other_start, other_end):
+                    raise Conflict("two of the windows sent overlap each other")
+        # Same row lock as booking: a window cannot change while a booking into it is being decided.
+        await tx.fetch_one("lock_doctor", {"doctor_id": user.id})
+        created = []
+        for start, end in checked:
+            params = {"doctor_id": user.id, "start_time": start, "end_time": end}
+            in_the_way = await tx.fetch_one("find_overlapping_availability", params)
+            if in_the_way:
+                raise Conflict("the window overlaps one you already published",
+                               conflicting_window=msgspec.to_builtins(from_row(Interval, in_the_way)) | {
+                                   "id": in_the_way["id"]})
+            _, window_id = await tx.execute("insert_availability", {**params, "created_at": now})
+            created.append(from_row(WindowOut, {**params, "id": window_id}))
+        return created[0] if isinstance(data, WindowIn) else created
+
+    @delete("/availability/{availability_id:int}", guards=[requires_doctor], status_code=HTTP_204_NO_CONTENT,
+            operation_id="deleteAvailability", summary="Withdraw a window that has no confirmed appointment")
+    async def delete_availability(self, availability_id: int, user: CurrentUser, tx: Connection) -> Response[None]:
+        await tx.fetch_one("lock_doctor", {"doctor_id": user.id})
+        window = await tx.fetch_one("find_availability", {"id": availability_id})
+        if window is None or window["doctor_id"] != user.id:
+            raise NotFound("no such availability window of yours")
+        if await tx.fetch_one("find_confirmed_appointment_in_window", window):
+            raise Conflict("a confirmed appointment lies inside this window; cancel it first")
+        await tx.execute("delete_availability", {"id": availability_id})
+        return Response(None, status_code=HTTP_204_NO_CONTENT)
+
+    @get("/{doctor_id:int}/availability", opt=PUBLIC, operation_id="getDoctorAvailability",
+         summary="A doctor's windows in a range, each with its free intervals")
+    async def get_availability(
+        self, doctor_id: int, db: Database, start: From = None, end: To = None
+    ) -> list[AvailabilityOut]:
+        windows, busy = await windows_and_busy(db, doctor_id, start, end)
+        return [
+            from_row(AvailabilityOut, {**w, "free": [from_row(Interval, {"start_time": s, "end_time": e})
+                                                      for s, e in free_intervals(w, busy)]})
+            for w in windows
+        ]
+
+    @get("/{doctor_id:int}/slots", opt=PUBLIC, operation_id="getDoctorSlots",
+         summary="Bookable slots of a given length, aligned to each window's start")
+    async def get_slots(
+        self,
+        doctor_id: int,
+        db: Database,
+        start: From = None,
+        end: To = None,
+        duration: Annotated[int, Parameter(ge=5, le=480, description="Slot length in minutes")] = 30,
+    ) -> SlotsOut:
+        windows, busy = await windows_and_busy(db, doctor_id, start, end)
+        range_start, range_end = resolve_range(start, end)
+        earliest = max(range_start, utcnow())
+        step = timedelta(minutes=duration)
+        slots = [
+            SlotOut(start_time=s, end_time=e, availability_id=window_id)
+            for window_id, s, e in bookable_slots(windows, busy, step, earliest, range_end)
+        ]
+        return SlotsOut(doctor_id=doctor_id, duration=duration, slots=slots)
+
+    @get("/my-appointments", guards=[requires_doctor], operation_id="listMyDoctorAppointments",
+         summary="Your schedule, with each patient's name")
+    async def my_appointments(
+        self, user: CurrentUser, db: Database, start: From = None, end: To = None,
+        status: AppointmentStatus | None = None, limit: Limit = 50, offset: Offset = 0,
+    ) -> AppointmentPage:
+        return await list_appointments(db, user, status, start, end, limit, offset)
+
+
+async def find_doctor(db: Database | Connection, doctor_id: int) -> dict:
+    doctor = await db.fetch_one("find_doctor", {"id": doctor_id})
+    if doctor is None:
+        raise NotFound(f"no doctor with id {doctor_id}")
+    return doctor
+
+
+def check_window(window: WindowIn, index: int | None, now: datetime) -> tuple[datetime, datetime]:
+    prefix = f"[{index}]." if index is not None else ""
+    start = to_db(window.start_time, prefix + "start_time")
+    end = to_db(window.end_time, prefix + "end_time")
+    if end <= start:
+        raise InvalidInput("must be after start_time", field=prefix + "end_time")
+    if start <= now:
+        raise InvalidInput("must be in the future", field=prefix + "start_time")
+    if end - start > MAX_WINDOW:
+        raise InvalidInput("a window is at most 24 hours long", field=prefix + "end_time")
+    return start, end
+
+
+def resolve_range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    """The [from, to) of a schedule read: from now by default, two weeks long by default, at most 62 days."""
+    range_start, range_end = time_range(start, end)
+    range_start = range_start or utcnow()
+    range_end = range_end or range_start + DEFAULT_RANGE
+    if range_end <= range_start:
+        raise InvalidInput("must be after from", field="to")
+    if range_end - range_start > MAX_RANGE:
+        raise InvalidInput("the range is at most 62 days", field="to")
+    return range_start, range_end
+
+
+async def windows_and_busy(
+    db: Database, doctor_id: int, start: datetime | None, end: datetime | None
+) -> tuple[list[dict], list[tuple[datetime, datetime]]]:
+    """The doctor's windows in the range and the confirmed appointments among them: two indexed queries."""
+    range_start, range_end = resolve_range(start, end)
+    params = {"doctor_id": doctor_id, "from": range_start, "to": range_end}
+    async with db.connection() as conn:
+        windows = await conn.fetch_all("list_windows_in_range", params)
+        if not windows:
+            await find_doctor(conn, doctor_id)  # 404 for an unknown doctor, [] for one with no windows
+            return [], []
+        busy_params = {**params, "from": windows[0]["start_time"], "to": max(w["end_time"] for w in windows)}
+        busy = await conn.fetch_all("list_busy_in_range", busy_params)
+    return windows, [(b["start_time"], b["end_time"]) for b in busy]
+
+
+def free_intervals(window: dict, busy: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The window less the (sorted, non-overlapping) busy intervals."""
+    free = []
+    cursor = window["start_time"]
+    for busy_start, busy_end in busy:
+        if busy_end <= cursor or busy_start >= window["end_time"]:
+            continue
+        if busy_start > cursor:
+            free.append((cursor, busy_start))
+        cursor = max(cursor, busy_end)
+    if cursor < window["end_time"]:
+        free.append((cursor, window["end_time"]))
+    return free
+
+
+def bookable_slots(
+    windows: list[dict], busy: list[tuple[datetime, datetime]], step: timedelta, earliest: datetime,
+    latest: datetime,
+) -> list[tuple[int, datetime, datetime]]:
+    """Slots of `step` from each window's start that overlap no busy interval and lie in [earliest, latest)."""
+    slots = []
+    for window in windows:
+        free = free_intervals(window, busy)
+        slot_start = window["start_time"]
+        for free_start, free_end in free:
+            # Keep the window's grid: jump to the first grid point at or after the free interval's start.
+            if slot_start < free_start:
+                slot_start += -((slot_start - free_start) // step) * step
+            while slot_start + step <= free_end:
+                if slot_start >= earliest and slot_start + step <= latest:
+                    slots.append((window["id"], slot_start, slot_start + step))
+                slot_start += step
+    return [(i, s.replace(tzinfo=UTC), e.replace(tzinfo=UTC)) for i, s, e in slots]

@@ -1,0 +1,125 @@
+"""Password hashing, access tokens, the authenticated user and role guards."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import bcrypt
+import jwt
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.security.jwt import JWTAuth, Token
+
+from service.db import Database
+from service.errors import Forbidden
+from service.settings import Settings
+
+Role = Literal["Doctor", "Patient"]
+JWT_ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
+MAX_PASSWORD_BYTES = 72  # bcrypt's limit
+PUBLIC = {"exclude_from_auth": True}  # route opt for endpoints that need no token
+
+
+class CurrentUser(msgspec.Struct, frozen=True):
+    id: int
+    email: str
+    name: str
+    role: Role
+    token_version: int
+
+
+class Passwords:
+    """bcrypt, run in a thread: it releases the GIL, so hashing never blocks the event loop."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        # Checked against when the email is unknown, so both failures cost the same time.
+        self._decoy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
+
+    async def hash(self, password: str) -> str:
+        hashed = await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds))
+        return hashed.decode()
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        candidate = password.encode()
+        # No stored password is longer than bcrypt's 72 bytes; still spend the time, then say no.
+        fits = len(candidate) <= MAX_PASSWORD_BYTES
+        stored = password_hash.encode() if password_hash else self._decoy_hash
+        matches = await asyncio.to_thread(bcrypt.checkpw, candidate[:MAX_PASSWORD_BYTES], stored)
+        return matches and fits and password_hash is not None
+
+
+def issue_access_token(user_id: int, role: str, token_version: int, settings: Settings) -> tuple[str, int]:
+    """A signed HS256 token and its lifetime in seconds."""
+    now = datetime.now(UTC)
+    lifetime = timedelta(minutes=settings.access_token_minutes)
+    claims = {
+        "sub": str(user_id),
+        "role": role,
+        "ver": token_version,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM), int(lifetime.total_seconds())
+
+
+def new_reset_token() -> tuple[str, str]:
+    """A random single-use token for the user, and the SHA-256 we keep of it."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_reset_token(token)
+
+
+def hash_reset_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def load_token_user(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> CurrentUser | None:
+    """The token's user, if it still exists, has that role, and has not changed password since."""
+    try:
+        user_id = int(token.sub)
+    except ValueError:
+        return None
+    db: Database = connection.app.state.db
+    row = await db.fetch_one("find_user_by_id", {"id": user_id})
+    if (
+        row is None
+        or row["role"] != token.extras.get("role")
+        or row["token_version"] != token.extras.get("ver")
+    ):
+        return None
+    return CurrentUser(id=row["id"], email=row["email"], name=row["name"], role=row["role"],
+                       token_version=row["token_version"])
+
+
+def jwt_auth(settings: Settings) -> JWTAuth[CurrentUser]:
+    """Litestar's bearer-token middleware, HS256 only, every claim we issue required."""
+    return JWTAuth[CurrentUser](
+        token_secret=settings.jwt_secret,
+        algorithm=JWT_ALGORITHM,
+        require_claims=list(REQUIRED_CLAIMS),
+        retrieve_user_handler=load_token_user,
+        exclude=["^/schema"],
+        exclude_opt_key="exclude_from_auth",
+        description="An access token from POST /auth/login",
+    )
+
+
+def _require_role(role: Role):  # noqa: ANN202 - a guard factory
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.user.role != role:
+            raise Forbidden(f"Only a {role.lower()} may do this")
+
+    guard.__name__ = f"requires_{role.lower()}"
+    return guard
+
+
+requires_doctor = _require_role("Doctor")
+requires_patient = _require_role("Patient")

@@ -1,0 +1,38 @@
+"""Time conventions: RFC 3339 at the edges, naive UTC in MySQL, half-open intervals everywhere."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+
+from service.errors import InvalidInput
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC value MySQL stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def to_db(value: datetime, field: str) -> datetime:
+    """An input time as naive UTC; a time without an offset is read as UTC."""
+    if value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    except (OverflowError, ValueError):
+        raise InvalidInput("time is out of the supported range", field=field) from None
+
+
+def overlaps(start_a: datetime, end_a: datetime, start_b: datetime, end_b: datetime) -> bool:
+    """Half-open intervals [start, end): touching ends do not overlap."""
+    return start_a < end_b and start_b < end_a
+
+
+def from_row(cls: type[T], row: dict[str, Any]) -> T:
+    """A response struct from a DB row, marking the row's naive UTC datetimes as UTC."""
+    values = {key: value.replace(tzinfo=UTC) if isinstance(value, datetime) else value for key, value in row.items()}
+    return msgspec.convert(values, cls, from_attributes=False, strict=False)

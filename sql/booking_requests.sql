@@ -1,0 +1,82 @@
+-- name: insert_booking_request
+INSERT INTO booking_requests
+    (patient_id, doctor_id, start_time, end_time, notes, idempotency_key, request_fingerprint, created_at)
+VALUES
+    (%(patient_id)s, %(doctor_id)s, %(start_time)s, %(end_time)s, %(notes)s, %(idempotency_key)s,
+     %(fingerprint)s, %(created_at)s);
+
+-- name: find_booking_request_by_idempotency_key
+SELECT id, request_fingerprint FROM booking_requests
+WHERE patient_id = %(patient_id)s AND idempotency_key = %(idempotency_key)s;
+
+-- name: find_booking_request_for_patient
+SELECT id, patient_id, doctor_id, start_time, end_time, notes, status, reason, appointment_id,
+       created_at, decided_at
+FROM booking_requests WHERE id = %(id)s AND patient_id = %(patient_id)s;
+
+-- name: list_booking_requests_for_patient
+SELECT id, patient_id, doctor_id, start_time, end_time, notes, status, reason, appointment_id,
+       created_at, decided_at
+FROM booking_requests
+WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s)
+ORDER BY id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: count_booking_requests_for_patient
+SELECT COUNT(*) FROM booking_requests
+WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s);
+
+-- name: find_booking_request_status
+SELECT doctor_id, status FROM booking_requests WHERE id = %(id)s;
+
+-- name: lock_pending_requests_of_doctor
+-- Oldest first, so a contested slot goes to whoever asked first.
+SELECT id, patient_id, doctor_id, start_time, end_time, notes
+FROM booking_requests
+WHERE doctor_id = %(doctor_id)s AND status = 'pending'
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE;
+
+-- name: lock_patients
+-- Ascending id order, so two workers locking overlapping sets cannot deadlock on each other.
+SELECT id FROM users WHERE id IN %(patient_ids)s ORDER BY id FOR UPDATE;
+
+-- name: list_windows_of_doctor_between
+SELECT start_time, end_time FROM availabilities
+WHERE doctor_id = %(doctor_id)s
+  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s;
+
+-- name: list_confirmed_of_doctor_between
+SELECT start_time, end_time FROM appointments
+WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
+  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s;
+
+-- name: list_confirmed_of_patients_between
+SELECT patient_id, start_time, end_time FROM appointments
+WHERE patient_id IN %(patient_ids)s AND status = 'confirmed'
+  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s;
+
+-- name: insert_appointment
+INSERT INTO appointments (booking_request_id, doctor_id, patient_id, start_time, end_time, notes, created_at)
+VALUES (%(booking_request_id)s, %(doctor_id)s, %(patient_id)s, %(start_time)s, %(end_time)s, %(notes)s, %(now)s);
+
+-- name: confirm_booking_requests
+UPDATE booking_requests br
+JOIN appointments a ON a.booking_request_id = br.id
+SET br.status = 'confirmed', br.appointment_id = a.id, br.reason = NULL, br.decided_at = %(now)s
+WHERE br.id IN %(ids)s AND br.status = 'pending';
+
+-- name: reject_booking_requests
+UPDATE booking_requests SET status = 'rejected', reason = %(reason)s, decided_at = %(now)s
+WHERE id IN %(ids)s AND status = 'pending';
+
+-- name: fail_booking_request
+UPDATE booking_requests SET status = 'failed', reason = %(reason)s, decided_at = %(now)s
+WHERE id = %(id)s AND status = 'pending';
+
+-- name: list_stale_pending_requests
+SELECT id FROM booking_requests
+WHERE status = 'pending' AND created_at < %(before)s
+ORDER BY id
+LIMIT %(limit)s;

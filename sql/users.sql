@@ -1,0 +1,20 @@
+-- name: find_user_by_id
+SELECT id, email, name, role, specialty, token_version, created_at
+FROM users WHERE id = %(id)s;
+
+-- name: find_user_by_email
+SELECT id, email, name, role, specialty, token_version, password_hash, created_at
+FROM users WHERE email = %(email)s;
+
+-- name: insert_user
+INSERT INTO users (email, name, role, specialty, password_hash, created_at)
+VALUES (%(email)s, %(name)s, %(role)s, %(specialty)s, %(password_hash)s, %(created_at)s);
+
+-- name: change_password
+-- Bumping token_version retires every token issued before the change.
+UPDATE users SET password_hash = %(password_hash)s, token_version = token_version + 1
+WHERE id = %(id)s;
+
+-- name: lock_doctor
+-- The per-doctor row lock: every writer of a doctor's windows or appointments takes it first.
+SELECT id FROM users WHERE id = %(doctor_id)s AND role = 'Doctor' FOR UPDATE;

@@ -1,0 +1,128 @@
+"""Test fixtures: a throwaway database and Redis DB per run, real API and worker processes, and a factory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pymysql
+import pymysql.cursors
+import pytest
+import redis
+
+from service.db import Database, migrate
+from service.settings import Settings
+from tests.factory import Factory
+from tests.support import Processes
+
+MYSQL_SERVER = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
+REDIS_SERVER = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+TABLES_CHILD_FIRST = ["appointments", "booking_requests", "password_reset_tokens", "availabilities", "users"]
+
+
+def claim_redis_db() -> int:
+    """A Redis database number no other test run on this machine is using (arq's queue lives in it)."""
+    control = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+    for number in range(1, 16):
+        if control.set(f"test-run:redis-db:{number}", os.getpid(), nx=True, ex=3600):
+            return number
+    raise RuntimeError("every Redis database 1-15 is claimed by another test run")
+
+
+@pytest.fixture(scope="session")
+def test_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    database = f"test_appointments_{os.getpid()}"
+    redis_db = claim_redis_db()
+    env = {
+        "APP_ENV": "test",
+        "DATABASE_URL": f"{MYSQL_SERVER}/{database}",
+        "REDIS_URL": f"{REDIS_SERVER}/{redis_db}",
+        "JWT_SECRET": "test-secret-that-is-long-enough-for-hs256-0123456789",
+        "BCRYPT_ROUNDS": "4",
+        "SWEEP_AFTER_SECONDS": "2",
+        "SWEEP_EVERY_SECONDS": "1",
+        "LOGIN_RATE_LIMIT_PER_MINUTE": "10000",
+        "ACCESS_LOG": "false",
+    }
+    settings = Settings.from_env(env)
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+    migrate(settings)
+    yield env
+    address = settings.mysql
+    server = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password)
+    with server.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+    server.close()
+    redis.Redis.from_url(f"{REDIS_SERVER}/0").delete(f"test-run:redis-db:{redis_db}")
+
+
+@pytest.fixture(scope="session")
+def settings(test_env: dict[str, str]) -> Settings:
+    return Settings.from_env(test_env)
+
+
+@pytest.fixture(scope="session")
+def processes(test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    procs = Processes(test_env, Path(tmp_path_factory.mktemp("logs")))
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def stack(processes: Processes) -> dict[str, object]:
+    """The shared service: two API processes and three workers, as in production but smaller."""
+    apis = [processes.start_api(), processes.start_api()]
+    workers = [processes.start_worker() for _ in range(3)]
+    return {"apis": apis, "workers": workers}
+
+
+@pytest.fixture(scope="session")
+def api_url(stack: dict[str, object]) -> str:
+    return stack["apis"][0]  # type: ignore[index]
+
+
+@pytest.fixture(scope="session")
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = await Database.connect(settings)
+    yield database
+    await database.close()
+
+
+@pytest.fixture(scope="session")
+def redis_client(test_env: dict[str, str]) -> redis.Redis:
+    return redis.Redis.from_url(test_env["REDIS_URL"])
+
+
+@pytest.fixture(scope="session")
+def mysql(settings: Settings) -> Iterator[pymysql.Connection]:
+    """A plain connection for cleaning up and for looking at rows directly."""
+    address = settings.mysql
+    conn = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password,
+                           database=address.database, autocommit=True, cursorclass=pymysql.cursors.DictCursor)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(autouse=True)
+def clean_state(request: pytest.FixtureRequest) -> None:
+    """Empty every table and the run's Redis DB before each test that talks to the service."""
+    if not {"db", "client", "mysql"} & set(request.fixturenames):
+        return
+    conn: pymysql.Connection = request.getfixturevalue("mysql")
+    with conn.cursor() as cursor:
+        for table in TABLES_CHILD_FIRST:
+            cursor.execute(f"DELETE FROM {table}")
+    request.getfixturevalue("redis_client").flushdb()
+
+
+@pytest.fixture
+async def client(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def factory(client: httpx.AsyncClient, settings: Settings) -> Factory:
+    return Factory(client, settings)

@@ -1,0 +1,86 @@
+"""Builds test data through the public API, the way a client would."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from service.security import issue_access_token
+from service.settings import Settings
+
+_counter = itertools.count(1)
+PASSWORD = "correct horse battery"
+
+
+def day(offset: int = 2) -> datetime:
+    """Midnight UTC `offset` days from now: far enough ahead that every slot in it is in the future."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today + timedelta(days=offset)
+
+
+def at(hour: float, offset: int = 2) -> datetime:
+    return day(offset) + timedelta(hours=hour)
+
+
+def iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+class User(dict):
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self['token']}"}
+
+
+class Factory:
+    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    async def user(self, role: str, *, login: bool = False, **fields: Any) -> User:
+        number = next(_counter)
+        body = {"email": f"{role.lower()}{number}@clinic.example", "name": f"{role} {number}", "role": role,
+                "password": PASSWORD, **fields}
+        response = await self.client.post("/auth/register", json=body)
+        assert response.status_code == 201, response.text
+        user = User(response.json())
+        if login:
+            token = await self.client.post("/auth/login", json={"email": body["email"], "password": PASSWORD})
+            assert token.status_code == 200, token.text
+            user["token"] = token.json()["access_token"]
+        else:  # the same token /auth/login would give, without spending the login rate limit
+            user["token"], _ = issue_access_token(user["id"], role, 0, self.settings)
+        return user
+
+    async def doctor(self, **fields: Any) -> User:
+        return await self.user("Doctor", **fields)
+
+    async def patient(self, **fields: Any) -> User:
+        return await self.user("Patient", **fields)
+
+    async def window(self, doctor: User, start: datetime, end: datetime) -> dict[str, Any]:
+        response = await self.client.post("/doctors/availability", headers=doctor.headers,
+                                          json={"start_time": iso(start), "end_time": iso(end)})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def book(
+        self, patient: User, doctor_id: int, start: datetime, end: datetime, *, wait: int | None = None,
+        client: httpx.AsyncClient | None = None, **headers: str,
+    ) -> httpx.Response:
+        all_headers = {**patient.headers, **headers}
+        if wait is not None:
+            all_headers["Prefer"] = f"wait={wait}"
+        return await (client or self.client).post(
+            "/appointments", headers=all_headers,
+            json={"doctor_id": doctor_id, "start_time": iso(start), "end_time": iso(end)},
+        )
+
+    async def booked(self, patient: User, doctor_id: int, start: datetime, end: datetime) -> dict[str, Any]:
+        """Book and wait for the decision; return the appointment (asserting it was confirmed)."""
+        response = await self.book(patient, doctor_id, start, end, wait=10)
+        assert response.status_code == 201, response.text
+        return response.json()

@@ -1,0 +1,30 @@
+"""The arq worker: `arq worker.WorkerSettings`."""
+
+from __future__ import annotations
+
+from arq import cron, func
+from arq.connections import RedisSettings
+
+from service.settings import Settings
+from worker.jobs import book_appointment, send_email, shutdown, startup, sweep_pending
+
+_settings = Settings.from_env()
+
+
+class WorkerSettings:
+    functions = [
+        # keep_result=0: once a job ends its id is free again, so the sweep can queue a request anew.
+        func(book_appointment, keep_result=0, max_tries=_settings.booking_max_tries),
+        func(send_email, keep_result=0, max_tries=3),
+    ]
+    cron_jobs = [cron(sweep_pending, second=set(range(0, 60, _settings.sweep_every_seconds)), run_at_startup=True,
+                      keep_result=0)]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(_settings.redis_url)
+    # arq's defaults (poll every 0.5 s, 100 jobs a poll) would add up to half a second to every booking.
+    poll_delay = _settings.worker_poll_delay
+    max_jobs = _settings.worker_max_jobs
+    queue_read_limit = _settings.worker_max_jobs
+    job_timeout = 60
+    keep_result = 0
