@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -111,10 +112,17 @@ def clean_state(request: pytest.FixtureRequest) -> None:
     if not {"db", "client", "mysql"} & set(request.fixturenames):
         return
     conn: pymysql.Connection = request.getfixturevalue("mysql")
-    with conn.cursor() as cursor:
-        for table in TABLES_CHILD_FIRST:
-            cursor.execute(f"DELETE FROM {table}")
     request.getfixturevalue("redis_client").flushdb()
+    for attempt in range(5):  # a worker may still be finishing the previous test's last job
+        try:
+            with conn.cursor() as cursor:
+                for table in TABLES_CHILD_FIRST:
+                    cursor.execute(f"DELETE FROM {table}")
+            return
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] not in (1205, 1213) or attempt == 4:
+                raise
+            time.sleep(0.05)
 
 
 @pytest.fixture

@@ -1,0 +1,435 @@
+"""Queue-backed booking: the walkthrough, races across processes, idempotency, at-least-once jobs, the sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import httpx
+import pymysql
+import pytest
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from service.booking import (
+    IN_PAST,
+    OUTSIDE_AVAILABILITY,
+    PATIENT_BUSY,
+    SLOT_TAKEN,
+    Decision,
+    PendingRequest,
+    decide,
+)
+from service.settings import Settings
+from service.times import utcnow
+from tests.factory import Factory, User, at, iso
+from tests.support import Processes
+
+
+async def decision(client: httpx.AsyncClient, patient: User, request_id: int, wait: int = 20) -> dict:
+    response = await client.get(f"/booking-requests/{request_id}", params={"wait": wait}, headers=patient.headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def no_overlapping_confirmed(mysql: pymysql.Connection) -> None:
+    """The product's promise, checked in the database itself."""
+    with mysql.cursor() as cursor:
+        cursor.execute("""
+            SELECT a.id, b.id FROM appointments a JOIN appointments b
+              ON a.id < b.id AND a.status = 'confirmed' AND b.status = 'confirmed'
+             AND a.start_time < b.end_time AND b.start_time < a.end_time
+             AND (a.doctor_id = b.doctor_id OR a.patient_id = b.patient_id)
+        """)
+        assert cursor.fetchall() == ()
+
+
+def rows(mysql: pymysql.Connection, sql: str, *args: object) -> list[dict]:
+    with mysql.cursor() as cursor:
+        cursor.execute(sql, args)
+        return list(cursor.fetchall())
+
+
+async def queue_drained(arq_redis: ArqRedis, timeout: float = 10) -> None:
+    """Until every queued job has run: none waiting, none in progress."""
+    deadline = time.monotonic() + timeout
+    while await arq_redis.zcard("arq:queue") or await arq_redis.keys("arq:in-progress:*"):
+        assert time.monotonic() < deadline, "the queue did not drain"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def arq_redis(settings: Settings) -> ArqRedis:
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    yield pool
+    await pool.aclose()
+
+
+# --- the decision itself, without I/O -------------------------------------------------------------------------
+
+def test_decide_checks_past_window_doctor_then_patient_in_request_order() -> None:
+    t = datetime(2030, 1, 1, 10)
+    h = timedelta(hours=1)
+    requests = [
+        PendingRequest(1, patient_id=7, start_time=t, end_time=t + h, notes=None),
+        PendingRequest(2, patient_id=8, start_time=t + h / 2, end_time=t + 1.5 * h, notes=None),  # overlaps 1
+        PendingRequest(3, patient_id=8, start_time=t + h, end_time=t + 2 * h, notes=None),  # back-to-back: fine
+        PendingRequest(4, patient_id=9, start_time=t + 5 * h, end_time=t + 6 * h, notes=None),  # no window
+        PendingRequest(5, patient_id=9, start_time=t - 9 * h, end_time=t - 8 * h, notes=None),  # past
+        PendingRequest(6, patient_id=7, start_time=t + 2 * h, end_time=t + 3 * h, notes=None),  # 7 busy elsewhere
+    ]
+    decisions = decide(
+        requests,
+        windows=[(t, t + 4 * h), (t - 10 * h, t - 7 * h)],
+        doctor_busy=[],
+        patient_busy={7: [(t + 2.5 * h, t + 3.5 * h)], 8: [], 9: []} | {},
+        now=t - h,
+    )
+    assert decisions == [
+        Decision(1, "confirmed"), Decision(2, "rejected", SLOT_TAKEN), Decision(3, "confirmed"),
+        Decision(4, "rejected", OUTSIDE_AVAILABILITY), Decision(5, "rejected", IN_PAST),
+        Decision(6, "rejected", PATIENT_BUSY),
+    ]
+
+
+# --- the seed's walkthrough -----------------------------------------------------------------------------------
+
+async def test_walkthrough(client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection) -> None:
+    doctor, alice, bob = await factory.doctor(), await factory.patient(), await factory.patient()
+    await factory.window(doctor, at(9), at(17))
+
+    # Book: 202 with a status URL, then the decision.
+    response = await factory.book(alice, doctor["id"], at(10), at(11))
+    assert response.status_code == 202
+    accepted = response.json()
+    assert accepted["status"] == "pending"
+    assert response.headers["location"] == accepted["status_url"] == f"/booking-requests/{accepted['request_id']}"
+    first = await decision(client, alice, accepted["request_id"])
+    assert first["status"] == "confirmed" and first["appointment_id"] and first["reason"] is None
+
+    # An overlapping request is rejected with slot_taken.
+    response = await factory.book(bob, doctor["id"], at(10.5), at(11.5), wait=10)
+    assert response.status_code == 409
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["reason"] == SLOT_TAKEN
+
+    # Back-to-back is allowed (half-open intervals).
+    back_to_back = await factory.booked(bob, doctor["id"], at(11), at(12))
+    assert back_to_back["status"] == "confirmed"
+
+    # A doctor cannot book.
+    assert (await factory.book(doctor, doctor["id"], at(13), at(14))).status_code == 403
+
+    # A patient cannot cancel (or even see) another's appointment.
+    other = await client.delete(f"/appointments/{first['appointment_id']}", headers=bob.headers)
+    assert other.status_code == 404
+    assert (await client.get(f"/appointments/{first['appointment_id']}", headers=bob.headers)).status_code == 404
+
+    # Cancelling frees the slot at once.
+    cancelled = await client.delete(f"/appointments/{first['appointment_id']}", headers=alice.headers)
+    assert cancelled.status_code == 200
+    body = cancelled.json()
+    assert body["status"] == "cancelled" and body["cancelled_by"] == alice["id"] and body["cancelled_at"]
+    again = await client.delete(f"/appointments/{first['appointment_id']}", headers=alice.headers)
+    assert again.status_code == 200 and again.json() == body
+    rebooked = await factory.booked(bob, doctor["id"], at(10), at(11))
+    assert rebooked["status"] == "confirmed"
+    no_overlapping_confirmed(mysql)
+
+
+async def test_rejections_name_their_reason(client: httpx.AsyncClient, factory: Factory) -> None:
+    doctor_a, doctor_b, patient = await factory.doctor(), await factory.doctor(), await factory.patient()
+    await factory.window(doctor_a, at(9), at(12))
+    await factory.window(doctor_b, at(9), at(12))
+    await factory.booked(patient, doctor_a["id"], at(10), at(11))
+
+    busy = await factory.book(patient, doctor_b["id"], at(10.5), at(11.5), wait=10)
+    assert busy.status_code == 409 and busy.json()["reason"] == PATIENT_BUSY
+    outside = await factory.book(patient, doctor_b["id"], at(11.5), at(12.5), wait=10)
+    assert outside.status_code == 409 and outside.json()["reason"] == OUTSIDE_AVAILABILITY
+    spanning_two_days = await factory.book(patient, doctor_b["id"], at(8), at(9.5), wait=10)
+    assert spanning_two_days.json()["reason"] == OUTSIDE_AVAILABILITY
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"doctor_id": "one"}, "doctor_id"),
+        ({"doctor_id": 0}, "doctor_id"),
+        ({"start_time": "tomorrow"}, "start_time"),
+        ({"end_time": None}, "end_time"),
+        ({"notes": "x" * 2001}, "notes"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+async def test_bad_booking_bodies_name_the_field(
+    client: httpx.AsyncClient, factory: Factory, body: dict, field: str
+) -> None:
+    patient = await factory.patient()
+    valid = {"doctor_id": 1, "start_time": iso(at(10)), "end_time": iso(at(11))}
+    response = await client.post("/appointments", json=valid | body, headers=patient.headers)
+    assert response.status_code == 400
+    assert field in response.text
+
+
+async def test_time_rules_of_a_booking(client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    cases = [
+        (at(11), at(10), "end_time"),  # end before start
+        (at(10), at(10), "end_time"),  # empty
+        (at(-60, offset=0), at(-59, offset=0), "start_time"),  # in the past
+        (at(9), at(17.01), "end_time"),  # longer than 8 hours
+    ]
+    for start, end, field in cases:
+        response = await factory.book(patient, doctor["id"], start, end)
+        assert response.status_code == 400, (start, end, response.text)
+        assert response.json()["errors"][0]["field"] == field
+    missing = await factory.book(patient, 999_999, at(10), at(11))
+    assert missing.status_code == 404
+    assert rows(mysql, "SELECT id FROM booking_requests") == []
+
+
+# --- races: many API processes, many workers ------------------------------------------------------------------
+
+async def race(
+    factory: Factory, apis: list[str], slots: list[tuple[datetime, datetime]], patients_count: int = 50
+) -> Counter:
+    doctor = await factory.doctor()
+    await factory.window(doctor, at(8), at(16))
+    patients = await asyncio.gather(*(factory.patient() for _ in range(patients_count)))
+    clients = [httpx.AsyncClient(base_url=url, timeout=30) for url in apis]
+    try:
+        submitted = await asyncio.gather(*(
+            factory.book(p, doctor["id"], *slots[i % len(slots)], client=clients[i % len(clients)])
+            for i, p in enumerate(patients)
+        ))
+        assert all(r.status_code == 202 for r in submitted)
+        decided = await asyncio.gather(*(
+            decision(clients[i % len(clients)], p, r.json()["request_id"])
+            for i, (p, r) in enumerate(zip(patients, submitted, strict=True))
+        ))
+    finally:
+        for c in clients:
+            await c.aclose()
+    return Counter((d["status"], d["reason"]) for d in decided)
+
+
+async def test_fifty_requests_for_one_slot_confirm_exactly_one(
+    factory: Factory, stack: dict, mysql: pymysql.Connection
+) -> None:
+    outcome = await race(factory, stack["apis"], [(at(10), at(11))])
+    assert outcome == {("confirmed", None): 1, ("rejected", SLOT_TAKEN): 49}
+    assert rows(mysql, "SELECT COUNT(*) AS n FROM appointments WHERE status = 'confirmed'")[0]["n"] == 1
+    no_overlapping_confirmed(mysql)
+
+
+async def test_partial_overlaps_confirm_one(factory: Factory, stack: dict, mysql: pymysql.Connection) -> None:
+    outcome = await race(factory, stack["apis"], [(at(10), at(11)), (at(10.5), at(11.5))], patients_count=20)
+    assert outcome == {("confirmed", None): 1, ("rejected", SLOT_TAKEN): 19}
+    no_overlapping_confirmed(mysql)
+
+
+@pytest.fixture
+def workers_without_redis_lock(stack: dict, processes: Processes) -> Iterator[None]:
+    """Swap the shared workers for three that skip the Redis lock: MySQL's row lock alone must hold."""
+    for worker in stack["workers"]:
+        processes.stop(worker)
+    unlocked = [processes.start_worker({"BOOKING_REDIS_LOCK": "false", "BOOKING_BATCH_SIZE": "1"})
+                for _ in range(3)]
+    yield
+    for worker in unlocked:
+        processes.stop(worker)
+    stack["workers"] = [processes.start_worker() for _ in range(3)]
+
+
+async def test_without_the_redis_lock_still_exactly_one(
+    factory: Factory, stack: dict, workers_without_redis_lock: None, mysql: pymysql.Connection
+) -> None:
+    outcome = await race(factory, stack["apis"], [(at(10), at(11)), (at(10.5), at(11.5))])
+    assert outcome == {("confirmed", None): 1, ("rejected", SLOT_TAKEN): 49}
+    no_overlapping_confirmed(mysql)
+
+
+async def test_one_patient_racing_two_doctors_is_booked_once(
+    factory: Factory, stack: dict, mysql: pymysql.Connection
+) -> None:
+    doctors = [await factory.doctor() for _ in range(5)]
+    for doctor in doctors:
+        await factory.window(doctor, at(8), at(16))
+    patient = await factory.patient()
+    clients = [httpx.AsyncClient(base_url=url, timeout=30) for url in stack["apis"]]
+    try:
+        submitted = await asyncio.gather(*(
+            factory.book(patient, d["id"], at(10), at(11), client=clients[i % 2]) for i, d in enumerate(doctors)
+        ))
+        decided = [await decision(clients[0], patient, r.json()["request_id"]) for r in submitted]
+    finally:
+        for c in clients:
+            await c.aclose()
+    assert Counter(d["status"] for d in decided) == {"confirmed": 1, "rejected": 4}
+    assert {d["reason"] for d in decided if d["status"] == "rejected"} == {PATIENT_BUSY}
+    no_overlapping_confirmed(mysql)
+
+
+# --- idempotency, at-least-once, the sweep --------------------------------------------------------------------
+
+async def test_idempotency_key_replays_the_first_request(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    doctor, patient, other = await factory.doctor(), await factory.doctor(), await factory.patient()
+    patient = await factory.patient()
+    await factory.window(doctor, at(9), at(12))
+    key = {"Idempotency-Key": "b3f1c2d4-retry-me"}
+    first, second = await asyncio.gather(factory.book(patient, doctor["id"], at(10), at(11), **key),
+                                         factory.book(patient, doctor["id"], at(10), at(11), **key))
+    assert first.status_code == second.status_code == 202
+    assert first.json()["request_id"] == second.json()["request_id"]
+    decided = await decision(client, patient, first.json()["request_id"])
+    assert decided["status"] == "confirmed"
+    third = await factory.book(patient, doctor["id"], at(10), at(11), **key)
+    assert third.json()["request_id"] == first.json()["request_id"]
+    assert third.json()["status"] == "confirmed"
+
+    different = await factory.book(patient, doctor["id"], at(10.5), at(11), **key)
+    assert different.status_code == 409
+    # Keys belong to one patient: another patient's same key is a new request.
+    theirs = await factory.book(other, doctor["id"], at(11), at(12), **key)
+    assert theirs.status_code == 202 and theirs.json()["request_id"] != first.json()["request_id"]
+    mine = rows(mysql, "SELECT COUNT(*) AS n FROM booking_requests WHERE patient_id = %s", patient["id"])
+    assert mine[0]["n"] == 1
+    assert rows(mysql, "SELECT COUNT(*) AS n FROM appointments WHERE patient_id = %s", patient["id"])[0]["n"] == 1
+
+
+async def test_running_the_job_again_changes_nothing(
+    client: httpx.AsyncClient, factory: Factory, arq_redis: ArqRedis, mysql: pymysql.Connection
+) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    await factory.window(doctor, at(9), at(12))
+    appointment = await factory.booked(patient, doctor["id"], at(10), at(11))
+    before = rows(mysql, "SELECT * FROM booking_requests")
+    for run in range(3):  # at-least-once delivery: the same job, delivered again
+        job = await arq_redis.enqueue_job("book_appointment", appointment["booking_request_id"],
+                                          _job_id=f"redelivery-{run}")
+        assert job is not None
+    await queue_drained(arq_redis)
+    assert rows(mysql, "SELECT * FROM booking_requests") == before
+    assert len(rows(mysql, "SELECT id FROM appointments")) == 1
+
+
+async def test_the_sweep_decides_a_request_whose_job_was_lost(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    await factory.window(doctor, at(9), at(12))
+    with mysql.cursor() as cursor:  # stored, but its job never reached the queue
+        cursor.execute(
+            "INSERT INTO booking_requests (patient_id, doctor_id, start_time, end_time, created_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (patient["id"], doctor["id"], at(10).replace(tzinfo=None), at(11).replace(tzinfo=None), utcnow()),
+        )
+        request_id = cursor.lastrowid
+    decided = await decision(client, patient, request_id, wait=15)
+    assert decided["status"] == "confirmed"
+
+
+async def test_a_request_decided_in_the_past_is_rejected_in_past(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    with mysql.cursor() as cursor:  # e.g. a request that waited out an outage until its time had passed
+        start = utcnow() - timedelta(hours=1)
+        cursor.execute(
+            "INSERT INTO booking_requests (patient_id, doctor_id, start_time, end_time, created_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (patient["id"], doctor["id"], start, start + timedelta(minutes=30), start - timedelta(days=1)),
+        )
+        request_id = cursor.lastrowid
+    decided = await decision(client, patient, request_id, wait=15)
+    assert (decided["status"], decided["reason"]) == ("rejected", IN_PAST)
+
+
+# --- reading: status, long polling, lists, object-level authorization -----------------------------------------
+
+async def test_long_polling_answers_within_milliseconds_of_the_decision(
+    client: httpx.AsyncClient, factory: Factory, arq_redis: ArqRedis, mysql: pymysql.Connection
+) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    await factory.window(doctor, at(9), at(12))
+    with mysql.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO booking_requests (patient_id, doctor_id, start_time, end_time, created_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (patient["id"], doctor["id"], at(10).replace(tzinfo=None), at(11).replace(tzinfo=None), utcnow()),
+        )
+        request_id = cursor.lastrowid
+    poll = asyncio.create_task(decision(client, patient, request_id, wait=20))
+    await asyncio.sleep(0.5)
+    assert not poll.done()
+    await arq_redis.enqueue_job("book_appointment", request_id, _job_id=f"booking:{request_id}")
+    decided = await poll
+    answered_at = utcnow()
+    decided_at = datetime.fromisoformat(decided["decided_at"]).replace(tzinfo=None)
+    assert decided["status"] == "confirmed"
+    assert (answered_at - decided_at) < timedelta(milliseconds=100)
+
+
+async def test_prefer_wait_gives_the_synchronous_answer(client: httpx.AsyncClient, factory: Factory) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    await factory.window(doctor, at(9), at(12))
+    started = time.monotonic()
+    response = await factory.book(patient, doctor["id"], at(10), at(11), wait=10)
+    assert response.status_code == 201
+    assert time.monotonic() - started < 5
+    appointment = response.json()
+    assert response.headers["location"] == f"/appointments/{appointment['id']}"
+    assert appointment["status"] == "confirmed" and appointment["patient_id"] == patient["id"]
+
+
+async def test_booking_requests_are_visible_only_to_their_patient(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    doctor, alice, bob = await factory.doctor(), await factory.patient(), await factory.patient()
+    await factory.window(doctor, at(9), at(12))
+    submitted = (await factory.book(alice, doctor["id"], at(10), at(11))).json()
+    own = await client.get(submitted["status_url"], headers=alice.headers)
+    assert own.status_code == 200 and own.json()["request_id"] == submitted["request_id"]
+    assert (await client.get(submitted["status_url"], headers=bob.headers)).status_code == 404
+    assert (await client.get(submitted["status_url"], headers=doctor.headers)).status_code == 403
+    assert (await client.get(submitted["status_url"])).status_code == 401
+    listed = (await client.get("/booking-requests", headers=alice.headers)).json()
+    assert listed["total"] == 1 and listed["items"][0]["request_id"] == submitted["request_id"]
+    assert (await client.get("/booking-requests", headers=bob.headers)).json()["total"] == 0
+
+
+async def test_appointments_seen_by_patient_and_doctor_and_cancelled_by_doctor_with_reason(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    doctor, patient, stranger = await factory.doctor(), await factory.patient(), await factory.doctor()
+    await factory.window(doctor, at(9), at(12))
+    first = await factory.booked(patient, doctor["id"], at(9), at(10))
+    second = await factory.booked(patient, doctor["id"], at(10), at(11))
+    for user in (patient, doctor):
+        assert (await client.get(f"/appointments/{first['id']}", headers=user.headers)).status_code == 200
+        mine = (await client.get("/appointments/my-appointments", headers=user.headers)).json()
+        assert [a["id"] for a in mine["items"]] == [first["id"], second["id"]] and mine["total"] == 2
+    assert (await client.get(f"/appointments/{first['id']}", headers=stranger.headers)).status_code == 404
+    assert (await client.delete(f"/appointments/{first['id']}", headers=stranger.headers)).status_code == 404
+
+    no_reason = await client.delete(f"/appointments/{first['id']}", headers=doctor.headers)
+    assert no_reason.status_code == 400 and no_reason.json()["errors"][0]["field"] == "reason"
+    cancelled = await client.delete(f"/appointments/{first['id']}", params={"reason": "Called in sick"},
+                                    headers=doctor.headers)
+    assert cancelled.status_code == 200
+    assert cancelled.json()["cancelled_by"] == doctor["id"]
+    assert cancelled.json()["cancel_reason"] == "Called in sick"
+    confirmed_only = (await client.get("/appointments/my-appointments", params={"status": "confirmed"},
+                                       headers=patient.headers)).json()
+    assert [a["id"] for a in confirmed_only["items"]] == [second["id"]]
+    in_range = (await client.get("/appointments/my-appointments", headers=patient.headers,
+                                 params={"from": iso(at(9.5)), "to": iso(at(12))})).json()
+    assert [a["id"] for a in in_range["items"]] == [first["id"], second["id"]]
+    paged = (await client.get("/appointments/my-appointments", headers=patient.headers,
+                              params={"limit": 1, "offset": 1})).json()
+    assert [a["id"] for a in paged["items"]] == [second["id"]] and paged["total"] == 2
