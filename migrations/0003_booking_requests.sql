@@ -1,5 +1,8 @@
 -- depends: 0001_users
 -- The durable record of every POST /appointments: written before the 202, decided by a worker.
+-- No foreign keys on purpose: an FK check takes a shared lock on the users rows that the booking worker holds
+-- exclusively, which stalls (and deadlocks) the API's inserts behind every decision. The API checks the doctor
+-- exists; the worker rejects a request whose doctor is gone with `doctor_not_found`.
 CREATE TABLE booking_requests (
     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     patient_id BIGINT UNSIGNED NOT NULL,
@@ -21,7 +24,5 @@ CREATE TABLE booking_requests (
     KEY idx_booking_requests_patient (patient_id, id),
     KEY idx_booking_requests_doctor_pending (doctor_id, status, id),
     KEY idx_booking_requests_status_created (status, created_at),
-    CONSTRAINT fk_booking_requests_patient FOREIGN KEY (patient_id) REFERENCES users (id) ON DELETE CASCADE,
-    CONSTRAINT fk_booking_requests_doctor FOREIGN KEY (doctor_id) REFERENCES users (id) ON DELETE CASCADE,
     CONSTRAINT chk_booking_requests_interval CHECK (end_time > start_time)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci

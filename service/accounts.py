@@ -22,6 +22,7 @@ from service.security import (
     CurrentUser,
     Passwords,
     Role,
+    UserCache,
     hash_reset_token,
     issue_access_token,
     new_reset_token,
@@ -160,7 +161,8 @@ class AuthController(Controller):
     @post("/reset-password", opt=PUBLIC, status_code=HTTP_204_NO_CONTENT, operation_id="resetPassword",
           summary="Set a new password with a token from the reset email")
     async def reset_password(
-        self, data: Annotated[ResetPasswordIn, Body()], tx: Connection, passwords: Passwords
+        self, data: Annotated[ResetPasswordIn, Body()], tx: Connection, passwords: Passwords,
+        user_cache: UserCache,
     ) -> Response[None]:
         check_password_bytes(data.new_password, "new_password")
         now = utcnow()
@@ -170,6 +172,7 @@ class AuthController(Controller):
         password_hash = await passwords.hash(data.new_password)
         await tx.execute("change_password", {"id": token["user_id"], "password_hash": password_hash})
         await tx.execute("retire_reset_tokens", {"user_id": token["user_id"], "now": now})
+        user_cache.forget(token["user_id"])
         return Response(None, status_code=HTTP_204_NO_CONTENT)
 
 

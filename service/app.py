@@ -27,7 +27,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.health import HealthController
 from service.notify import DecisionListener
 from service.ratelimit import per_address_limit
-from service.security import CurrentUser, Passwords, jwt_auth
+from service.security import CurrentUser, Passwords, UserCache, jwt_auth
 from service.settings import Settings
 
 API_DESCRIPTION = """\
@@ -75,10 +75,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     redis = redis_client(settings)
     passwords = Passwords(settings.bcrypt_rounds)
     listener = DecisionListener(redis)
+    user_cache = UserCache(settings.auth_cache_seconds)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.db = await Database.connect(settings, min_size=0)
+        app.state.user_cache = user_cache
         listener.start()
         try:
             yield
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "redis": Provide(lambda: redis, use_cache=True, sync_to_thread=False),
             "passwords": Provide(lambda: passwords, use_cache=True, sync_to_thread=False),
             "listener": Provide(lambda: listener, use_cache=True, sync_to_thread=False),
+            "user_cache": Provide(lambda: user_cache, use_cache=True, sync_to_thread=False),
             "user": Provide(provide_user, sync_to_thread=False),
         },
         lifespan=[lifespan],

@@ -93,18 +93,19 @@ def fingerprint(data: BookingIn, start: datetime, end: datetime) -> str:
 
 async def store_request(
     db: Database, data: BookingIn, patient_id: int, idempotency_key: str | None
-) -> int:
-    """Store the pending request (or find the one this Idempotency-Key already made); return its id."""
+) -> tuple[int, bool]:
+    """Store the pending request, or find the one this Idempotency-Key already made.
+
+    Returns the request id and whether it is new.
+    """
     start, end = check_booking(data)
     digest = fingerprint(data, start, end) if idempotency_key else None
     if idempotency_key:
         first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
         if first is not None:
-            return first
-    if await db.fetch_one("find_doctor", {"id": data.doctor_id}) is None:
-        raise NotFound(f"no doctor with id {data.doctor_id}")
+            return first, False
     try:
-        _, request_id = await db.execute("insert_booking_request", {
+        inserted, request_id = await db.execute("insert_booking_request", {
             "patient_id": patient_id, "doctor_id": data.doctor_id, "start_time": start, "end_time": end,
             "notes": data.notes, "idempotency_key": idempotency_key, "fingerprint": digest,
             "created_at": utcnow(),
@@ -113,9 +114,11 @@ async def store_request(
         if mysql_error_code(exc) == ER_DUP_ENTRY and idempotency_key:  # the same key raced in twice
             first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
             if first is not None:
-                return first
+                return first, False
         raise
-    return request_id
+    if not inserted:
+        raise NotFound(f"no doctor with id {data.doctor_id}")
+    return request_id, True
 
 
 async def find_by_idempotency_key(db: Database, patient_id: int, key: str, digest: str | None) -> int | None:
@@ -177,21 +180,21 @@ class AppointmentController(Controller):
                                                          max_length=255)] = None,
         prefer: Annotated[str | None, Parameter(header="Prefer", max_length=200)] = None,
     ) -> Response[BookingAccepted]:
-        request_id = await store_request(db, data, user.id, idempotency_key)
-        await enqueue_booking(redis, request_id)
-        wait = prefer_wait(prefer)
-        if wait:
+        request_id, is_new = await store_request(db, data, user.id, idempotency_key)
+        status = "pending"
+        if not is_new:  # a replayed Idempotency-Key: say where the first request stands
+            status = (await read_own_request(db, request_id, user.id))["status"]
+        if status == "pending":
+            await enqueue_booking(redis, request_id)
+        headers = {"Location": status_url(request_id)}
+        if wait := prefer_wait(prefer):
             row = await wait_for_decision(db, listener, request_id, user.id, wait)
             decided = await decided_response(db, row, user)
             if decided is not None:
                 return decided
-        else:
-            row = await read_own_request(db, request_id, user.id)
-        headers = {"Location": status_url(request_id)}
-        if wait:
             headers["Preference-Applied"] = f"wait={wait}"
         return Response(
-            BookingAccepted(request_id=request_id, status=row["status"], status_url=status_url(request_id)),
+            BookingAccepted(request_id=request_id, status=status, status_url=status_url(request_id)),
             status_code=HTTP_202_ACCEPTED, headers=headers,
         )
 

@@ -115,20 +115,19 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
         patient_ids = tuple(sorted({r.patient_id for r in requests}))
         await tx.fetch_all("lock_patients", {"patient_ids": patient_ids})
         span = {"from": min(r.start_time for r in requests), "to": max(r.end_time for r in requests)}
-        windows = await tx.fetch_all("list_windows_of_doctor_between", {"doctor_id": doctor_id, **span})
-        taken = await tx.fetch_all("list_confirmed_of_doctor_between", {"doctor_id": doctor_id, **span})
-        patients_taken = await tx.fetch_all("list_confirmed_of_patients_between",
-                                            {"patient_ids": patient_ids, **span})
+        schedule = await tx.fetch_all("list_schedule_between",
+                                      {"doctor_id": doctor_id, "patient_ids": patient_ids, **span})
+        windows, doctor_busy = [], []
         patient_busy: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
-        for row in patients_taken:
-            patient_busy[row["patient_id"]].append((row["start_time"], row["end_time"]))
-        decisions = decide(
-            requests,
-            windows=[(w["start_time"], w["end_time"]) for w in windows],
-            doctor_busy=[(t["start_time"], t["end_time"]) for t in taken],
-            patient_busy=patient_busy,
-            now=now,
-        )
+        for row in schedule:
+            interval = (row["start_time"], row["end_time"])
+            if row["kind"] == "window":
+                windows.append(interval)
+            elif row["kind"] == "doctor":
+                doctor_busy.append(interval)
+            else:
+                patient_busy[row["patient_id"]].append(interval)
+        decisions = decide(requests, windows, doctor_busy, patient_busy, now)
     await record_decisions(tx, doctor_id, requests, decisions, now)
     fault_point("before_commit")
     return decisions

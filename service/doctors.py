@@ -80,7 +80,8 @@ class SlotsOut(msgspec.Struct):
     slots: list[SlotOut]
 
 
-WindowsIn = Annotated[list[WindowIn], Meta(min_length=1, max_length=100)]
+MAX_WINDOWS = 100
+WindowsIn = Annotated[list[WindowIn], Meta(min_length=1, max_length=MAX_WINDOWS)]
 
 
 def like_pattern(text: str) -> str:
@@ -124,6 +125,9 @@ class DoctorController(Controller):
         self, data: Annotated[WindowIn | WindowsIn, Body()], user: CurrentUser, tx: Connection
     ) -> WindowOut | list[WindowOut]:
         windows = [data] if isinstance(data, WindowIn) else data
+        # Litestar drops the Meta of a union member, so WindowsIn's length bounds are checked here.
+        if not 1 <= len(windows) <= MAX_WINDOWS:
+            raise InvalidInput(f"send 1 to {MAX_WINDOWS} windows", field="body")
         now = utcnow()
         checked = [check_window(window, index if isinstance(data, list) else None, now)
                    for index, window in enumerate(windows)]

@@ -11,6 +11,8 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.db import RETRYABLE_ERRORS, mysql_error_code
+
 log = logging.getLogger("service")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -121,6 +123,10 @@ def http_exception_handler(request: Request, exc: HTTPException) -> Response[dic
 
 def unexpected_error_handler(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     """A dependency that is down is a 503; anything else is a bug: log it, answer a bare 500."""
+    if mysql_error_code(exc) in RETRYABLE_ERRORS:
+        log.warning("lock conflict on %s %s: %r", request.method, request.url.path, exc)
+        return problem(503, "Service unavailable", "A conflicting change was in progress; please retry",
+                       slug="service-unavailable", headers={"Retry-After": "1"})
     if _is_dependency_down(exc):
         log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
         return problem(503, "Service unavailable", "A backing service is unreachable; try again shortly",

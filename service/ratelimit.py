@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 
 from litestar import Request
-from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
+from litestar.exceptions import TooManyRequestsException
+from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware, get_remote_address
+from litestar.types import Receive, Scope, Send
 from redis.asyncio import Redis
 
 from service.errors import TooManyRequests
@@ -13,6 +15,20 @@ from service.settings import Settings
 
 THROTTLED_PATHS = frozenset({"/auth/login", "/auth/forgot-password"})
 WINDOW_SECONDS = 60
+
+
+class RetryAfterRateLimitMiddleware(RateLimitMiddleware):
+    """Litestar's limiter, whose 429 lacks Retry-After (it sends RateLimit-* only): add it, as ours does."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except TooManyRequestsException as exc:
+            headers = dict(exc.headers or {})
+            reset = headers.get(self.config.rate_limit_reset_header_key, "")
+            headers.setdefault("Retry-After", str(max(int(reset), 1) if reset.isdigit() else WINDOW_SECONDS))
+            exc.headers = headers
+            raise
 
 
 def per_address_limit(settings: Settings) -> RateLimitConfig:
@@ -27,6 +43,7 @@ def per_address_limit(settings: Settings) -> RateLimitConfig:
         check_throttle_handler=is_throttled,
         identifier_for_request=lambda request: f"{get_remote_address(request)}:{request.url.path}",
         set_rate_limit_headers=True,
+        middleware_class=RetryAfterRateLimitMiddleware,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -13,8 +14,10 @@ import bcrypt
 import jwt
 import msgspec
 from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.security.jwt import JWTAuth, Token
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from service.db import Database
 from service.errors import Forbidden
@@ -81,22 +84,56 @@ def hash_reset_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class UserCache:
+    """Token users remembered for a moment, so the hot path skips a query per request.
+
+    A password change in this process forgets the user at once; elsewhere, a change or a deleted account
+    takes effect within `ttl` seconds (AUTH_CACHE_SECONDS; 0 turns the cache off).
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._users: dict[int, tuple[float, CurrentUser | None]] = {}
+
+    async def get(self, db: Database, user_id: int) -> CurrentUser | None:
+        now = time.monotonic()
+        cached = self._users.get(user_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        row = await db.fetch_one("find_user_by_id", {"id": user_id})
+        user = None if row is None else CurrentUser(id=row["id"], email=row["email"], name=row["name"],
+                                                    role=row["role"], token_version=row["token_version"])
+        if self.ttl > 0:
+            if len(self._users) > 100_000:
+                self._users.clear()
+            self._users[user_id] = (now + self.ttl, user)
+        return user
+
+    def forget(self, user_id: int) -> None:
+        self._users.pop(user_id, None)
+
+
 async def load_token_user(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> CurrentUser | None:
     """The token's user, if it still exists, has that role, and has not changed password since."""
     try:
         user_id = int(token.sub)
     except ValueError:
         return None
-    db: Database = connection.app.state.db
-    row = await db.fetch_one("find_user_by_id", {"id": user_id})
-    if (
-        row is None
-        or row["role"] != token.extras.get("role")
-        or row["token_version"] != token.extras.get("ver")
-    ):
+    state = connection.app.state
+    user = await state.user_cache.get(state.db, user_id)
+    if user is None or user.role != token.extras.get("role") or user.token_version != token.extras.get("ver"):
         return None
-    return CurrentUser(id=row["id"], email=row["email"], name=row["name"], role=row["role"],
-                       token_version=row["token_version"])
+    return user
+
+
+class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
+    """Litestar's JWT middleware, but only for `Authorization: Bearer <token>` (it would read any scheme)."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        scheme, _, token = connection.headers.get(self.auth_header, "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotAuthorizedException("A bearer token is required")
+        return await self.authenticate_token(encoded_token=token.strip(), connection=connection)
 
 
 def jwt_auth(settings: Settings) -> JWTAuth[CurrentUser]:
@@ -106,6 +143,7 @@ def jwt_auth(settings: Settings) -> JWTAuth[CurrentUser]:
         algorithm=JWT_ALGORITHM,
         require_claims=list(REQUIRED_CLAIMS),
         retrieve_user_handler=load_token_user,
+        authentication_middleware_class=BearerAuthenticationMiddleware,
         exclude=["^/schema"],
         exclude_opt_key="exclude_from_auth",
         description="An access token from POST /auth/login",
@@ -113,7 +151,8 @@ def jwt_auth(settings: Settings) -> JWTAuth[CurrentUser]:
 
 
 def _require_role(role: Role):  # noqa: ANN202 - a guard factory
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        # async, so Litestar calls it inline instead of in a thread
         if connection.user.role != role:
             raise Forbidden(f"Only a {role.lower()} may do this")
 

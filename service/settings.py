@@ -65,6 +65,7 @@ class Settings:
     app_env: Environment = "development"
     bcrypt_rounds: int = 12
     access_token_minutes: int = 30
+    auth_cache_seconds: float = 2.0
     reset_token_minutes: int = 30
     smtp_url: str = ""
     mail_from: str = "Doctor Appointments <no-reply@clinic.example>"
@@ -115,6 +116,7 @@ class Settings:
             app_env=app_env,  # type: ignore[arg-type]
             bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", defaults.bcrypt_rounds, 4, 31),
             access_token_minutes=_int(env, "ACCESS_TOKEN_EXPIRE_MINUTES", defaults.access_token_minutes, 1, 1440),
+            auth_cache_seconds=_float(env, "AUTH_CACHE_SECONDS", defaults.auth_cache_seconds, 0, 300),
             reset_token_minutes=_int(env, "RESET_TOKEN_EXPIRE_MINUTES", defaults.reset_token_minutes, 1, 1440),
             smtp_url=env.get("SMTP_URL", ""),
             mail_from=env.get("MAIL_FROM", defaults.mail_from),

@@ -1,9 +1,11 @@
 -- name: insert_booking_request
+-- Inserts nothing when there is no such doctor: the existence check and the insert are one round trip.
+-- Under READ COMMITTED the SELECT is a consistent read, so it never waits on a worker's lock of that row.
 INSERT INTO booking_requests
     (patient_id, doctor_id, start_time, end_time, notes, idempotency_key, request_fingerprint, created_at)
-VALUES
-    (%(patient_id)s, %(doctor_id)s, %(start_time)s, %(end_time)s, %(notes)s, %(idempotency_key)s,
-     %(fingerprint)s, %(created_at)s);
+SELECT %(patient_id)s, id, %(start_time)s, %(end_time)s, %(notes)s, %(idempotency_key)s, %(fingerprint)s,
+       %(created_at)s
+FROM users WHERE id = %(doctor_id)s AND role = 'Doctor';
 
 -- name: find_booking_request_by_idempotency_key
 SELECT id, request_fingerprint FROM booking_requests
@@ -42,18 +44,18 @@ FOR UPDATE;
 -- Ascending id order, so two workers locking overlapping sets cannot deadlock on each other.
 SELECT id FROM users WHERE id IN %(patient_ids)s ORDER BY id FOR UPDATE;
 
--- name: list_windows_of_doctor_between
-SELECT start_time, end_time FROM availabilities
+-- name: list_schedule_between
+-- Everything a batch decision reads, in one round trip: the doctor's windows, the doctor's confirmed
+-- appointments, and the confirmed appointments of the batch's patients (with any doctor).
+SELECT 'window' AS kind, NULL AS patient_id, start_time, end_time FROM availabilities
 WHERE doctor_id = %(doctor_id)s
-  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s;
-
--- name: list_confirmed_of_doctor_between
-SELECT start_time, end_time FROM appointments
+  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s
+UNION ALL
+SELECT 'doctor', NULL, start_time, end_time FROM appointments
 WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
-  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s;
-
--- name: list_confirmed_of_patients_between
-SELECT patient_id, start_time, end_time FROM appointments
+  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s
+UNION ALL
+SELECT 'patient', patient_id, start_time, end_time FROM appointments
 WHERE patient_id IN %(patient_ids)s AND status = 'confirmed'
   AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s;
 

@@ -16,26 +16,17 @@ import redis
 from service.db import Database, migrate
 from service.settings import Settings
 from tests.factory import Factory
-from tests.support import Processes
+from tests.support import Processes, claim_redis_db, drop_database, release_redis_db
 
 MYSQL_SERVER = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
 REDIS_SERVER = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TABLES_CHILD_FIRST = ["appointments", "booking_requests", "password_reset_tokens", "availabilities", "users"]
 
 
-def claim_redis_db() -> int:
-    """A Redis database number no other test run on this machine is using (arq's queue lives in it)."""
-    control = redis.Redis.from_url(f"{REDIS_SERVER}/0")
-    for number in range(1, 16):
-        if control.set(f"test-run:redis-db:{number}", os.getpid(), nx=True, ex=3600):
-            return number
-    raise RuntimeError("every Redis database 1-15 is claimed by another test run")
-
-
 @pytest.fixture(scope="session")
 def test_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     database = f"test_appointments_{os.getpid()}"
-    redis_db = claim_redis_db()
+    redis_db = claim_redis_db(REDIS_SERVER)
     env = {
         "APP_ENV": "test",
         "DATABASE_URL": f"{MYSQL_SERVER}/{database}",
@@ -46,17 +37,13 @@ def test_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         "SWEEP_EVERY_SECONDS": "1",
         "LOGIN_RATE_LIMIT_PER_MINUTE": "10000",
         "ACCESS_LOG": "false",
+        "AUTH_CACHE_SECONDS": "0",  # exact: a deleted user's token fails on the very next request
     }
     settings = Settings.from_env(env)
-    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     migrate(settings)
     yield env
-    address = settings.mysql
-    server = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password)
-    with server.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
-    server.close()
-    redis.Redis.from_url(f"{REDIS_SERVER}/0").delete(f"test-run:redis-db:{redis_db}")
+    drop_database(settings)
+    release_redis_db(REDIS_SERVER, redis_db)
 
 
 @pytest.fixture(scope="session")

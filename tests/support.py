@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pymysql
 import redis
+
+from service.settings import Settings
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,3 +82,25 @@ class Processes:
     def stop_all(self) -> None:
         for proc in list(self.running):
             self.stop(proc)
+
+
+def claim_redis_db(server: str) -> int:
+    """A Redis database number no other test or bench run on this machine is using (arq's queue lives in it)."""
+    control = redis.Redis.from_url(f"{server}/0")
+    for number in range(1, 16):
+        if control.set(f"test-run:redis-db:{number}", os.getpid(), nx=True, ex=3600):
+            redis.Redis.from_url(f"{server}/{number}").flushdb()
+            return number
+    raise RuntimeError("every Redis database 1-15 is claimed by another run")
+
+
+def release_redis_db(server: str, number: int) -> None:
+    redis.Redis.from_url(f"{server}/0").delete(f"test-run:redis-db:{number}")
+
+
+def drop_database(settings: Settings) -> None:
+    address = settings.mysql
+    server = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password)
+    with server.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{address.database}`")
+    server.close()

@@ -1,0 +1,28 @@
+# One image for the api (default CMD), the worker (`arq worker.WorkerSettings`)
+# and the one-shot migrations (`python -m service migrate`).
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    API_WORKERS=1
+
+WORKDIR /app
+
+# Dependencies first, against empty package stubs, so code edits don't reinstall them.
+COPY pyproject.toml README.md ./
+RUN mkdir service worker \
+    && touch service/__init__.py worker/__init__.py \
+    && pip install --no-cache-dir -e .
+
+# Editable install: the code runs from /app, so /app/sql and /app/migrations sit
+# next to /app/service where service/db.py looks for them.
+COPY . .
+
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+USER app
+
+EXPOSE 8000
+
+CMD ["sh", "-c", "exec uvicorn service.app:app --host 0.0.0.0 --port 8000 --no-access-log --workers ${API_WORKERS:-1}"]

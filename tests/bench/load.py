@@ -1,0 +1,189 @@
+"""The load generator, in its own process: `python -m tests.bench.load '<json config>'` prints JSON results.
+
+It behaves like real clients: registers doctors and patients, publishes availability, books (POST, then long
+polls the status URL until decided), and reads slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+PASSWORD = "bench-password-1"
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+class Load:
+    def __init__(self, config: dict[str, Any], session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.http = session
+        self.api = config["api_url"]
+        self.rng = random.Random(config.get("seed", 7))
+        self.first_day = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=0, second=0,
+                                                                           microsecond=0)
+
+    async def call(self, method: str, path: str, token: str | None = None, base: str | None = None,
+                   **kwargs: Any) -> tuple[int, Any]:
+        headers = kwargs.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.http.request(method, (base or self.api) + path, headers=headers, **kwargs) as response:
+            body = await response.json(content_type=None) if response.content_length != 0 else None
+            return response.status, body
+
+    async def user(self, role: str, number: int) -> dict[str, Any]:
+        email = f"{role.lower()}{number}@bench.example"
+        status, user = await self.call("POST", "/auth/register", json={
+            "email": email, "name": f"{role} {number}", "role": role, "password": PASSWORD})
+        assert status == 201, (status, user)
+        status, token = await self.call("POST", "/auth/login", json={"email": email, "password": PASSWORD})
+        assert status == 200, (status, token)
+        return {"id": user["id"], "token": token["access_token"]}
+
+    async def gather_limited(self, coros: list, limit: int) -> list:
+        semaphore = asyncio.Semaphore(limit)
+
+        async def run(coro):  # noqa: ANN001, ANN202
+            async with semaphore:
+                return await coro
+
+        return await asyncio.gather(*(run(c) for c in coros))
+
+    async def setup(self) -> None:
+        c = self.config
+        self.doctors = await self.gather_limited([self.user("Doctor", i) for i in range(c["doctors"])], 32)
+        self.patients = await self.gather_limited([self.user("Patient", i) for i in range(c["patients"])], 32)
+        windows = [{"start_time": (self.first_day + timedelta(days=d, hours=8)).isoformat(),
+                    "end_time": (self.first_day + timedelta(days=d, hours=16)).isoformat()}
+                   for d in range(c["days"])]
+        for doctor in self.doctors:
+            status, body = await self.call("POST", "/doctors/availability", doctor["token"], json=windows)
+            assert status == 201, (status, body)
+
+    def booking(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A random patient asking for a random 30-minute slot; a quarter are shifted 15 minutes, so equal and
+        partially overlapping requests meet."""
+        doctor = self.rng.choice(self.doctors)
+        patient = self.rng.choice(self.patients)
+        start = self.first_day + timedelta(days=self.rng.randrange(self.config["days"]), hours=8,
+                                           minutes=30 * self.rng.randrange(15))
+        if self.rng.random() < 0.25:
+            start += timedelta(minutes=15)
+        body = {"doctor_id": doctor["id"], "start_time": start.isoformat(),
+                "end_time": (start + timedelta(minutes=30)).isoformat()}
+        return patient, body
+
+    async def book_and_follow(self, patient: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        submitted = time.perf_counter()
+        status, accepted = await self.call("POST", "/appointments", patient["token"], json=body)
+        accepted_at = time.perf_counter()
+        if status != 202:
+            return {"status": f"http_{status}", "submit": accepted_at - submitted}
+        state = accepted
+        while state["status"] == "pending":
+            code, state = await self.call("GET", f"/booking-requests/{accepted['request_id']}?wait=30",
+                                          patient["token"])
+            assert code == 200, (code, state)
+        decided_at = time.perf_counter()
+        return {"status": state["status"], "submit": accepted_at - submitted, "decision": decided_at - submitted,
+                "accepted_at": accepted_at, "decided_at": decided_at, "started": submitted}
+
+    async def closed_loop(self, total: int, concurrency: int) -> dict[str, Any]:
+        todo = [self.booking() for _ in range(total)]
+        results: list[dict[str, Any]] = []
+
+        async def client() -> None:
+            while todo:
+                results.append(await self.book_and_follow(*todo.pop()))
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return summarize(results, began)
+
+    async def open_loop(self, total: int, rate: float) -> dict[str, Any]:
+        began = time.perf_counter()
+        tasks = []
+        for i in range(total):
+            delay = began + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.book_and_follow(*self.booking())))
+        return summarize(await asyncio.gather(*tasks), began) | {"offered_rate": rate}
+
+    async def read_rate(self, base: str, paths: list[str], concurrency: int, seconds: float) -> float:
+        done = 0
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                async with self.http.get(base + self.rng.choice(paths)) as response:
+                    await response.read()
+                    assert response.status == 200, response.status
+                done += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return done / (time.perf_counter() - began)
+
+
+def summarize(results: list[dict[str, Any]], began: float) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    decided = [r for r in results if "decision" in r]
+    last_accepted = max((r["accepted_at"] for r in decided), default=began)
+    last_decided = max((r["decided_at"] for r in decided), default=began)
+    ms = 1000
+    return {
+        "requests": len(results),
+        "counts": counts,
+        "accepted_per_s": len(decided) / max(last_accepted - began, 1e-9),
+        "decided_per_s": len(decided) / max(last_decided - began, 1e-9),
+        "submit_ms": {p: percentile([r["submit"] for r in results], p) * ms for p in (50, 95, 99)},
+        "decision_ms": {p: percentile([r["decision"] for r in decided], p) * ms for p in (50, 95, 99)},
+    }
+
+
+async def main(config: dict[str, Any]) -> dict[str, Any]:
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        load = Load(config, session)
+        await load.setup()
+        c = config
+        warmup = await load.closed_loop(min(200, c["requests"]), c["concurrency"])
+        saturated = await load.closed_loop(c["requests"], c["concurrency"])
+        paced_rate = max(saturated["decided_per_s"] / 2, 1.0)
+        paced = await load.open_loop(max(int(paced_rate * c["paced_seconds"]), 10), paced_rate)
+        day = load.first_day
+        slot_paths = [f"/doctors/{d['id']}/slots?from={day.isoformat().replace('+00:00', 'Z')}"
+                      f"&to={(day + timedelta(days=7)).isoformat().replace('+00:00', 'Z')}&duration=30"
+                      for d in load.doctors]
+        slots_rps = await load.read_rate(load.api, slot_paths, c["concurrency"], c["read_seconds"])
+        trivial_rps = await load.read_rate(c["trivial_url"], ["/ping"], c["concurrency"], c["read_seconds"])
+    return {"warmup": warmup, "saturated": saturated, "paced": paced, "slots_per_s": slots_rps,
+            "trivial_per_s": trivial_rps}
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(json.dumps(asyncio.run(main(json.loads(sys.argv[1])))))
