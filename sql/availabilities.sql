@@ -17,25 +17,19 @@ SELECT id, doctor_id, start_time, end_time FROM availabilities WHERE id = %(id)s
 -- name: delete_availability
 DELETE FROM availabilities WHERE id = %(id)s;
 
--- name: list_windows_in_range
--- Windows are at most 24 hours long, so the start-time bound keeps the scan on the index.
-SELECT id, doctor_id, start_time, end_time
+-- name: list_windows_and_busy_in_range
+-- One round trip for the hottest read: the doctor's windows touching [from, to), then the confirmed
+-- appointments that could lie inside them. Windows are at most 24 hours and appointments at most 8, so the
+-- start-time bounds keep both scans on the (doctor_id, start_time) indexes.
+SELECT 'window' AS kind, id, doctor_id, start_time, end_time
 FROM availabilities
 WHERE doctor_id = %(doctor_id)s
-  AND start_time < %(to)s
-  AND start_time > %(from)s - INTERVAL 1 DAY
-  AND end_time > %(from)s
-ORDER BY start_time;
-
--- name: list_busy_in_range
--- Confirmed appointments are at most 8 hours long (see POST /appointments).
-SELECT start_time, end_time
+  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s
+UNION ALL
+SELECT 'busy', id, doctor_id, start_time, end_time
 FROM appointments
-WHERE doctor_id = %(doctor_id)s
-  AND status = 'confirmed'
-  AND start_time < %(to)s
-  AND start_time > %(from)s - INTERVAL 1 DAY
-  AND end_time > %(from)s
+WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
+  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 2 DAY AND end_time > %(from)s - INTERVAL 1 DAY
 ORDER BY start_time;
 
 -- name: find_confirmed_appointment_in_window
