@@ -13,11 +13,13 @@ from litestar.params import Body
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
-from service.db import ER_DUP_ENTRY, Connection, Database, mysql_error_code
+from service.db import ER_DUP_ENTRY, Database, mysql_error_code
 from service.errors import Conflict, InvalidInput, NotAuthenticated
+from service.notify import publish_user_changed
 from service.ratelimit import limit_per_account
 from service.security import (
     MAX_PASSWORD_BYTES,
+    MIN_PASSWORD_BYTES,
     PUBLIC,
     CurrentUser,
     Passwords,
@@ -35,7 +37,8 @@ log = logging.getLogger("service")
 # Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed.
 Email = Annotated[str, Meta(max_length=255, pattern=r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$",
                             examples=["ada@clinic.example"])]
-Password = Annotated[str, Meta(min_length=8, max_length=72, description="8 to 72 UTF-8 bytes")]
+# bcrypt counts bytes: the characters here are a first cut, check_password_bytes() is the rule.
+Password = Annotated[str, Meta(min_length=2, max_length=72, description="8 to 72 bytes in UTF-8")]
 Name = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"\S")]
 Specialty = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"\S")]
 
@@ -86,8 +89,8 @@ def normalize_email(email: str) -> str:
 
 
 def check_password_bytes(password: str, field: str) -> None:
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
-        raise InvalidInput(f"must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8", field=field)
+    if not MIN_PASSWORD_BYTES <= len(password.encode()) <= MAX_PASSWORD_BYTES:
+        raise InvalidInput(f"must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes in UTF-8", field=field)
 
 
 class AuthController(Controller):
@@ -161,18 +164,24 @@ class AuthController(Controller):
     @post("/reset-password", opt=PUBLIC, status_code=HTTP_204_NO_CONTENT, operation_id="resetPassword",
           summary="Set a new password with a token from the reset email")
     async def reset_password(
-        self, data: Annotated[ResetPasswordIn, Body()], tx: Connection, passwords: Passwords,
+        self, data: Annotated[ResetPasswordIn, Body()], db: Database, redis: ArqRedis, passwords: Passwords,
         user_cache: UserCache,
     ) -> Response[None]:
         check_password_bytes(data.new_password, "new_password")
         now = utcnow()
-        token = await tx.fetch_one("lock_reset_token", {"token_hash": hash_reset_token(data.token)})
-        if token is None or token["used_at"] is not None or token["expires_at"] <= now:
-            raise InvalidInput("the reset token is invalid, used or expired", field="token")
-        password_hash = await passwords.hash(data.new_password)
-        await tx.execute("change_password", {"id": token["user_id"], "password_hash": password_hash})
-        await tx.execute("retire_reset_tokens", {"user_id": token["user_id"], "now": now})
+        async with db.transaction() as tx:
+            token = await tx.fetch_one("lock_reset_token", {"token_hash": hash_reset_token(data.token)})
+            if token is None or token["used_at"] is not None or token["expires_at"] <= now:
+                raise InvalidInput("the reset token is invalid, used or expired", field="token")
+            password_hash = await passwords.hash(data.new_password)
+            await tx.execute("change_password", {"id": token["user_id"], "password_hash": password_hash})
+            await tx.execute("retire_reset_tokens", {"user_id": token["user_id"], "now": now})
+        # After the commit, so no process can cache the old token version again.
         user_cache.forget(token["user_id"])
+        try:
+            await publish_user_changed(redis, token["user_id"])
+        except Exception:  # noqa: BLE001 - other processes still drop it within AUTH_CACHE_SECONDS
+            log.warning("could not tell other API processes that user %s changed", token["user_id"])
         return Response(None, status_code=HTTP_204_NO_CONTENT)
 
 

@@ -25,7 +25,7 @@ from service.db import Connection, Database
 from service.doctors import DoctorController
 from service.errors import EXCEPTION_HANDLERS
 from service.health import HealthController
-from service.notify import DecisionListener
+from service.notify import Notifications
 from service.ratelimit import per_address_limit
 from service.security import CurrentUser, Passwords, UserCache, jwt_auth
 from service.settings import Settings
@@ -74,8 +74,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     redis = redis_client(settings)
     passwords = Passwords(settings.bcrypt_rounds)
-    listener = DecisionListener(redis)
     user_cache = UserCache(settings.auth_cache_seconds)
+    listener = Notifications(redis, on_user_changed=user_cache.forget)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -19,7 +19,7 @@ from service.booking import enqueue_booking
 from service.booking_requests import read_own_request, status_url, to_out, wait_for_decision
 from service.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
 from service.errors import Conflict, InvalidInput, NotFound
-from service.notify import DecisionListener
+from service.notify import Notifications
 from service.paging import From, Limit, Offset, To, time_range
 from service.security import CurrentUser, requires_patient
 from service.times import from_row, to_db, utcnow
@@ -175,7 +175,7 @@ class AppointmentController(Controller):
         user: CurrentUser,
         db: Database,
         redis: ArqRedis,
-        listener: DecisionListener,
+        listener: Notifications,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", min_length=1,
                                                          max_length=255)] = None,
         prefer: Annotated[str | None, Parameter(header="Prefer", max_length=200)] = None,

@@ -12,7 +12,7 @@ from litestar.params import Parameter
 
 from service.db import Database, Row
 from service.errors import NotFound
-from service.notify import DecisionListener
+from service.notify import Notifications
 from service.paging import Limit, Offset
 from service.security import CurrentUser, requires_patient
 from service.times import from_row
@@ -58,7 +58,7 @@ async def read_own_request(db: Database, request_id: int, patient_id: int) -> Ro
 
 
 async def wait_for_decision(
-    db: Database, listener: DecisionListener, request_id: int, patient_id: int, timeout: float
+    db: Database, listener: Notifications, request_id: int, patient_id: int, timeout: float
 ) -> Row:
     """The request once it leaves `pending`, or as it stands when `timeout` seconds have passed."""
     return await listener.wait_until(
@@ -80,7 +80,7 @@ class BookingRequestController(Controller):
         request_id: int,
         user: CurrentUser,
         db: Database,
-        listener: DecisionListener,
+        listener: Notifications,
         wait: Annotated[int, Parameter(ge=0, le=MAX_POLL_SECONDS, description=(
             "Long polling: answer as soon as the status leaves pending, or after this many seconds"))] = 0,
     ) -> BookingRequestOut:

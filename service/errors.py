@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from litestar import Request, Response
@@ -145,10 +146,19 @@ def _is_dependency_down(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and exc.args[:1] != () and exc.args[0] in {1040, 2003, 2006, 2013}
 
 
+# msgspec names a missing or unknown field only in its message ("Object missing required field `email`"),
+# and a nested one by path ("... - at `$[1].end_time`"); Litestar then reports the whole body as the key.
+_FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`|at `\$\.?([^`]*)`")
+
+
 def _field_error(item: Any) -> dict[str, Any]:
-    if isinstance(item, dict):
-        return {"field": item.get("key") or item.get("source") or "body", "message": item.get("message", "")}
-    return {"field": "body", "message": str(item)}
+    if not isinstance(item, dict):
+        return {"field": "body", "message": str(item)}
+    message = item.get("message", "")
+    field = item.get("key")
+    if field in (None, "data", "body") and (match := _FIELD_IN_MESSAGE.search(message)):
+        field = match.group(1) or match.group(2) or "body"
+    return {"field": field or item.get("source") or "body", "message": message}
 
 
 EXCEPTION_HANDLERS = {

@@ -1,4 +1,4 @@
-"""Waking long-polling requests when the worker decides a booking, through Redis pub/sub."""
+"""Redis pub/sub for the API processes: decisions wake long polls, account changes empty the user cache."""
 
 from __future__ import annotations
 
@@ -13,20 +13,28 @@ from redis.asyncio import Redis
 
 from service.booking import DECISIONS_CHANNEL
 
+USERS_CHANGED_CHANNEL = "accounts:changed"
+
 log = logging.getLogger("service.notify")
 T = TypeVar("T")
 
 
-class DecisionListener:
+async def publish_user_changed(redis: Redis, user_id: int) -> None:
+    """Tell every API process to forget what it cached about this user (e.g. after a password change)."""
+    await redis.publish(USERS_CHANGED_CHANNEL, str(user_id))
+
+
+class Notifications:
     """One subscription per API process, fanned out to the requests waiting in it."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, on_user_changed: Callable[[int], None]) -> None:
         self.redis = redis
+        self.on_user_changed = on_user_changed
         self._waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="decision-listener")
+        self._task = asyncio.create_task(self._listen(), name="notifications")
 
     async def stop(self) -> None:
         if self._task:
@@ -38,16 +46,20 @@ class DecisionListener:
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(DECISIONS_CHANNEL)
+                    await pubsub.subscribe(DECISIONS_CHANNEL, USERS_CHANGED_CHANNEL)
                     self._wake_all()  # decisions made while we were not subscribed were missed
                     while True:
                         message = await pubsub.get_message(timeout=30.0)
-                        if message is not None:
+                        if message is None:
+                            continue
+                        if message["channel"] == DECISIONS_CHANNEL.encode():
                             self._wake(message["data"])
+                        else:
+                            self.on_user_changed(int(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                log.warning("decision listener lost Redis (%r); reconnecting", exc)
+                log.warning("notifications lost Redis (%r); reconnecting", exc)
                 await asyncio.sleep(0.5)
 
     def _wake(self, data: bytes) -> None:

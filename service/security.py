@@ -26,6 +26,7 @@ from service.settings import Settings
 Role = Literal["Doctor", "Patient"]
 JWT_ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
+MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit
 PUBLIC = {"exclude_from_auth": True}  # route opt for endpoints that need no token
 
@@ -129,7 +130,9 @@ async def load_token_user(token: Token, connection: ASGIConnection[Any, Any, Any
 class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
     """Litestar's JWT middleware, but only for `Authorization: Bearer <token>` (it would read any scheme)."""
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         scheme, _, token = connection.headers.get(self.auth_header, "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthorizedException("A bearer token is required")
