@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
@@ -72,6 +73,8 @@ def provide_user(request: Request[CurrentUser, Any, Any]) -> CurrentUser:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    # An access log line per request costs real time on the booking path; ACCESS_LOG=false drops it.
+    logging.getLogger("uvicorn.access").disabled = not settings.access_log
     redis = redis_client(settings)
     passwords = Passwords(settings.bcrypt_rounds)
     user_cache = UserCache(settings.auth_cache_seconds)

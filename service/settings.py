@@ -8,11 +8,12 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger("service")
 
+N = TypeVar("N", int, float)
 Environment = Literal["development", "test", "production"]
 MIN_SECRET_BYTES = 32
 
@@ -144,26 +145,21 @@ class Settings:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
-    return value
+    return _number(env, name, default, low, high, int, "a whole number")
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    return _number(env, name, default, low, high, float, "a number")
+
+
+def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N, kind: type[N], what: str) -> N:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
     return value
