@@ -72,8 +72,8 @@ async def wait_for_decision(
 class BookingRequestController(Controller):
     path = "/booking-requests"
     tags = ["booking requests"]
-    guards = [requires_patient]
 
+    # No role guard: anyone but the request's patient gets the same 404, a doctor included.
     @get("/{request_id:int}", operation_id="getBookingRequest", summary="A booking request's status")
     async def get_request(
         self,
@@ -86,7 +86,8 @@ class BookingRequestController(Controller):
     ) -> BookingRequestOut:
         return to_out(await wait_for_decision(db, listener, request_id, user.id, wait))
 
-    @get("/", operation_id="listBookingRequests", summary="Your booking requests, newest first")
+    @get("/", guards=[requires_patient], operation_id="listBookingRequests",
+         summary="Your booking requests, newest first")
     async def list_requests(
         self, user: CurrentUser, db: Database, status: RequestStatus | None = None, limit: Limit = 50,
         offset: Offset = 0,

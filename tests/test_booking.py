@@ -397,7 +397,8 @@ async def test_booking_requests_are_visible_only_to_their_patient(
     own = await client.get(submitted["status_url"], headers=alice.headers)
     assert own.status_code == 200 and own.json()["request_id"] == submitted["request_id"]
     assert (await client.get(submitted["status_url"], headers=bob.headers)).status_code == 404
-    assert (await client.get(submitted["status_url"], headers=doctor.headers)).status_code == 403
+    assert (await client.get(submitted["status_url"], headers=doctor.headers)).status_code == 404
+    assert (await client.get("/booking-requests", headers=doctor.headers)).status_code == 403
     assert (await client.get(submitted["status_url"])).status_code == 401
     listed = (await client.get("/booking-requests", headers=alice.headers)).json()
     assert listed["total"] == 1 and listed["items"][0]["request_id"] == submitted["request_id"]
