@@ -34,16 +34,17 @@ def booking_job_id(request_id: int) -> str:
 
 
 async def enqueue_booking(redis: Redis, request_id: int) -> bool:
-    """Queue the decision of a stored request; False (and a log line) if Redis is out of reach.
+    """Queue the decision of a stored request. False if its job was queued already (arq dedupes by job id),
+    or if Redis is out of reach (with a log line).
 
     The request is safe in MySQL either way: the sweep queues whatever stays pending.
     """
     try:
-        await redis.enqueue_job(BOOK_JOB, request_id, _job_id=booking_job_id(request_id))  # type: ignore[attr-defined]
+        job = await redis.enqueue_job(BOOK_JOB, request_id, _job_id=booking_job_id(request_id))  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001
         log.warning("could not queue booking request %s (the sweep will): %r", request_id, exc)
         return False
-    return True
+    return job is not None
 
 
 async def publish_decisions(redis: Redis, request_ids: list[int]) -> None:

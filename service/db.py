@@ -21,6 +21,8 @@ ER_DUP_ENTRY = 1062
 ER_LOCK_WAIT_TIMEOUT = 1205
 ER_LOCK_DEADLOCK = 1213
 RETRYABLE_ERRORS = frozenset({ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK})
+# Can't connect, server gone away, connection lost mid-query.
+CONNECTION_LOST_ERRORS = frozenset({2003, 2006, 2013})
 
 Row = dict[str, Any]
 

@@ -248,6 +248,13 @@ class PrivateMariaDB:
         _end(self.proc, timeout=60)
         self.proc = None
 
+    def crash(self) -> None:
+        """SIGKILL: no clean shutdown; the next start runs InnoDB's crash recovery."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
     def restart(self) -> None:
         self.stop()
         self.start()

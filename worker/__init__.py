@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvloop
 from arq import cron, func
 from arq.connections import RedisSettings
@@ -10,6 +12,15 @@ from service.settings import Settings
 from worker.jobs import book_appointment, send_email, shutdown, startup, sweep_pending
 
 _settings = Settings.from_env()
+# arq configures only its own logger; the jobs' (worker.*, service.*) would otherwise be dropped below WARNING.
+for _name in ("worker", "service"):
+    _logger = logging.getLogger(_name)
+    _logger.setLevel(logging.INFO)
+    if not _logger.handlers:
+        _handler = logging.StreamHandler()
+        _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        _logger.addHandler(_handler)
+        _logger.propagate = False
 uvloop.install()  # arq runs on whatever loop policy is installed; uvloop's is markedly cheaper per job
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 from arq import Retry
+from arq.constants import in_progress_key_prefix
+from redis.asyncio import Redis
 
 from service.booking import (
     RETRIES_EXHAUSTED,
@@ -14,7 +19,7 @@ from service.booking import (
     enqueue_booking,
     publish_decisions,
 )
-from service.db import Database
+from service.db import CONNECTION_LOST_ERRORS, Database, mysql_error_code
 from service.faults import fault_point
 from service.settings import Settings
 from service.times import utcnow
@@ -24,6 +29,8 @@ from worker.mail import send_email as deliver_email
 log = logging.getLogger("worker")
 LOCK_WAIT_SECONDS = 0.5
 SWEEP_BATCH = 1000
+# How long a booking job stays "in progress" in arq after its worker stops renewing the mark (see job_lease).
+JOB_LEASE_MS = 5000
 
 Context = dict[str, Any]
 
@@ -42,11 +49,42 @@ def retry_delay(job_try: int) -> float:
     return min(0.05 * 2**job_try, 5.0)
 
 
+@contextlib.asynccontextmanager
+async def job_lease(redis: Redis, job_id: str) -> AsyncIterator[None]:
+    """Hold arq's in-progress mark of this job as a lease of JOB_LEASE_MS, renewed while the job runs.
+
+    arq sets the mark for the job timeout + 10 s (70 s) and no worker starts the job, which stays queued, while
+    it is there; enqueueing it again (the sweep) is a no-op. So a worker killed mid-job would leave its request
+    pending for 70 s. As a lease, the mark of a dead (or frozen) worker's job lapses within seconds, and the
+    next worker to poll runs the job again: safe, since a job may run any number of times.
+    """
+    key = in_progress_key_prefix + job_id
+
+    async def renew() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
+                await redis.pexpire(key, JOB_LEASE_MS)
+            await asyncio.sleep(JOB_LEASE_MS / 5000)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+
+
 async def book_appointment(ctx: Context, request_id: int) -> str:
     """Decide a booking request, with the other pending requests of its doctor in the same transaction.
 
     Safe to run any number of times: a decided request is left as it is.
     """
+    async with job_lease(ctx["redis"], ctx["job_id"]):
+        return await decide_request(ctx, request_id)
+
+
+async def decide_request(ctx: Context, request_id: int) -> str:
     settings: Settings = ctx["settings"]
     db: Database = ctx["db"]
     state = await db.fetch_one("find_booking_request_status", {"id": request_id})
@@ -67,6 +105,9 @@ async def book_appointment(ctx: Context, request_id: int) -> str:
         if not last_try:
             log.warning("booking request %s, try %s: %r; retrying", request_id, job_try, exc)
             raise Retry(defer=retry_delay(job_try)) from exc
+        if mysql_error_code(exc) in CONNECTION_LOST_ERRORS:
+            # MySQL is away, not the request at fault: leave it pending; the sweep queues it once MySQL is back.
+            raise
         log.error("booking request %s failed after %s tries: %r", request_id, job_try, exc)
         await db.execute("fail_booking_request", {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": utcnow()})
         await publish_decisions(ctx["redis"], [request_id])
@@ -89,8 +130,7 @@ async def sweep_pending(ctx: Context) -> int:
     settings: Settings = ctx["settings"]
     before = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
     stale = await ctx["db"].fetch_all("list_stale_pending_requests", {"before": before, "limit": SWEEP_BATCH})
-    for row in stale:
-        await enqueue_booking(ctx["redis"], row["id"])
-    if stale:
-        log.info("sweep queued %d pending booking request(s) again", len(stale))
-    return len(stale)
+    queued = [row["id"] for row in stale if await enqueue_booking(ctx["redis"], row["id"])]
+    if queued:
+        log.info("sweep queued %d pending booking request(s) again: %s", len(queued), queued[:20])
+    return len(queued)
