@@ -8,13 +8,13 @@ from typing import Annotated
 
 import msgspec
 from arq.connections import ArqRedis
-from litestar import Controller, Response, get, post
+from litestar import Controller, get, post
 from litestar.params import Body
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
 from service.db import ER_DUP_ENTRY, Database, mysql_error_code
-from service.errors import Conflict, InvalidInput, NotAuthenticated
+from service.errors import Conflict, InvalidInput, NotAuthenticated, problem_responses
 from service.notify import publish_user_changed
 from service.ratelimit import limit_per_account
 from service.security import (
@@ -34,13 +34,20 @@ from service.times import from_row, utcnow
 
 log = logging.getLogger("service")
 
+# The patterns below are checked here by Python's `re` and published in the OpenAPI document, where they are
+# ECMAScript, whose `\s` is not Python's (it lacks \x1c-\x1f and \x85, and has \ufeff). So whitespace is spelled
+# out: exactly what Python's `\s` and str.strip() take for it.
+WS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed.
-Email = Annotated[str, Meta(max_length=255, pattern=r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$",
+Email = Annotated[str, Meta(max_length=255, pattern=rf"^[{WS}]*[^@{WS}]+@[^@{WS}]+\.[^@{WS}]+[{WS}]*$",
                             examples=["ada@clinic.example"])]
 # bcrypt counts bytes: the characters here are a first cut, check_password_bytes() is the rule.
 Password = Annotated[str, Meta(min_length=2, max_length=72, description="8 to 72 bytes in UTF-8")]
-Name = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"\S")]
-Specialty = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"\S")]
+# Not blank: some character is not whitespace. Anchored and whole, though unanchored `\S` would do: schemathesis
+# reads a lone `\S` as "no whitespace at all" and would call "Dr House" invalid.
+NOT_BLANK = rf"^[\s\S]*[^{WS}][\s\S]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=255, pattern=NOT_BLANK)]
+Specialty = Annotated[str, Meta(min_length=1, max_length=100, pattern=NOT_BLANK)]
 
 
 class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -97,8 +104,8 @@ class AuthController(Controller):
     path = "/auth"
     tags = ["accounts"]
 
-    @post("/register", opt=PUBLIC, status_code=HTTP_201_CREATED, operation_id="register",
-          summary="Register a doctor or a patient")
+    @post("/register", **PUBLIC, status_code=HTTP_201_CREATED, operation_id="register",
+          summary="Register a doctor or a patient", responses=problem_responses(400, 409, 413, 415, 503))
     async def register(self, data: Annotated[RegisterIn, Body()], db: Database, passwords: Passwords) -> UserOut:
         check_password_bytes(data.password, "password")
         if data.specialty is not None and data.role != "Doctor":
@@ -120,7 +127,8 @@ class AuthController(Controller):
             raise
         return from_row(UserOut, {**row, "id": user_id})
 
-    @post("/login", opt=PUBLIC, status_code=200, operation_id="login", summary="Exchange credentials for a token")
+    @post("/login", **PUBLIC, status_code=200, operation_id="login", summary="Exchange credentials for a token",
+          responses=problem_responses(400, 401, 413, 415, 429, 503))
     async def login(
         self, data: Annotated[LoginIn, Body()], db: Database, redis: ArqRedis, passwords: Passwords,
         settings: Settings,
@@ -134,15 +142,17 @@ class AuthController(Controller):
         token, lifetime = issue_access_token(user["id"], user["role"], user["token_version"], settings)
         return TokenOut(access_token=token, expires_in=lifetime)
 
-    @get("/me", operation_id="getCurrentUser", summary="The user the token belongs to")
+    @get("/me", operation_id="getCurrentUser", summary="The user the token belongs to",
+         responses=problem_responses(401, 503))
     async def me(self, user: CurrentUser, db: Database) -> UserOut:
         row = await db.fetch_one("find_user_by_id", {"id": user.id})
         if row is None:  # deleted between the token check and here
             raise NotAuthenticated()
         return from_row(UserOut, row)
 
-    @post("/forgot-password", opt=PUBLIC, status_code=HTTP_202_ACCEPTED, operation_id="forgotPassword",
-          summary="Email a password-reset token, if the account exists")
+    @post("/forgot-password", **PUBLIC, status_code=HTTP_202_ACCEPTED, operation_id="forgotPassword",
+          summary="Email a password-reset token, if the account exists",
+          responses=problem_responses(400, 413, 415, 429, 503))
     async def forgot_password(
         self, data: Annotated[ForgotPasswordIn, Body()], db: Database, redis: ArqRedis, settings: Settings
     ) -> AcceptedOut:
@@ -161,12 +171,13 @@ class AuthController(Controller):
             await send_reset_email(redis, user["email"], user["name"], token, settings)
         return AcceptedOut(detail="If an account exists for this email, a reset token is on its way to it")
 
-    @post("/reset-password", opt=PUBLIC, status_code=HTTP_204_NO_CONTENT, operation_id="resetPassword",
-          summary="Set a new password with a token from the reset email")
+    @post("/reset-password", **PUBLIC, status_code=HTTP_204_NO_CONTENT, operation_id="resetPassword",
+          summary="Set a new password with a token from the reset email",
+          responses=problem_responses(400, 413, 415, 503))
     async def reset_password(
         self, data: Annotated[ResetPasswordIn, Body()], db: Database, redis: ArqRedis, passwords: Passwords,
         user_cache: UserCache,
-    ) -> Response[None]:
+    ) -> None:
         check_password_bytes(data.new_password, "new_password")
         now = utcnow()
         async with db.transaction() as tx:
@@ -182,7 +193,7 @@ class AuthController(Controller):
             await publish_user_changed(redis, token["user_id"])
         except Exception:  # noqa: BLE001 - other processes still drop it within AUTH_CACHE_SECONDS
             log.warning("could not tell other API processes that user %s changed", token["user_id"])
-        return Response(None, status_code=HTTP_204_NO_CONTENT)
+        return None
 
 
 async def send_reset_email(redis: ArqRedis, to: str, name: str, token: str, settings: Settings) -> None:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
 from typing import Any
 
+import msgspec
 from arq.connections import ArqRedis
-from litestar import Litestar, Request
+from litestar import HttpMethod, Litestar, Request, Response
+from litestar._openapi.schema_generation import SchemaCreator
+from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Tag
+from litestar.openapi.spec import Schema, Tag
+from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.stores.redis import RedisStore
+from litestar.typing import FieldDefinition
 from redis.asyncio import ConnectionPool
 
 from service.accounts import AuthController
@@ -24,7 +32,7 @@ from service.appointments import AppointmentController
 from service.booking_requests import BookingRequestController
 from service.db import Connection, Database
 from service.doctors import DoctorController
-from service.errors import EXCEPTION_HANDLERS
+from service.errors import EXCEPTION_HANDLERS, InvalidInput, UnsupportedMediaType
 from service.health import HealthController
 from service.notify import Notifications
 from service.ratelimit import per_address_limit
@@ -65,6 +73,83 @@ async def provide_transaction(db: Database) -> AsyncIterator[Connection]:
     rolled back if the handler raises."""
     async with db.transaction() as tx:
         yield tx
+
+
+@cache
+def body_decoder(handler: HTTPRouteHandler) -> msgspec.json.Decoder:
+    return msgspec.json.Decoder(handler.parsed_data_field.annotation)  # type: ignore[union-attr]
+
+
+def refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> None:
+    names = [name for name, _ in pairs]
+    if len(names) != len(set(names)):
+        name = next(name for name in names if names.count(name) > 1)
+        raise InvalidInput(f"`{name}` appears twice in one object", field=name)
+
+
+class JsonRequest(Request[CurrentUser, Any, State]):
+    """Litestar's request, strict about bodies.
+
+    - JSON only: any other Content-Type is a 415.
+    - Decoded straight into the handler's `data` type by msgspec in strict mode: Litestar's own lax conversion
+      takes `"5"` for an id and 1900000000 for a time.
+    - A key twice in one object is a 400: parsers differ on which one counts (msgspec takes the last).
+    - JSON nested too deeply, or not in UTF-8, is a 400, not a 500.
+    """
+
+    async def json(self) -> Any:
+        media_type, _ = self.content_type
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise UnsupportedMediaType(f"send the body as application/json, not {media_type or 'untyped'}")
+        if self.route_handler.parsed_data_field is None:
+            return await super().json()
+        body = await self.body()
+        try:
+            data = body_decoder(self.route_handler).decode(body)
+            json.loads(body, object_pairs_hook=refuse_duplicate_keys)  # msgspec took it: valid, small JSON
+        except msgspec.ValidationError as exc:
+            raise ValidationException(f"Validation failed for {self.method} {self.url.path}",
+                                      extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(str(exc), field="body") from None
+        except UnicodeDecodeError:
+            raise InvalidInput("the body is not UTF-8", field="body") from None
+        except RecursionError:  # a decoder gives up past its depth limit
+            raise InvalidInput("the JSON is nested too deeply", field="body") from None
+        return data
+
+
+async def before_request(request: Request[Any, Any, Any]) -> Response[None] | None:
+    """Two fixes to Litestar's reading of a request, before any handler runs.
+
+    - OPTIONS names every method of the path: Litestar's own answer names only those of the first handler a
+      controller registered there (DELETE but not GET for /appointments/{id}).
+    - A query parameter given twice is a 400: every one of ours takes one value, and Litestar would silently keep
+      one of the two.
+    """
+    if request.method == HttpMethod.OPTIONS:
+        template = request.scope["path_template"]
+        methods = next(route.methods for route in request.app.routes if route.path_format == template)
+        return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": ", ".join(sorted(methods))})
+    names = [name for name, _ in request.query_params.multi_items()]
+    if len(names) != len(set(names)):
+        repeated = next(name for name in names if names.count(name) > 1)
+        raise InvalidInput("given more than once", field=repeated)
+    return None
+
+
+class ClosedStructSchemaPlugin(StructSchemaPlugin):
+    """A msgspec Struct's schema, with `additionalProperties: false` when it forbids unknown fields (Litestar's
+    own leaves that out, so the document would allow what the API refuses)."""
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return (super().is_plugin_supported_field(field_definition)
+                and field_definition.type_.__struct_config__.forbid_unknown_fields)
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        schema.additional_properties = False
+        return schema
 
 
 def provide_user(request: Request[CurrentUser, Any, Any]) -> CurrentUser:
@@ -114,6 +199,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[per_address_limit(settings).middleware],
         stores={"rate_limit": RedisStore(redis, namespace="rate-limit", handle_client_shutdown=False)},
         request_max_body_size=settings.max_body_bytes,
+        request_class=JsonRequest,
+        before_request=before_request,
+        plugins=[ClosedStructSchemaPlugin()],
         openapi_config=OpenAPIConfig(
             title="Doctor Appointments API",
             version="1.0.0",

@@ -18,9 +18,9 @@ from msgspec import Meta
 from service.booking import enqueue_booking
 from service.booking_requests import read_own_request, status_url, to_out, wait_for_decision
 from service.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
-from service.errors import Conflict, InvalidInput, NotFound
+from service.errors import Conflict, InvalidInput, NotFound, problem_responses
 from service.notify import Notifications
-from service.paging import From, Limit, Offset, To, time_range
+from service.paging import MAX_ID, From, Id, Limit, Offset, To, time_range
 from service.security import CurrentUser, requires_patient
 from service.times import from_row, to_db, utcnow
 
@@ -31,7 +31,7 @@ PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
-    doctor_id: Annotated[int, Meta(ge=1, le=2**63 - 1)]
+    doctor_id: Annotated[int, Meta(ge=1, le=MAX_ID)]
     start_time: datetime
     end_time: datetime
     notes: Annotated[str, Meta(max_length=2000)] | None = None
@@ -139,7 +139,7 @@ async def find_appointment(db: Database | Connection, appointment_id: int, user:
 
 
 async def list_appointments(
-    db: Database, user: CurrentUser, status: str | None, start: datetime | None, end: datetime | None,
+    db: Database, user: CurrentUser, status: str | None, start: str | None, end: str | None,
     limit: int, offset: int,
 ) -> AppointmentPage:
     """The caller's appointments: a doctor's schedule or a patient's bookings, by start time."""
@@ -167,7 +167,8 @@ class AppointmentController(Controller):
             "wait for the decision: 201 with the appointment, or 409 with the reason, if it comes in time. "
             "The same `Idempotency-Key` returns the first request instead of making another."
         ),
-        responses={HTTP_201_CREATED: ResponseSpec(AppointmentOut, description="Booked (with Prefer: wait)")},
+        responses={HTTP_201_CREATED: ResponseSpec(AppointmentOut, description="Booked (with Prefer: wait)"),
+                   **problem_responses(400, 401, 403, 404, 409, 413, 415, 503)},
     )
     async def book(
         self,
@@ -199,22 +200,25 @@ class AppointmentController(Controller):
         )
 
     @get("/my-appointments", operation_id="listMyAppointments",
-         summary="Your appointments: a patient's bookings or a doctor's schedule")
+         summary="Your appointments: a patient's bookings or a doctor's schedule",
+         responses=problem_responses(400, 401, 503))
     async def my_appointments(
         self, user: CurrentUser, db: Database, start: From = None, end: To = None,
         status: AppointmentStatus | None = None, limit: Limit = 50, offset: Offset = 0,
     ) -> AppointmentPage:
         return await list_appointments(db, user, status, start, end, limit, offset)
 
-    @get("/{appointment_id:int}", operation_id="getAppointment", summary="One of your appointments")
-    async def get_appointment(self, appointment_id: int, user: CurrentUser, db: Database) -> AppointmentOut:
+    @get("/{appointment_id:int}", operation_id="getAppointment", summary="One of your appointments",
+         responses=problem_responses(400, 401, 404, 503))
+    async def get_appointment(self, appointment_id: Id, user: CurrentUser, db: Database) -> AppointmentOut:
         return from_row(AppointmentOut, await find_appointment(db, appointment_id, user))
 
     @delete("/{appointment_id:int}", status_code=200, operation_id="cancelAppointment",
-            summary="Cancel an appointment (its patient, or its doctor with a reason)")
+            summary="Cancel an appointment (its patient, or its doctor with a reason)",
+            responses=problem_responses(400, 401, 404, 409, 503))
     async def cancel(
         self,
-        appointment_id: int,
+        appointment_id: Id,
         user: CurrentUser,
         tx: Connection,
         reason: Annotated[str | None, Parameter(min_length=1, max_length=500,

@@ -11,9 +11,9 @@ from litestar import Controller, get
 from litestar.params import Parameter
 
 from service.db import Database, Row
-from service.errors import NotFound
+from service.errors import NotFound, problem_responses
 from service.notify import Notifications
-from service.paging import Limit, Offset
+from service.paging import Id, Limit, Offset
 from service.security import CurrentUser, requires_patient
 from service.times import from_row
 
@@ -74,10 +74,11 @@ class BookingRequestController(Controller):
     tags = ["booking requests"]
 
     # No role guard: anyone but the request's patient gets the same 404, a doctor included.
-    @get("/{request_id:int}", operation_id="getBookingRequest", summary="A booking request's status")
+    @get("/{request_id:int}", operation_id="getBookingRequest", summary="A booking request's status",
+         responses=problem_responses(400, 401, 404, 503))
     async def get_request(
         self,
-        request_id: int,
+        request_id: Id,
         user: CurrentUser,
         db: Database,
         listener: Notifications,
@@ -87,7 +88,7 @@ class BookingRequestController(Controller):
         return to_out(await wait_for_decision(db, listener, request_id, user.id, wait))
 
     @get("/", guards=[requires_patient], operation_id="listBookingRequests",
-         summary="Your booking requests, newest first")
+         summary="Your booking requests, newest first", responses=problem_responses(400, 401, 403, 503))
     async def list_requests(
         self, user: CurrentUser, db: Database, status: RequestStatus | None = None, limit: Limit = 50,
         offset: Offset = 0,

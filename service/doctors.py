@@ -6,22 +6,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Response, delete, get, patch, post
+from litestar import Controller, delete, get, patch, post
 from litestar.params import Body, Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
+from service.accounts import Specialty
 from service.appointments import AppointmentPage, AppointmentStatus, list_appointments
 from service.db import Connection, Database
-from service.errors import Conflict, InvalidInput, NotFound
-from service.paging import From, Limit, Offset, To, time_range
+from service.errors import Conflict, InvalidInput, NotFound, problem_responses
+from service.paging import From, Id, Limit, Offset, To, time_range
 from service.security import PUBLIC, CurrentUser, requires_doctor
 from service.times import from_row, overlaps, to_db, utcnow
 
 MAX_WINDOW = timedelta(hours=24)
 MAX_RANGE = timedelta(days=62)
 DEFAULT_RANGE = timedelta(days=14)
-Specialty = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"\S")]
 
 
 class DoctorOut(msgspec.Struct):
@@ -82,6 +82,9 @@ class SlotsOut(msgspec.Struct):
 
 MAX_WINDOWS = 100
 WindowsIn = Annotated[list[WindowIn], Meta(min_length=1, max_length=MAX_WINDOWS)]
+# The OpenAPI document loses WindowsIn's bounds (Litestar drops the Meta of a union member); these keywords restore
+# them next to the `oneOf`, where they constrain arrays only.
+WINDOWS_BOUNDS = {"minItems": 1, "maxItems": MAX_WINDOWS}
 
 
 def like_pattern(text: str) -> str:
@@ -94,7 +97,8 @@ class DoctorController(Controller):
     path = "/doctors"
     tags = ["doctors"]
 
-    @get("/", opt=PUBLIC, operation_id="listDoctors", summary="List doctors, optionally by name or specialty")
+    @get("/", **PUBLIC, operation_id="listDoctors", summary="List doctors, optionally by name or specialty",
+         responses=problem_responses(400, 503))
     async def list_doctors(
         self,
         db: Database,
@@ -109,20 +113,24 @@ class DoctorController(Controller):
             total = await conn.fetch_value("count_doctors", filters)
         return DoctorPage([from_row(DoctorOut, r) for r in rows], total=total, limit=limit, offset=offset)
 
-    @get("/{doctor_id:int}", opt=PUBLIC, operation_id="getDoctor", summary="A doctor's profile")
-    async def get_doctor(self, doctor_id: int, db: Database) -> DoctorOut:
+    @get("/{doctor_id:int}", **PUBLIC, operation_id="getDoctor", summary="A doctor's profile",
+         responses=problem_responses(400, 404, 503))
+    async def get_doctor(self, doctor_id: Id, db: Database) -> DoctorOut:
         return from_row(DoctorOut, await find_doctor(db, doctor_id))
 
-    @patch("/me", guards=[requires_doctor], operation_id="updateMyDoctorProfile", summary="Change your specialty")
+    @patch("/me", guards=[requires_doctor], operation_id="updateMyDoctorProfile", summary="Change your specialty",
+           responses=problem_responses(400, 401, 403, 413, 415, 503))
     async def update_me(self, data: Annotated[DoctorPatch, Body()], user: CurrentUser, tx: Connection) -> DoctorOut:
         specialty = data.specialty.strip() if data.specialty else None
         await tx.execute("update_doctor_specialty", {"id": user.id, "specialty": specialty})
         return from_row(DoctorOut, await find_doctor(tx, user.id))
 
     @post("/availability", guards=[requires_doctor], status_code=HTTP_201_CREATED,
-          operation_id="addAvailability", summary="Publish one window, or several all-or-none")
+          operation_id="addAvailability", summary="Publish one window, or several all-or-none",
+          responses=problem_responses(400, 401, 403, 409, 413, 415, 503))
     async def add_availability(
-        self, data: Annotated[WindowIn | WindowsIn, Body()], user: CurrentUser, tx: Connection
+        self, data: Annotated[WindowIn | WindowsIn, Body(schema_extra=WINDOWS_BOUNDS)], user: CurrentUser,
+        tx: Connection,
     ) -> WindowOut | list[WindowOut]:
         windows = [data] if isinstance(data, WindowIn) else data
         # Litestar drops the Meta of a union member, so WindowsIn's length bounds are checked here.
@@ -150,8 +158,9 @@ class DoctorController(Controller):
         return created[0] if isinstance(data, WindowIn) else created
 
     @delete("/availability/{availability_id:int}", guards=[requires_doctor], status_code=HTTP_204_NO_CONTENT,
-            operation_id="deleteAvailability", summary="Withdraw a window that has no confirmed appointment")
-    async def delete_availability(self, availability_id: int, user: CurrentUser, tx: Connection) -> Response[None]:
+            operation_id="deleteAvailability", summary="Withdraw a window that has no confirmed appointment",
+            responses=problem_responses(400, 401, 403, 404, 409, 503))
+    async def delete_availability(self, availability_id: Id, user: CurrentUser, tx: Connection) -> None:
         await tx.fetch_one("lock_doctor", {"doctor_id": user.id})
         window = await tx.fetch_one("find_availability", {"id": availability_id})
         if window is None or window["doctor_id"] != user.id:
@@ -159,12 +168,13 @@ class DoctorController(Controller):
         if await tx.fetch_one("find_confirmed_appointment_in_window", window):
             raise Conflict("a confirmed appointment lies inside this window; cancel it first")
         await tx.execute("delete_availability", {"id": availability_id})
-        return Response(None, status_code=HTTP_204_NO_CONTENT)
+        return None
 
-    @get("/{doctor_id:int}/availability", opt=PUBLIC, operation_id="getDoctorAvailability",
-         summary="A doctor's windows in a range, each with its free intervals")
+    @get("/{doctor_id:int}/availability", **PUBLIC, operation_id="getDoctorAvailability",
+         summary="A doctor's windows in a range, each with its free intervals",
+         responses=problem_responses(400, 404, 503))
     async def get_availability(
-        self, doctor_id: int, db: Database, start: From = None, end: To = None
+        self, doctor_id: Id, db: Database, start: From = None, end: To = None
     ) -> list[AvailabilityOut]:
         windows, busy = await windows_and_busy(db, doctor_id, start, end)
         return [
@@ -173,11 +183,12 @@ class DoctorController(Controller):
             for w in windows
         ]
 
-    @get("/{doctor_id:int}/slots", opt=PUBLIC, operation_id="getDoctorSlots",
-         summary="Bookable slots of a given length, aligned to each window's start")
+    @get("/{doctor_id:int}/slots", **PUBLIC, operation_id="getDoctorSlots",
+         summary="Bookable slots of a given length, aligned to each window's start",
+         responses=problem_responses(400, 404, 503))
     async def get_slots(
         self,
-        doctor_id: int,
+        doctor_id: Id,
         db: Database,
         start: From = None,
         end: To = None,
@@ -191,7 +202,7 @@ class DoctorController(Controller):
                         slots=bookable_slots(windows, busy, step, earliest, range_end))
 
     @get("/my-appointments", guards=[requires_doctor], operation_id="listMyDoctorAppointments",
-         summary="Your schedule, with each patient's name")
+         summary="Your schedule, with each patient's name", responses=problem_responses(400, 401, 403, 503))
     async def my_appointments(
         self, user: CurrentUser, db: Database, start: From = None, end: To = None,
         status: AppointmentStatus | None = None, limit: Limit = 50, offset: Offset = 0,
@@ -219,11 +230,11 @@ def check_window(window: WindowIn, index: int | None, now: datetime) -> tuple[da
     return start, end
 
 
-def resolve_range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+def resolve_range(start: str | None, end: str | None) -> tuple[datetime, datetime]:
     """The [from, to) of a schedule read: from now by default, two weeks long by default, at most 62 days."""
     range_start, range_end = time_range(start, end)
     range_start = range_start or utcnow()
-    range_end = range_end or range_start + DEFAULT_RANGE
+    range_end = range_end or range_start + min(DEFAULT_RANGE, datetime.max - range_start)  # year 9999 ends
     if range_end <= range_start:
         raise InvalidInput("must be after from", field="to")
     if range_end - range_start > MAX_RANGE:
@@ -232,7 +243,7 @@ def resolve_range(start: datetime | None, end: datetime | None) -> tuple[datetim
 
 
 async def windows_and_busy(
-    db: Database, doctor_id: int, start: datetime | None, end: datetime | None
+    db: Database, doctor_id: int, start: str | None, end: str | None
 ) -> tuple[list[dict], list[tuple[datetime, datetime]]]:
     """The doctor's windows in the range and the confirmed appointments among them, in one query."""
     range_start, range_end = resolve_range(start, end)
@@ -274,11 +285,14 @@ def bookable_slots(
         grid_start = window["start_time"].replace(tzinfo=UTC)
         for free_start, free_end in free_intervals(window, busy):
             free_start, free_end = free_start.replace(tzinfo=UTC), free_end.replace(tzinfo=UTC)
-            # Keep the window's grid: the first grid point at or after the free interval's start.
-            start = grid_start + -((grid_start - free_start) // step) * step
-            end = start + step
-            while end <= free_end:
-                if start >= earliest and end <= latest:
-                    slots.append(SlotOut(start_time=start, end_time=end, availability_id=window["id"]))
-                start, end = end, end + step
+            try:
+                # Keep the window's grid: the first grid point at or after the free interval's start.
+                start = grid_start + -((grid_start - free_start) // step) * step
+                end = start + step
+                while end <= free_end:
+                    if start >= earliest and end <= latest:
+                        slots.append(SlotOut(start_time=start, end_time=end, availability_id=window["id"]))
+                    start, end = end, end + step
+            except OverflowError:  # the next slot would end after 9999-12-31: there is none
+                pass
     return slots

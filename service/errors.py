@@ -6,8 +6,10 @@ import logging
 import re
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -72,6 +74,12 @@ class Conflict(AppError):
     slug = "conflict"
 
 
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    title = "Unsupported media type"
+    slug = "unsupported-media-type"
+
+
 class TooManyRequests(AppError):
     status_code = 429
     title = "Too many requests"
@@ -86,6 +94,43 @@ class ServiceUnavailable(AppError):
     status_code = 503
     title = "Service unavailable"
     slug = "service-unavailable"
+
+
+class FieldProblem(msgspec.Struct):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct):
+    """RFC 9457 problem details. Some problems add members of their own (e.g. a 409's `conflicting_window`)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblem] | msgspec.UnsetType = msgspec.UNSET
+
+
+PROBLEM_DESCRIPTIONS = {
+    400: "Invalid input; `errors` names each failing field",
+    401: "No valid bearer token (or, for login, wrong credentials)",
+    403: "The token's role may not do this",
+    404: "Not found, or not yours",
+    409: "Conflicts with the current state",
+    413: "The request body is larger than the limit (MAX_BODY_BYTES)",
+    415: "The request body is not `application/json`",
+    429: "Too many attempts; see `Retry-After`",
+    503: "MySQL or Redis is unreachable, or a conflicting change was in progress; retry after `Retry-After`",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The OpenAPI `responses` of a handler's problems, each status an `application/problem+json` Problem."""
+    return {
+        status: ResponseSpec(Problem, description=PROBLEM_DESCRIPTIONS[status], media_type=PROBLEM_MEDIA_TYPE,
+                             generate_examples=False)
+        for status in statuses
+    }
 
 
 def problem(
@@ -116,7 +161,8 @@ def http_exception_handler(request: Request, exc: HTTPException) -> Response[dic
     if status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
     titles = {400: "Invalid input", 401: "Not authenticated", 403: "Forbidden", 404: "Not found",
-              405: "Method not allowed", 413: "Request body too large", 429: "Too many requests"}
+              405: "Method not allowed", 413: "Request body too large", 415: "Unsupported media type",
+              429: "Too many requests"}
     title = titles.get(status, "HTTP error")
     return problem(status, title, exc.detail or title, slug=title.lower().replace(" ", "-"), headers=headers,
                    **extra)
@@ -158,6 +204,8 @@ def _field_error(item: Any) -> dict[str, Any]:
     field = item.get("key")
     if field in (None, "data", "body") and (match := _FIELD_IN_MESSAGE.search(message)):
         field = match.group(1) or match.group(2) or "body"
+    if field == "data":  # the handler's `data`: what the client sent is the body
+        field, message = "body", "a JSON body is required" if message == "'data'" else message
     return {"field": field or item.get("source") or "body", "message": message}
 
 

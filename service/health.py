@@ -27,7 +27,7 @@ class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get("/", opt=PUBLIC, operation_id="health", summary="Whether MySQL and Redis answer",
+    @get("/", **PUBLIC, operation_id="health", summary="Whether MySQL and Redis answer",
          responses={503: ResponseSpec(HealthOut, description="MySQL or Redis does not answer")})
     async def health(self, db: Database, redis: ArqRedis) -> Response[HealthOut]:
         mysql_ok, redis_ok = await asyncio.gather(

@@ -28,7 +28,9 @@ JWT_ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit
-PUBLIC = {"exclude_from_auth": True}  # route opt for endpoints that need no token
+# Route handler kwargs (`@get(..., **PUBLIC)`) of an endpoint that needs no token: the auth middleware skips it, and
+# its OpenAPI operation overrides the document's bearer requirement with the empty one (anyone may call it).
+PUBLIC: dict[str, Any] = {"opt": {"exclude_from_auth": True}, "security": [{}]}
 
 
 class CurrentUser(msgspec.Struct, frozen=True):

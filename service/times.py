@@ -27,6 +27,14 @@ def to_db(value: datetime, field: str) -> datetime:
         raise InvalidInput("time is out of the supported range", field=field) from None
 
 
+def parse_time(value: str, field: str) -> datetime:
+    """A time sent as text (a query parameter) in RFC 3339, and nothing else: no epoch seconds like `0.5`."""
+    try:
+        return msgspec.convert(value, datetime)  # strict: the same RFC 3339 parser as JSON bodies
+    except msgspec.ValidationError:
+        raise InvalidInput("must be an RFC 3339 time, e.g. 2030-01-15T09:00:00Z", field=field) from None
+
+
 def overlaps(start_a: datetime, end_a: datetime, start_b: datetime, end_b: datetime) -> bool:
     """Half-open intervals [start, end): touching ends do not overlap."""
     return start_a < end_b and start_b < end_a

@@ -63,7 +63,7 @@ def test_database_url_is_parsed() -> None:
 
 
 def test_every_named_query_is_loaded_once() -> None:
-    assert QUERIES == load_queries()
+    assert load_queries() == QUERIES
     assert {"lock_doctor", "insert_booking_request", "ping"} <= QUERIES.keys()
     assert all(sql and not sql.endswith(";") for sql in QUERIES.values())
 

@@ -1,0 +1,659 @@
+"""Abuse: the whole API fuzzed from its OpenAPI document with schemathesis, forged tokens, other users' ids,
+oversized and odd bodies, SQL metacharacters and Unicode in every string field, and times at the edges of the
+calendar. Every bad input gets a clear 4xx problem (or is taken exactly as sent), never a 5xx, and loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pymysql
+import pytest
+
+from service.settings import Settings
+from tests.factory import PASSWORD, Factory, User, at, day, iso
+
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+PROBLEM = "application/problem+json"
+JSON = {"content-type": "application/json"}
+
+
+def problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    """Assert an RFC 9457 problem with this status (naming `field` in errors[], if given); return its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM), response.headers
+    body = response.json()
+    assert body["status"] == status and body["type"] and body["title"] and body["detail"], body
+    if field is not None:
+        assert field in [error["field"] for error in body["errors"]], body
+    return body
+
+
+def unauthenticated(response: httpx.Response) -> None:
+    problem(response, 401)
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def rows(mysql: pymysql.Connection, sql: str, *args: object) -> list[dict[str, Any]]:
+    with mysql.cursor() as cursor:
+        cursor.execute(sql, args)
+        return list(cursor.fetchall())
+
+
+def snapshot(mysql: pymysql.Connection) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table: what a refused request must leave exactly as it was."""
+    return {table: rows(mysql, f"SELECT * FROM {table} ORDER BY id")  # fixed table names, no input
+            for table in ("users", "availabilities", "booking_requests", "appointments", "password_reset_tokens")}
+
+
+def assert_tables_intact(mysql: pymysql.Connection) -> None:
+    tables = {next(iter(row.values())) for row in rows(mysql, "SHOW TABLES")}
+    assert {"users", "availabilities", "booking_requests", "appointments", "password_reset_tokens"} <= tables
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# --- 1. schemathesis: every operation, every check ---------------------------------------------------------------
+
+# Operations only a doctor may call; every other operation that needs a token is called with a patient's.
+DOCTOR_OPERATIONS = ["updateMyDoctorProfile", "addAvailability", "deleteAvailability", "listMyDoctorAppointments"]
+PATIENT_OPERATIONS = ["bookAppointment", "listBookingRequests", "getBookingRequest", "getCurrentUser",
+                      "listMyAppointments", "getAppointment", "cancelAppointment"]
+# Operations with rules a JSON Schema cannot state, which schema-valid data can break (a 400 naming the field):
+# times relative to now or to each other (in the future, end after start, `to` after `from`, at most 24 hours or
+# 62 days), a password's 8 to 72 bytes (the schema counts characters), a doctor's cancel needs a reason, a reset
+# token must exist. Only here may the positive_data_acceptance check see a 400.
+SEMANTIC_400 = ["register", "resetPassword", "addAvailability", "bookAppointment", "cancelAppointment",
+                "listMyAppointments", "listMyDoctorAppointments", "getDoctorAvailability", "getDoctorSlots"]
+# Strings that break naive SQL, LIKE patterns, logs, terminals and UTF-8 handling.
+NASTY_STRINGS = [
+    "'; DROP TABLE users; --", '" OR 1=1 --', "%_\\", "Robert'); DELETE FROM appointments;--", "\\'\\\"\\\\",
+    "😀🩺 Dr. Emoji", "د. مرحبا עברית", "\u202egnp.exe", "a\u0000b", "Z̤͔ͧ̑̓ä͖̭̈̇lͮ̒ͫǧ̗͚̚o̙̔ͮ̇͐̇", "<script>alert(1)</script>",
+    "${jndi:ldap://x/}", "\t\n\r", "0x00 NULL null None", "𝓤𝓷𝓲𝓬𝓸𝓭𝓮",
+]
+STRING_FIELDS = ["body.name", "body.specialty", "body.notes", "body.token", "query.q", "query.specialty",
+                 "query.reason"]
+
+
+def toml(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)  # JSON strings, numbers, booleans and arrays are TOML too
+
+
+async def seed(factory: Factory) -> dict[str, Any]:
+    """A doctor with a window and a patient with a confirmed appointment in it, and values for schemathesis to mix
+    into what it draws, so that ids hit, logins work and some windows and bookings are in the future."""
+    doctor, patient = await factory.doctor(specialty="Cardiology"), await factory.patient()
+    window = await factory.window(doctor, at(9), at(17))
+    appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
+    return {"doctor": doctor, "patient": patient, "dictionaries": {
+        "doctor_id": [doctor["id"]], "availability_id": [window["id"]], "appointment_id": [appointment["id"]],
+        "request_id": [appointment["booking_request_id"]],
+        "times": [iso(at(hour, offset=3)) for hour in (0, 8, 9, 9.5, 10, 12, 17, 23.75, 24)],
+        "emails": [doctor["email"], patient["email"]], "passwords": [PASSWORD, "'; DROP TABLE users; --"],
+        "nasty": NASTY_STRINGS,
+    }}
+
+
+def schemathesis_config(seeded: dict[str, Any], with_tokens: bool) -> str:
+    """schemathesis.toml: every check, deterministic generation (the same cases every run), seeded values mixed
+    into the drawn ones; with_tokens, each operation gets its role's token; without, no token at all."""
+    lines = ["[checks]", "enabled = true",  # every check schemathesis has
+             "[auth]", "auto-signup = false",  # or it signs up and logs in by itself, and no run is token-less
+             "[generation]", "deterministic = true", 'database = "none"', "max-examples = 50",
+             # With tokens, Authorization is ours alone (schemathesis still probes without one and with a bad one).
+             f"with-security-parameters = {toml(not with_tokens)}"]
+    for name, values in seeded["dictionaries"].items():
+        lines += [f"[dictionaries.{name}]", f"values = {toml(values)}"]
+    bindings = {f"path.{name}": name for name in ("doctor_id", "availability_id", "appointment_id", "request_id")}
+    bindings |= {"body.doctor_id": "doctor_id", "body.email": "emails", "body.password": "passwords"}
+    bindings |= {f"body.{items}{field}": "times" for items in ("", "[*].") for field in ("start_time", "end_time")}
+    bindings |= dict.fromkeys(STRING_FIELDS, "nasty")
+    lines += ["[parameters]"]
+    lines += [f'"{key}" = {{ dictionary = "{name}", probability = {0.3 if name == "nasty" else 0.5} }}'
+              for key, name in bindings.items()]
+    if with_tokens:
+        for operations, user in ((DOCTOR_OPERATIONS, seeded["doctor"]), (PATIENT_OPERATIONS, seeded["patient"])):
+            lines += ["[[operations]]", f"include-operation-id = {toml(operations)}",
+                      f"headers = {{ Authorization = {toml(user.headers['Authorization'])} }}"]
+    # DELETE /appointments/{id} cancels: the appointment stays readable, with status `cancelled` (README), so
+    # use_after_free, which wants a 404 once a DELETE succeeded, does not apply to reading it.
+    lines += ["[[operations]]", 'include-operation-id = ["getAppointment"]', "checks.use_after_free.enabled = false"]
+    lines += ["[[operations]]", f"include-operation-id = {toml(SEMANTIC_400)}",
+              "checks.positive_data_acceptance.expected-statuses = "
+              + toml(["2xx", "3xx", "400", "401", "403", "404", "409", "429"])]
+    return "\n".join(lines) + "\n"
+
+
+def statuses_by_operation(har: dict[str, Any], spec: dict[str, Any]) -> dict[str, Counter[int]]:
+    """The statuses each documented operation answered in a HAR recording."""
+    operations = []
+    for path, methods in spec["paths"].items():
+        pattern = re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$")
+        operations += [(method.upper(), "{" in path, pattern, op["operationId"]) for method, op in methods.items()]
+    operations.sort(key=lambda op: op[1])  # /doctors/me before /doctors/{doctor_id}
+    statuses: dict[str, Counter[int]] = defaultdict(Counter)
+    for entry in har["log"]["entries"]:
+        path = re.sub(r"^https?://[^/]+", "", entry["request"]["url"]).split("?")[0]
+        method = entry["request"]["method"]
+        operation_id = next((op[3] for op in operations if op[0] == method and op[2].match(path)), None)
+        if operation_id:
+            statuses[operation_id][entry["response"]["status"]] += 1
+    return statuses
+
+
+@pytest.mark.parametrize("with_tokens", [True, False], ids=["token of the right role", "no token"])
+async def test_schemathesis_finds_nothing(
+    client: httpx.AsyncClient, api_url: str, factory: Factory, mysql: pymysql.Connection, tmp_path: Path,
+    with_tokens: bool,
+) -> None:
+    """Every operation, with every check schemathesis has, in all its phases (examples, coverage, fuzzing,
+    stateful): no 5xx, every status, header and body as documented, invalid data refused, valid data taken, auth
+    enforced."""
+    seeded = await seed(factory)
+    spec = (await client.get("/schema/openapi.json")).json()
+    config, har_path = tmp_path / "schemathesis.toml", tmp_path / "run.har"
+    config.write_text(schemathesis_config(seeded, with_tokens))
+    process = await asyncio.create_subprocess_exec(
+        str(SCHEMATHESIS), "--config-file", str(config), "run", f"{api_url}/schema/openapi.json",
+        # One worker: with several, Hypothesis's lambda descriptions race in CPython 3.11's ast.parse.
+        "--workers", "1", "--no-color", "--report", "har", "--report-har-path", str(har_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await asyncio.wait_for(process.communicate(), 100))[0].decode()
+    assert process.returncode == 0, output
+
+    statuses = statuses_by_operation(json.loads(har_path.read_text()), spec)
+    everything = {op["operationId"] for methods in spec["paths"].values() for op in methods.values()}
+    assert set(statuses) == everything  # every operation was called
+    assert all(status < 500 or (op == "health" and status == 503) for op, counter in statuses.items()
+               for status in counter), statuses
+    protected = {op["operationId"] for methods in spec["paths"].values() for op in methods.values()
+                 if op.get("security") != [{}]}
+    assert protected == set(DOCTOR_OPERATIONS + PATIENT_OPERATIONS)
+    for operation_id in protected:
+        answered = statuses[operation_id]
+        if with_tokens:  # the token got past authentication and the role guard
+            assert set(answered) - {401, 403}, (operation_id, answered)
+        else:  # only ever refused (a 404 is an id that is not even a number: no route, so no auth either)
+            assert set(answered) <= {401, 404, 405}, (operation_id, answered)
+    assert_tables_intact(mysql)
+    assert len(rows(mysql, "SELECT id FROM users WHERE id IN (%s, %s)",
+                    seeded["doctor"]["id"], seeded["patient"]["id"])) == 2
+
+
+# --- 2. forged, broken and orphaned tokens -------------------------------------------------------------------------
+
+def segment(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+def claims(user: User, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    issued = {"sub": str(user["id"]), "role": user["role"], "ver": 0, "iat": now, "exp": now + 600, "jti": "abuse"}
+    return {name: value for name, value in (issued | changes).items() if value is not None}
+
+
+def signed(user: User, secret: str, **changes: Any) -> str:
+    return jwt.encode(claims(user, **changes), secret, algorithm="HS256")
+
+
+def resigned_payload(user: User, secret: str, **changes: Any) -> str:
+    """The user's real token with claims changed in the payload and the old signature kept."""
+    header, _, signature = signed(user, secret).split(".")
+    return f"{header}.{segment(claims(user, **changes))}.{signature}"
+
+
+def other_role(user: User) -> str:
+    return "Doctor" if user["role"] == "Patient" else "Patient"
+
+
+TOKEN_ATTACKS = {
+    "alg none": lambda user, _: f"{segment({'alg': 'none', 'typ': 'JWT'})}.{segment(claims(user))}.",
+    "tampered signature": lambda user, secret: signed(user, secret)[:-4] + "AAAA",
+    "expired": lambda user, secret: signed(user, secret, iat=int(time.time()) - 3600, exp=int(time.time()) - 60),
+    "role changed, old signature kept": lambda user, secret: resigned_payload(user, secret, role=other_role(user)),
+    "another user's id, old signature kept": lambda user, secret: resigned_payload(user, secret, sub="1"),
+    "signed with another secret": lambda user, _: signed(user, "not-the-secret-but-just-as-long-0123456789"),
+    "the other role, correctly signed": lambda user, secret: signed(user, secret, role=other_role(user)),
+    "sub beyond BIGINT, correctly signed": lambda user, secret: signed(user, secret, sub="9" * 40),
+}
+
+
+async def protected_requests(factory: Factory) -> list[tuple[User, str, str, Any]]:
+    """(whose token, method, path, body): two patient and two doctor endpoints, each of which would change or
+    reveal something with a valid token."""
+    doctor, patient = await factory.doctor(), await factory.patient()
+    window = await factory.window(doctor, at(9), at(17))
+    return [
+        (patient, "POST", "/appointments", {"doctor_id": doctor["id"], "start_time": iso(at(10)),
+                                            "end_time": iso(at(11))}),
+        (patient, "GET", "/booking-requests", None),
+        (doctor, "POST", "/doctors/availability", {"start_time": iso(at(18)), "end_time": iso(at(19))}),
+        (doctor, "DELETE", f"/doctors/availability/{window['id']}", None),
+    ]
+
+
+@pytest.mark.parametrize("attack", list(TOKEN_ATTACKS))
+async def test_forged_tokens_are_401_and_change_nothing(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection, settings: Settings, attack: str
+) -> None:
+    requests = await protected_requests(factory)
+    before = snapshot(mysql)
+    for user, method, path, body in requests:
+        token = TOKEN_ATTACKS[attack](user, settings.jwt_secret)
+        unauthenticated(await client.request(method, path, json=body, headers=bearer(token)))
+    assert snapshot(mysql) == before
+    _, method, path, body = requests[1]  # and the real token works
+    assert (await client.request(method, path, json=body, headers=requests[1][0].headers)).status_code == 200
+
+
+async def test_a_deleted_users_token_is_401_on_every_protected_endpoint(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    requests = await protected_requests(factory)
+    with mysql.cursor() as cursor:  # the doctor's window goes with them (ON DELETE CASCADE)
+        cursor.execute("DELETE FROM users")
+    before = snapshot(mysql)
+    for user, method, path, body in requests:
+        unauthenticated(await client.request(method, path, json=body, headers=user.headers))
+    assert snapshot(mysql) == before
+
+
+# --- 3. object-level authorization: another user's ids -------------------------------------------------------------
+
+async def test_another_users_ids_are_404_like_ids_that_do_not_exist_and_change_nothing(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    doctor, other_doctor = await factory.doctor(), await factory.doctor()
+    patient, other_patient = await factory.patient(), await factory.patient()
+    window = await factory.window(doctor, at(9), at(17))
+    appointment = await factory.booked(patient, doctor["id"], at(10), at(11))
+    request_id, nowhere = appointment["booking_request_id"], 2**53 - 1
+    before = snapshot(mysql)
+
+    def same_as_nowhere(theirs: httpx.Response, missing: httpx.Response) -> None:
+        """A 404 that says no more than the one for an id nobody has: no way to learn that the object exists."""
+        body, none = problem(theirs, 404), problem(missing, 404)
+        assert (body["type"], body["title"]) == (none["type"], none["title"])
+        assert body["detail"].replace(str(theirs.request.url).rsplit("/", 1)[-1].split("?")[0], "N") == \
+            none["detail"].replace(str(nowhere), "N")
+
+    # A booking request is its patient's alone: not another patient's, not any doctor's, its own doctor's included.
+    for intruder in (other_patient, other_doctor, doctor):
+        started = time.monotonic()
+        same_as_nowhere(await client.get(f"/booking-requests/{request_id}", params={"wait": 5},
+                                         headers=intruder.headers),
+                        await client.get(f"/booking-requests/{nowhere}", headers=intruder.headers))
+        assert time.monotonic() - started < 2  # refused at once, not after a long poll
+    # An appointment is its patient's and its doctor's.
+    for intruder in (other_patient, other_doctor):
+        path = f"/appointments/{appointment['id']}"
+        same_as_nowhere(await client.get(path, headers=intruder.headers),
+                        await client.get(f"/appointments/{nowhere}", headers=intruder.headers))
+        same_as_nowhere(await client.delete(path, params={"reason": "mine now"}, headers=intruder.headers),
+                        await client.delete(f"/appointments/{nowhere}", params={"reason": "x"},
+                                            headers=intruder.headers))
+    # A window is its doctor's; a patient may not even try.
+    same_as_nowhere(await client.delete(f"/doctors/availability/{window['id']}", headers=other_doctor.headers),
+                    await client.delete(f"/doctors/availability/{nowhere}", headers=other_doctor.headers))
+    problem(await client.delete(f"/doctors/availability/{window['id']}", headers=patient.headers), 403)
+    # Nor do the lists show them.
+    for intruder, path in ((other_patient, "/booking-requests"), (other_patient, "/appointments/my-appointments"),
+                           (other_doctor, "/appointments/my-appointments"),
+                           (other_doctor, "/doctors/my-appointments")):
+        listed = await client.get(path, headers=intruder.headers)
+        assert listed.status_code == 200 and listed.json()["items"] == [], (path, listed.text)
+
+    assert snapshot(mysql) == before
+    for owner, path in ((patient, f"/booking-requests/{request_id}"), (patient, f"/appointments/{appointment['id']}"),
+                        (doctor, f"/appointments/{appointment['id']}")):
+        assert (await client.get(path, headers=owner.headers)).status_code == 200
+
+
+# --- 4. oversized and odd bodies ----------------------------------------------------------------------------------
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+BAD_BODIES: dict[str, tuple[bytes, dict[str, str], int, str | None]] = {
+    # name: (body, headers, status, field named in errors[])
+    "10,000 levels of [": (nested(10_000), JSON, 400, "body"),
+    "10,000 unclosed [": (b"[" * 10_000, JSON, 400, "body"),
+    "10,000 levels of objects in an unknown field": (
+        b'{"doctor_id": 1, "surprise": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_000 + b"}", JSON, 400, "surprise"),
+    "NaN": (b'{"doctor_id": NaN, "start_time": "2030-01-01T10:00:00Z", "end_time": "2030-01-01T11:00:00Z"}', JSON,
+            400, "body"),
+    "Infinity": (b'{"doctor_id": Infinity}', JSON, 400, "body"),
+    "doctor_id beyond int64": (b'{"doctor_id": 18446744073709551616, "start_time": "2030-01-01T10:00:00Z", '
+                               b'"end_time": "2030-01-01T11:00:00Z"}', JSON, 400, "doctor_id"),
+    "doctor_id 1e400": (b'{"doctor_id": 1e400, "start_time": "2030-01-01T10:00:00Z", '
+                        b'"end_time": "2030-01-01T11:00:00Z"}', JSON, 400, "doctor_id"),
+    "empty body": (b"", JSON, 400, "body"),
+    "whitespace only": (b" \n ", JSON, 400, "body"),
+    "null": (b"null", JSON, 400, "body"),
+    "an array where an object is expected": (b"[1, 2, 3]", JSON, 400, "body"),
+    "a string where an object is expected": (b'"{}"', JSON, 400, "body"),
+    "truncated JSON": (b'{"doctor_id": 1, "start_time": "2030-', JSON, 400, "body"),
+    "trailing garbage": (b'{"doctor_id": 1} {"doctor_id": 2}', JSON, 400, None),
+    "invalid UTF-8": (b'{"notes": "\xff\xfe"}', JSON, 400, "body"),
+    "a byte order mark": ("\ufeff{}".encode(), JSON, 400, "body"),
+    "an unescaped newline in a string": (b'{"notes": "a\nb"}', JSON, 400, "body"),
+    "a lone surrogate escape": (b'{"notes": "\\ud800"}', JSON, 400, "body"),
+    "text/plain": (b"{}", {"content-type": "text/plain"}, 415, None),
+    "a form": (b"doctor_id=1", {"content-type": "application/x-www-form-urlencoded"}, 415, None),
+    "multipart": (b"--x\r\n\r\n--x--", {"content-type": "multipart/form-data; boundary=x"}, 415, None),
+    "no Content-Type": (b"{}", {}, 415, None),
+}
+
+
+@pytest.fixture
+async def booking(factory: Factory) -> dict[str, Any]:
+    """A patient and a valid body for POST /appointments, to break in every way."""
+    doctor, patient = await factory.doctor(), await factory.patient()
+    await factory.window(doctor, at(9), at(17))
+    return {"patient": patient, "body": {"doctor_id": doctor["id"], "start_time": iso(at(10)),
+                                         "end_time": iso(at(11))}}
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+async def test_odd_bodies_are_a_clear_4xx_and_store_nothing(
+    client: httpx.AsyncClient, mysql: pymysql.Connection, booking: dict[str, Any], name: str
+) -> None:
+    content, headers, status, field = BAD_BODIES[name]
+    before = snapshot(mysql)
+    response = await client.post("/appointments", content=content, headers={**headers, **booking["patient"].headers})
+    problem(response, status, field)
+    assert snapshot(mysql) == before
+    assert (await client.get("/health")).status_code == 200
+
+
+async def test_deep_json_in_a_field_that_is_skipped_is_a_400(client: httpx.AsyncClient) -> None:
+    """A login body ignores unknown fields, so the decoder walks through them rather than stopping at them."""
+    for deep in (nested(10_000), b'{"a":' * 10_000 + b"1" + b"}" * 10_000):
+        body = b'{"email": "a@clinic.example", "password": "whatever1", "extra": ' + deep + b"}"
+        problem(await client.post("/auth/login", content=body, headers=JSON), 400, "body")
+
+
+async def test_duplicate_keys_are_refused_wherever_they_are(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection, booking: dict[str, Any]
+) -> None:
+    """Parsers disagree on which of two equal keys counts (msgspec: the last; many proxies: the first)."""
+    doctor = await factory.doctor()
+    before = snapshot(mysql)
+    body = booking["body"]
+    twice = (f'{{"doctor_id": {body["doctor_id"]}, "doctor_id": {doctor["id"]}, "start_time": "{body["start_time"]}",'
+             f' "end_time": "{body["end_time"]}"}}')
+    problem(await client.post("/appointments", content=twice, headers={**JSON, **booking["patient"].headers}), 400,
+            "doctor_id")
+    windows = f'[{{"start_time": "{iso(at(9))}", "end_time": "{iso(at(10))}", "end_time": "{iso(at(11))}"}}]'
+    problem(await client.post("/doctors/availability", content=windows, headers={**JSON, **doctor.headers}), 400,
+            "end_time")
+    assert snapshot(mysql) == before
+
+
+async def test_bodies_over_the_size_limit_are_413_however_they_are_sent(
+    client: httpx.AsyncClient, mysql: pymysql.Connection, settings: Settings, booking: dict[str, Any]
+) -> None:
+    before = snapshot(mysql)
+    headers = {**JSON, **booking["patient"].headers}
+    just_over = json.dumps({**booking["body"], "notes": "x" * settings.max_body_bytes}).encode()
+    one_megabyte = json.dumps({**booking["body"], "notes": "😀" * 250_000}).encode()
+
+    async def chunked() -> Any:  # no Content-Length: the limit must hold while reading
+        for start in range(0, len(one_megabyte), 16_384):
+            yield one_megabyte[start:start + 16_384]
+
+    for content in (just_over, one_megabyte, chunked()):
+        response = await client.post("/appointments", content=content, headers=headers)
+        assert problem(response, 413)["title"] == "Request body too large"
+    # Under the limit but over a field's: a 400 naming it.
+    problem(await client.post("/appointments", json={**booking["body"], "notes": "x" * 60_000}, headers=headers),
+            400, "notes")
+    assert snapshot(mysql) == before
+    # A body just under the limit is read (and refused for its content, not its size).
+    padding = settings.max_body_bytes - len(json.dumps({**booking["body"], "notes": ""}).encode()) - 64
+    almost = json.dumps({**booking["body"], "notes": "x" * padding}).encode()
+    assert len(almost) < settings.max_body_bytes
+    problem(await client.post("/appointments", content=almost, headers=headers), 400, "notes")
+
+
+async def test_json_with_a_charset_or_a_json_suffix_is_taken(
+    client: httpx.AsyncClient, booking: dict[str, Any]
+) -> None:
+    for content_type in ("application/json; charset=utf-8", "APPLICATION/JSON", "application/vnd.clinic+json"):
+        response = await client.post("/appointments", content=json.dumps(booking["body"]),
+                                     headers={"content-type": content_type, **booking["patient"].headers})
+        assert response.status_code == 202, (content_type, response.text)
+
+
+# --- 5. SQL metacharacters and Unicode in every string field -------------------------------------------------------
+
+NASTY = {
+    "sql quote": "'; DROP TABLE users; --",
+    "sql or": '" OR 1=1 --',
+    "like wildcards": "%_\\",
+    "backslashes and quotes": "\\'\\\"\\\\",
+    "emoji": "😀🩺🧑🏽‍⚕️",
+    "right to left": "د. مرحبا עברית",
+    "right-to-left override": "\u202egnp.exe",
+    "nul": "a\u0000b",
+    "combining marks": "Z̤͔ͧ̑̓ä͖̭̈̇lͮ̒ͫǧ̗͚̚o̙̔ͮ̇͐̇",
+    "zero width": "a\u200bb\u200dc\ufeffd",
+    "html": "<script>alert(1)</script>",
+    "astral": "𝓤𝓷𝓲𝓬𝓸𝓭𝓮 𝄞",
+}
+
+
+@pytest.mark.parametrize("name", list(NASTY))
+async def test_nasty_strings_are_stored_and_returned_exactly(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection, name: str
+) -> None:
+    text = NASTY[name]
+    decoy = await factory.doctor(name="Dr Plain", specialty="Plain")
+    # Registration: name, specialty, and the password (then logging in with it).
+    password = f"{text}-pass-1"[:40]
+    response = await client.post("/auth/register", json={
+        "email": f"o'brien+%_{abs(hash(name))}@clinic.example", "name": f"Dr {text}", "role": "Doctor",
+        "password": password, "specialty": text})
+    assert response.status_code == 201, response.text
+    doctor = User(response.json())
+    assert (doctor["name"], doctor["specialty"]) == (f"Dr {text}", text)
+    assert rows(mysql, "SELECT name, specialty FROM users WHERE id = %s", doctor["id"]) == [
+        {"name": f"Dr {text}", "specialty": text}]
+    login = await client.post("/auth/login", json={"email": doctor["email"], "password": password})
+    assert login.status_code == 200, login.text
+    doctor["token"] = login.json()["access_token"]
+    # Search: a substring of the name (LIKE wildcards taken literally) and the exact specialty.
+    for params in ({"q": text}, {"specialty": text}):
+        found = await client.get("/doctors", params=params)
+        assert found.status_code == 200, found.text
+        assert [d["id"] for d in found.json()["items"]] == [doctor["id"]], (params, found.json())
+    assert decoy["id"] not in [d["id"] for d in (await client.get("/doctors", params={"q": text})).json()["items"]]
+    # The doctor's own profile.
+    patched = await client.patch("/doctors/me", json={"specialty": f"{text}!"}, headers=doctor.headers)
+    assert patched.status_code == 200 and patched.json()["specialty"] == f"{text}!", patched.text
+    # A booking's notes, and the doctor's reason for cancelling it.
+    patient = await factory.patient(name=f"Pat {text}")
+    await factory.window(doctor, at(9), at(17))
+    booked = await client.post("/appointments", headers={**patient.headers, "Prefer": "wait=10"}, json={
+        "doctor_id": doctor["id"], "start_time": iso(at(10)), "end_time": iso(at(11)), "notes": text})
+    assert booked.status_code == 201, booked.text
+    appointment = booked.json()
+    assert (appointment["notes"], appointment["patient_name"], appointment["doctor_name"]) == (
+        text, f"Pat {text}", f"Dr {text}")
+    request = await client.get(f"/booking-requests/{appointment['booking_request_id']}", headers=patient.headers)
+    assert request.json()["notes"] == text
+    cancelled = await client.delete(f"/appointments/{appointment['id']}", params={"reason": text},
+                                    headers=doctor.headers)
+    assert cancelled.status_code == 200 and cancelled.json()["cancel_reason"] == text, cancelled.text
+    assert rows(mysql, "SELECT a.notes, a.cancel_reason, b.notes AS request_notes FROM appointments a "
+                       "JOIN booking_requests b ON b.id = a.booking_request_id WHERE a.id = %s", appointment["id"]) == [
+        {"notes": text, "cancel_reason": text, "request_notes": text}]
+    assert_tables_intact(mysql)
+    assert len(rows(mysql, "SELECT id FROM users")) == 3
+
+
+async def test_nasty_ascii_in_emails_and_headers(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection, booking: dict[str, Any]
+) -> None:
+    for email in ("x'OR'1'='1@clinic.example", 'a"--@clinic.example', "%_\\@clinic.example"):
+        registered = await client.post("/auth/register", json={"email": email, "name": "E", "role": "Patient",
+                                                               "password": PASSWORD})
+        assert registered.status_code == 201 and registered.json()["email"] == email.lower(), registered.text
+        assert (await client.post("/auth/login", json={"email": email, "password": PASSWORD})).status_code == 200
+        assert (await client.post("/auth/forgot-password", json={"email": email})).status_code == 202
+    # Not an address at all: refused by the pattern, never queried.
+    problem(await client.post("/auth/login", json={"email": "'; DROP TABLE users; --", "password": "x"}), 400,
+            "email")
+    # An idempotency key is a header: latin-1 only, so ASCII metacharacters.
+    headers = {**booking["patient"].headers, "Idempotency-Key": "'; DROP TABLE booking_requests; -- %_\\"}
+    first = await client.post("/appointments", json=booking["body"], headers=headers)
+    again = await client.post("/appointments", json=booking["body"], headers=headers)
+    assert first.status_code == again.status_code == 202 and first.json() == again.json(), (first.text, again.text)
+    assert_tables_intact(mysql)
+    assert len(rows(mysql, "SELECT id FROM booking_requests")) == 1
+
+
+async def test_unicode_that_is_not_text_is_a_clear_400(
+    client: httpx.AsyncClient, mysql: pymysql.Connection
+) -> None:
+    before = snapshot(mysql)
+    for escaped in (b"\\ud800", b"\\udfff", b"a\\ud800b", b"\\udc00\\ud800"):  # lone or reversed surrogates
+        body = b'{"email": "s@clinic.example", "name": "' + escaped + b'", "role": "Patient", "password": "p4ssw0rd!"}'
+        problem(await client.post("/auth/register", content=body, headers=JSON), 400, "body")
+    assert snapshot(mysql) == before
+    # In a query string, bytes that are not UTF-8 (a surrogate's UTF-8 form, a lone 0xFF) find nothing.
+    for raw in ("%ED%A0%80", "%FF", "%00", "%C0%AF"):
+        response = await client.get(f"/doctors?q={raw}")
+        assert response.status_code == 200 and response.json()["items"] == [], response.text
+
+
+# --- 6. times at the edges ----------------------------------------------------------------------------------------
+
+async def test_the_end_of_year_9999(client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    created = await client.post("/doctors/availability", headers=doctor.headers,
+                                json={"start_time": "9999-12-31T20:00:00Z", "end_time": "9999-12-31T23:59:59Z"})
+    assert created.status_code == 201, created.text
+    slots_path = f"/doctors/{doctor['id']}/slots"
+    # No `to`: two weeks after `from` would be past the end of time, so the range ends there.
+    slots = await client.get(slots_path, params={"from": "9999-12-31T00:00:00Z"})
+    assert slots.status_code == 200, slots.text
+    assert [s["start_time"][11:16] for s in slots.json()["slots"]] == [
+        "20:00", "20:30", "21:00", "21:30", "22:00", "22:30", "23:00"]  # 23:30 would end after 23:59:59
+    long_slots = await client.get(slots_path, params={"from": "9999-12-31T00:00:00Z", "duration": 480})
+    assert long_slots.status_code == 200 and long_slots.json()["slots"] == [], long_slots.text
+    windows = await client.get(f"/doctors/{doctor['id']}/availability", params={"from": "9999-12-31T00:00:00Z"})
+    assert windows.status_code == 200 and windows.json()[0]["free"] == [
+        {"start_time": "9999-12-31T20:00:00Z", "end_time": "9999-12-31T23:59:59Z"}], windows.text
+    booked = await client.post("/appointments", headers={**patient.headers, "Prefer": "wait=10"}, json={
+        "doctor_id": doctor["id"], "start_time": "9999-12-31T23:00:00Z", "end_time": "9999-12-31T23:30:00Z"})
+    assert booked.status_code == 201, booked.text
+    slots = await client.get(slots_path, params={"from": "9999-12-31T00:00:00Z", "to": "9999-12-31T23:59:59.999999Z"})
+    assert slots.status_code == 200 and len(slots.json()["slots"]) == 6, slots.text
+    everything = await client.get("/appointments/my-appointments", headers=patient.headers,
+                                  params={"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59.999999Z"})
+    assert everything.status_code == 200 and everything.json()["total"] == 1, everything.text
+    # A `from` at the very last microsecond leaves no range at all: a 400, not an overflow.
+    problem(await client.get(slots_path, params={"from": "9999-12-31T23:59:59.999999Z"}), 400, "to")
+    assert len(rows(mysql, "SELECT id FROM appointments WHERE status = 'confirmed'")) == 1
+
+
+@pytest.mark.parametrize(("method", "path", "where", "field"), [
+    ("POST", "/doctors/availability", "body", "start_time"),
+    ("POST", "/appointments", "body", "start_time"),
+    ("GET", "/doctors/{doctor_id}/slots", "query", "from"),
+    ("GET", "/doctors/{doctor_id}/availability", "query", "to"),
+    ("GET", "/appointments/my-appointments", "query", "from"),
+    ("GET", "/doctors/my-appointments", "query", "to"),
+])
+@pytest.mark.parametrize("moment", [
+    "9999-12-31T23:00:00-05:45",  # 10000-01-01T04:45Z
+    "9999-12-31T23:59:59.999999-00:01",
+    "0001-01-01T00:00:00+05:45",  # 0000-12-31T18:15Z
+    "0001-01-01T05:44:59+05:45",
+])
+async def test_offsets_that_overflow_utc_are_a_400_naming_the_field(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection, method: str, path: str, where: str,
+    field: str, moment: str,
+) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    user = doctor if path.startswith("/doctors/availability") or path == "/doctors/my-appointments" else patient
+    path = path.format(doctor_id=doctor["id"])
+    before = snapshot(mysql)
+    if where == "body":
+        other = "end_time" if field == "start_time" else "start_time"
+        body = {field: moment, other: "9999-12-31T23:30:00Z"} | (
+            {"doctor_id": doctor["id"]} if path == "/appointments" else {})
+        response = await client.request(method, path, json=body, headers=user.headers)
+    else:
+        response = await client.request(method, path, params={field: moment}, headers=user.headers)
+    problem(response, 400, field)
+    assert snapshot(mysql) == before
+
+
+def next_leap_year(after: int) -> int:
+    year = after + 1
+    while not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
+        year += 1
+    return year
+
+
+async def test_offsets_leap_days_missing_offsets_and_fractions_are_read_right(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    date = day(3).date().isoformat()
+    leap = next_leap_year(datetime.now(UTC).year)
+
+    async def window(start: str, end: str) -> httpx.Response:
+        return await client.post("/doctors/availability", headers=doctor.headers,
+                                 json={"start_time": start, "end_time": end})
+
+    accepted = {  # sent -> (stored start, returned start)
+        (f"{date}T15:45:00+05:45", f"{date}T16:45:00+05:45"): f"{date}T10:00:00",  # Nepal: no DST, 45 minutes
+        (f"{date}T02:30:00-09:30", f"{date}T03:30:00-09:30"): f"{date}T12:00:00",  # Marquesas: minus half hours
+        (f"{date}T14:00:00", f"{date}T14:30:00"): f"{date}T14:00:00",  # no offset: UTC
+        (f"{date}T15:00:00.123456Z", f"{date}T15:30:00.5Z"): f"{date}T15:00:00.123456",
+        (f"{date}T16:00:00.123456789Z", f"{date}T16:30:00Z"): f"{date}T16:00:00.123457",  # nanoseconds: rounded
+        (f"{date}t17:00:00z", f"{date}t17:30:00z"): f"{date}T17:00:00",  # RFC 3339 allows lower case
+        (f"{leap}-02-29T09:00:00Z", f"{leap}-02-29T10:00:00Z"): f"{leap}-02-29T09:00:00",
+    }
+    for (start, end), stored in accepted.items():
+        response = await window(start, end)
+        assert response.status_code == 201, (start, response.text)
+        assert response.json()["start_time"] == stored + "Z", (start, response.json())
+        assert rows(mysql, "SELECT start_time FROM availabilities WHERE id = %s", response.json()["id"]) == [
+            {"start_time": datetime.fromisoformat(stored)}]
+    before = snapshot(mysql)
+    for start in (f"{leap - 1}-02-29T09:00:00Z", f"{date}T23:59:60Z", f"{date}T24:00:00Z", f"{date}T10:00:00+24:00",
+                  f"{date}T10:00:00+05:45:30", f"{date}T10:00", f"{date}", "1900000000", "", "now"):
+        problem(await window(start, f"{leap}-02-29T10:00:00Z"), 400, "start_time")
+    problem(await client.post("/doctors/availability", headers=doctor.headers,
+                              json={"start_time": 1_900_000_000, "end_time": 1_900_003_600}), 400, "start_time")
+    assert snapshot(mysql) == before
+
+    # Query times: the same offsets pick the same window; epoch numbers and dates alone are refused.
+    picked = await client.get(f"/doctors/{doctor['id']}/availability",
+                              params={"from": f"{date}T15:45:00+05:45", "to": f"{date}T16:45:00+05:45"})
+    assert [w["start_time"] for w in picked.json()] == [f"{date}T10:00:00Z"], picked.text
+    for bad in ("0.5", "1900000000", "", f"{date}", "tomorrow", f"{leap - 1}-02-29T00:00:00Z"):
+        problem(await client.get(f"/doctors/{doctor['id']}/slots", params={"from": bad}), 400, "from")
+    # And a booking in +05:45 lands on the UTC slot it names.
+    booked = await client.post("/appointments", headers={**patient.headers, "Prefer": "wait=10"}, json={
+        "doctor_id": doctor["id"], "start_time": f"{date}T15:45:00+05:45", "end_time": f"{date}T16:15:00+05:45"})
+    assert booked.status_code == 201, booked.text
+    assert (booked.json()["start_time"], booked.json()["end_time"]) == (f"{date}T10:00:00Z", f"{date}T10:30:00Z")
