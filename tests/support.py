@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pymysql
@@ -132,7 +133,31 @@ def _end(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
         proc.wait()
 
 
-class PrivateRedis:
+class _PrivateServer:
+    """What a private server shares: stop (SIGTERM, then SIGKILL), restart, and use as a context manager."""
+
+    proc: subprocess.Popen[bytes] | None
+    stop_timeout = 20.0
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        _end(self.proc, timeout=self.stop_timeout)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class PrivateRedis(_PrivateServer):
     """A redis-server of one test's own on a spare port (no persistence), to stop, restart or flush at will.
 
     A restart comes back empty, like a failover to a replica that had not caught up: queue and locks are gone.
@@ -167,22 +192,9 @@ class PrivateRedis:
         _wait_until(self.answers, f"redis-server on port {self.port}", self.proc)
         return self
 
-    def stop(self) -> None:
-        _end(self.proc)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> PrivateRedis:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
-class PrivateMariaDB:
+class PrivateMariaDB(_PrivateServer):
     """A mariadbd of one test's own: a scratch data directory, socket and port, root without a password.
 
     `extra_args` go on mariadbd's command line (e.g. `--innodb-lock-wait-timeout=1`), so a test can change
@@ -244,9 +256,7 @@ class PrivateMariaDB:
         _wait_until(self.answers, f"mariadbd on port {self.port}", self.proc, timeout=30)
         return self
 
-    def stop(self) -> None:
-        _end(self.proc, timeout=60)
-        self.proc = None
+    stop_timeout = 60.0
 
     def crash(self) -> None:
         """SIGKILL: no clean shutdown; the next start runs InnoDB's crash recovery."""
@@ -254,16 +264,6 @@ class PrivateMariaDB:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> PrivateMariaDB:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def log_of(proc: subprocess.Popen[bytes]) -> Path:
