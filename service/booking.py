@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
+from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from service.db import RETRYABLE_ERRORS, Connection, Database, mysql_error_code
 from service.faults import fault_point
@@ -33,18 +38,40 @@ def booking_job_id(request_id: int) -> str:
     return f"booking:{request_id}"
 
 
+# What arq's enqueue_job does (skip if the job or its result exists, store the job, add it to the queue), in one
+# atomic round trip instead of its four (WATCH, EXISTS, MULTI … EXEC): this sits on every POST /appointments.
+ENQUEUE_SCRIPT = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+JOB_EXPIRES_MS = 24 * 3600 * 1000  # as arq: a job not started within a day is dropped (the sweep re-queues)
+
+
+@cache
+def _enqueue_script(redis: Redis) -> AsyncScript:
+    return redis.register_script(ENQUEUE_SCRIPT)
+
+
 async def enqueue_booking(redis: Redis, request_id: int) -> bool:
     """Queue the decision of a stored request. False if its job was queued already (arq dedupes by job id),
     or if Redis is out of reach (with a log line).
 
     The request is safe in MySQL either way: the sweep queues whatever stays pending.
     """
+    job_id = booking_job_id(request_id)
+    now_ms = int(time.time() * 1000)
+    job = serialize_job(BOOK_JOB, (request_id,), {}, None, now_ms)
     try:
-        job = await redis.enqueue_job(BOOK_JOB, request_id, _job_id=booking_job_id(request_id))  # type: ignore[attr-defined]
+        queued = await _enqueue_script(redis)(
+            keys=[job_key_prefix + job_id, result_key_prefix + job_id, default_queue_name],
+            args=[JOB_EXPIRES_MS, job, now_ms, job_id],
+        )
     except Exception as exc:  # noqa: BLE001
         log.warning("could not queue booking request %s (the sweep will): %r", request_id, exc)
         return False
-    return job is not None
+    return bool(queued)
 
 
 async def publish_decisions(redis: Redis, request_ids: list[int]) -> None:

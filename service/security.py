@@ -140,6 +140,38 @@ class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
             raise NotAuthorizedException("A bearer token is required")
         return await self.authenticate_token(encoded_token=token.strip(), connection=connection)
 
+    async def authenticate_token(
+        self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        """Verify a token's signature once per process, not once per request: a cheap token check.
+
+        The same string is the same signature, so a token verified before needs only its expiry checked again.
+        Whether its user still exists and has not changed password is checked on every request, as before.
+        """
+        token = _verified_tokens.get(encoded_token)
+        if token is None or token.exp <= datetime.now(UTC):
+            result = await super().authenticate_token(encoded_token, connection)
+            _verified_tokens.remember(encoded_token, result.auth)
+            return result
+        user = await self.retrieve_user_handler(token, connection)
+        if not user:
+            raise NotAuthorizedException()
+        return AuthenticationResult(user=user, auth=token)
+
+
+class VerifiedTokens(dict[str, Token]):
+    """Tokens whose signature and claims were checked, by their encoded form; bounded, oldest dropped first."""
+
+    limit = 50_000
+
+    def remember(self, encoded: str, token: Token) -> None:
+        if len(self) >= self.limit:
+            del self[next(iter(self))]
+        self[encoded] = token
+
+
+_verified_tokens = VerifiedTokens()
+
 
 def jwt_auth(settings: Settings) -> JWTAuth[CurrentUser]:
     """Litestar's bearer-token middleware, HS256 only, every claim we issue required."""

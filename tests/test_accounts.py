@@ -785,3 +785,18 @@ async def test_a_short_multibyte_password_counts_bytes(client: httpx.AsyncClient
     response = await client.post("/auth/register", json=registration(password="éééé"))
     assert response.status_code == 201, response.text
     assert_problem(await client.post("/auth/register", json=registration(password="ééé")), 400, "password")
+
+
+async def test_a_token_verified_once_still_dies_at_its_expiry(
+    client: httpx.AsyncClient, factory: Factory, settings: Settings
+) -> None:
+    """Each process remembers verified tokens to skip the signature check; expiry is still checked each time."""
+    patient = await factory.patient()
+    now = datetime.now(UTC)
+    token = jwt.encode({"sub": str(patient["id"]), "role": "Patient", "ver": 0, "iat": now,
+                        "exp": now + timedelta(seconds=1.5), "jti": uuid.uuid4().hex},
+                       settings.jwt_secret, algorithm="HS256")
+    for _ in range(3):  # verified, then served from the remembered tokens
+        assert (await client.get("/auth/me", headers=bearer(token))).status_code == 200
+    await asyncio.sleep(max(0.0, (now + timedelta(seconds=1.6) - datetime.now(UTC)).total_seconds()))
+    assert_unauthenticated(await client.get("/auth/me", headers=bearer(token)))

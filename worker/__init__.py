@@ -12,6 +12,8 @@ from service.settings import Settings
 from worker.jobs import book_appointment, send_email, shutdown, startup, sweep_pending
 
 _settings = Settings.from_env()
+# arq logs two lines per job: the worker's access log. ACCESS_LOG=false keeps only its warnings.
+logging.getLogger("arq.worker").setLevel(logging.INFO if _settings.access_log else logging.WARNING)
 # arq configures only its own logger; the jobs' (worker.*, service.*) would otherwise be dropped below WARNING.
 for _name in ("worker", "service"):
     _logger = logging.getLogger(_name)

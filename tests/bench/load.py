@@ -93,13 +93,15 @@ class Load:
         if status != 202:
             return {"status": f"http_{status}", "submit": accepted_at - submitted}
         state = accepted
+        polls = 0
         while state["status"] == "pending":
+            polls += 1
             code, state = await self.call("GET", f"/booking-requests/{accepted['request_id']}?wait=30",
                                           patient["token"])
             assert code == 200, (code, state)
         decided_at = time.perf_counter()
         return {"status": state["status"], "submit": accepted_at - submitted, "decision": decided_at - submitted,
-                "accepted_at": accepted_at, "decided_at": decided_at, "started": submitted}
+                "accepted_at": accepted_at, "decided_at": decided_at, "started": submitted, "polls": polls}
 
     async def closed_loop(self, total: int, concurrency: int) -> dict[str, Any]:
         todo = [self.booking() for _ in range(total)]
@@ -155,6 +157,7 @@ def summarize(results: list[dict[str, Any]], began: float) -> dict[str, Any]:
         "decided_per_s": len(decided) / max(last_decided - began, 1e-9),
         "submit_ms": {p: percentile([r["submit"] for r in results], p) * ms for p in (50, 95, 99)},
         "decision_ms": {p: percentile([r["decision"] for r in decided], p) * ms for p in (50, 95, 99)},
+        "polls_per_request": sum(r["polls"] for r in decided) / max(len(decided), 1),
     }
 
 
