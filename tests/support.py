@@ -72,13 +72,7 @@ class Processes:
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _end(proc, timeout)
         if proc in self.running:
             self.running.remove(proc)
 
