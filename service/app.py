@@ -80,10 +80,17 @@ def body_decoder(handler: HTTPRouteHandler) -> msgspec.json.Decoder:
     return msgspec.json.Decoder(handler.parsed_data_field.annotation)  # type: ignore[union-attr]
 
 
+def first_repeated(names: list[str]) -> str | None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> None:
-    names = [name for name, _ in pairs]
-    if len(names) != len(set(names)):
-        name = next(name for name in names if names.count(name) > 1)
+    if (name := first_repeated([name for name, _ in pairs])) is not None:
         raise InvalidInput(f"`{name}` appears twice in one object", field=name)
 
 
@@ -131,9 +138,7 @@ async def before_request(request: Request[Any, Any, Any]) -> Response[None] | No
         template = request.scope["path_template"]
         methods = next(route.methods for route in request.app.routes if route.path_format == template)
         return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": ", ".join(sorted(methods))})
-    names = [name for name, _ in request.query_params.multi_items()]
-    if len(names) != len(set(names)):
-        repeated = next(name for name in names if names.count(name) > 1)
+    if (repeated := first_repeated([name for name, _ in request.query_params.multi_items()])) is not None:
         raise InvalidInput("given more than once", field=repeated)
     return None
 

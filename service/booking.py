@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -74,10 +75,21 @@ async def enqueue_booking(redis: Redis, request_id: int) -> bool:
     return bool(queued)
 
 
-async def publish_decisions(redis: Redis, request_ids: list[int]) -> None:
-    """Wake the API processes long-polling these requests."""
-    if request_ids:
-        await redis.publish(DECISIONS_CHANNEL, ",".join(map(str, request_ids)))
+async def publish_decisions(redis: Redis, request_ids: list[int], *, drop_jobs_of: Sequence[int] = ()) -> None:
+    """Wake the API processes long-polling these requests, in one round trip.
+
+    `drop_jobs_of`: decided requests whose jobs may still be queued; each would only find its request decided,
+    so they leave the queue. A job already started just finds no data.
+    """
+    if not request_ids:  # an empty message would name no request
+        return
+    job_ids = [booking_job_id(request_id) for request_id in drop_jobs_of]
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.publish(DECISIONS_CHANNEL, ",".join(map(str, request_ids)))
+        if job_ids:
+            pipe.zrem(default_queue_name, *job_ids)
+            pipe.delete(*(job_key_prefix + job_id for job_id in job_ids))
+        await pipe.execute()
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from service.booking import (
+    DECISIONS_CHANNEL,
     IN_PAST,
     OUTSIDE_AVAILABILITY,
     PATIENT_BUSY,
@@ -21,11 +22,13 @@ from service.booking import (
     Decision,
     PendingRequest,
     decide,
+    enqueue_booking,
+    publish_decisions,
 )
 from service.settings import Settings
 from service.times import utcnow
 from tests.factory import Factory, User, at, iso
-from tests.support import Processes
+from tests.support import Processes, claim_redis_db, release_redis_db
 
 
 async def decision(client: httpx.AsyncClient, patient: User, request_id: int, wait: int = 20) -> dict:
@@ -435,3 +438,31 @@ async def test_appointments_seen_by_patient_and_doctor_and_cancelled_by_doctor_w
     paged = (await client.get("/appointments/my-appointments", headers=patient.headers,
                               params={"limit": 1, "offset": 1})).json()
     assert [a["id"] for a in paged["items"]] == [second["id"]] and paged["total"] == 2
+
+
+async def test_publishing_decisions_wakes_pollers_and_drops_the_queued_jobs_it_names() -> None:
+    """On a Redis DB of its own (no worker there): an empty batch publishes nothing (an empty message would name
+    no request); a batch publishes its ids and takes the named jobs, which would only find their requests
+    decided, out of the queue."""
+    server = "redis://127.0.0.1:6379"
+    number = claim_redis_db(server)
+    redis = ArqRedis.from_url(f"{server}/{number}")
+    try:
+        for request_id in (7, 8, 9):
+            assert await enqueue_booking(redis, request_id)
+        async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(DECISIONS_CHANNEL)
+            await publish_decisions(redis, [])
+            await publish_decisions(redis, [7, 8], drop_jobs_of=[8])
+            messages = []
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline:  # None also stands for the (ignored) subscribe confirmation
+                if (message := await pubsub.get_message(timeout=0.1)) is not None:
+                    messages.append(message["data"])
+            assert messages == [b"7,8"]
+        queued = await redis.zrange("arq:queue", 0, -1)
+        assert queued == [b"booking:7", b"booking:9"]
+        assert not await redis.exists("arq:job:booking:8")
+    finally:
+        await redis.aclose()
+        release_redis_db(server, number)

@@ -10,13 +10,11 @@ from datetime import timedelta
 from typing import Any
 
 from arq import Retry
-from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
 from service.booking import (
-    DECISIONS_CHANNEL,
     RETRIES_EXHAUSTED,
-    booking_job_id,
     decide_for_doctor,
     enqueue_booking,
     publish_decisions,
@@ -118,20 +116,9 @@ async def decide_request(ctx: Context, request_id: int) -> str:
         if lock is not None and not await lock.release():
             log.warning("the lock on doctor %s expired before the booking finished", state["doctor_id"])
     fault_point("after_commit")
-    await announce(ctx["redis"], [d.request_id for d in decisions], own=request_id)
+    decided = [d.request_id for d in decisions]
+    await publish_decisions(ctx["redis"], decided, drop_jobs_of=[i for i in decided if i != request_id])
     return f"decided {len(decisions)}"
-
-
-async def announce(redis: Redis, decided: list[int], own: int) -> None:
-    """Publish the decisions, and drop the still-queued jobs of the requests this batch decided besides our own:
-    each would only find its request decided. One round trip. A job already started just finds no data."""
-    others = [booking_job_id(request_id) for request_id in decided if request_id != own]
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.publish(DECISIONS_CHANNEL, ",".join(map(str, decided)))
-        if others:
-            pipe.zrem(default_queue_name, *others)
-            pipe.delete(*(job_key_prefix + job_id for job_id in others))
-        await pipe.execute()
 
 
 async def send_email(ctx: Context, to: str, subject: str, body: str) -> None:
