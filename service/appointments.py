@@ -186,7 +186,7 @@ class AppointmentController(Controller):
         if not is_new:  # a replayed Idempotency-Key: say where the first request stands
             status = (await read_own_request(db, request_id, user.id))["status"]
         if status == "pending":
-            await enqueue_booking(redis, request_id)
+            await enqueue_booking(redis, request_id, data.doctor_id)
         headers = {"Location": status_url(request_id)}
         if wait := prefer_wait(prefer):
             row = await wait_for_decision(db, listener, request_id, user.id, wait)

@@ -6,14 +6,15 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
+import msgspec
 from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from service.db import RETRYABLE_ERRORS, Connection, Database, mysql_error_code
@@ -39,15 +40,30 @@ def booking_job_id(request_id: int) -> str:
     return f"booking:{request_id}"
 
 
+def queued_marker_key(doctor_id: int) -> str:
+    """Set while a booking job of this doctor waits in the queue and has not yet started reading."""
+    return f"booking:queued:{doctor_id}"
+
+
 # What arq's enqueue_job does (skip if the job or its result exists, store the job, add it to the queue), in one
 # atomic round trip instead of its four (WATCH, EXISTS, MULTI … EXEC): this sits on every POST /appointments.
+#
+# Plus folding: a job decides every pending request of its doctor, so while one of the doctor's jobs is queued and
+# not yet started (its marker is set), a new request needs no job of its own: it was committed before this
+# script ran, so before that job deletes the marker and reads (jobs.py). Under load this turns many jobs into one
+# batch. ARGV[5] = '0' (the sweep) queues the request's own job whatever the marker says.
 ENQUEUE_SCRIPT = """
+if ARGV[5] == '1' and redis.call('exists', KEYS[4]) == 1 then return 0 end
 if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+redis.call('psetex', KEYS[4], ARGV[6], ARGV[4])
 return 1
 """
 JOB_EXPIRES_MS = 24 * 3600 * 1000  # as arq: a job not started within a day is dropped (the sweep re-queues)
+# A marker outliving its job (say the job's worker died before starting it) only holds new requests back from
+# queueing their own until it lapses; the sweep decides them meanwhile.
+QUEUED_MARKER_MS = 30_000
 
 
 @cache
@@ -55,41 +71,26 @@ def _enqueue_script(redis: Redis) -> AsyncScript:
     return redis.register_script(ENQUEUE_SCRIPT)
 
 
-async def enqueue_booking(redis: Redis, request_id: int) -> bool:
-    """Queue the decision of a stored request. False if its job was queued already (arq dedupes by job id),
-    or if Redis is out of reach (with a log line).
+async def enqueue_booking(redis: Redis, request_id: int, doctor_id: int, *, fold: bool = True) -> bool:
+    """Queue the decision of a stored request. False if no job was added: a queued job of its doctor will
+    decide it (`fold`), its own job is queued already (arq dedupes by job id), or Redis is out of reach (with a
+    log line).
 
     The request is safe in MySQL either way: the sweep queues whatever stays pending.
     """
     job_id = booking_job_id(request_id)
     now_ms = int(time.time() * 1000)
-    job = serialize_job(BOOK_JOB, (request_id,), {}, None, now_ms)
+    job = serialize_job(BOOK_JOB, (request_id, doctor_id), {}, None, now_ms)
     try:
         queued = await _enqueue_script(redis)(
-            keys=[job_key_prefix + job_id, result_key_prefix + job_id, default_queue_name],
-            args=[JOB_EXPIRES_MS, job, now_ms, job_id],
+            keys=[job_key_prefix + job_id, result_key_prefix + job_id, default_queue_name,
+                  queued_marker_key(doctor_id)],
+            args=[JOB_EXPIRES_MS, job, now_ms, job_id, int(fold), QUEUED_MARKER_MS],
         )
     except Exception as exc:  # noqa: BLE001
         log.warning("could not queue booking request %s (the sweep will): %r", request_id, exc)
         return False
     return bool(queued)
-
-
-async def publish_decisions(redis: Redis, request_ids: list[int], *, drop_jobs_of: Sequence[int] = ()) -> None:
-    """Wake the API processes long-polling these requests, in one round trip.
-
-    `drop_jobs_of`: decided requests whose jobs may still be queued; each would only find its request decided,
-    so they leave the queue. A job already started just finds no data.
-    """
-    if not request_ids:  # an empty message would name no request
-        return
-    job_ids = [booking_job_id(request_id) for request_id in drop_jobs_of]
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.publish(DECISIONS_CHANNEL, ",".join(map(str, request_ids)))
-        if job_ids:
-            pipe.zrem(default_queue_name, *job_ids)
-            pipe.delete(*(job_key_prefix + job_id for job_id in job_ids))
-        await pipe.execute()
 
 
 @dataclass(slots=True)
@@ -101,11 +102,38 @@ class PendingRequest:
     notes: str | None
 
 
-@dataclass(slots=True)
-class Decision:
+class Decision(msgspec.Struct, array_like=True, gc=False):
     request_id: int
-    status: str  # confirmed | rejected
+    status: str  # confirmed | rejected | failed
     reason: str | None = None
+    appointment_id: int | None = None
+
+
+class Decided(msgspec.Struct, array_like=True, gc=False):
+    """One transaction's decisions: what the worker publishes once they are committed."""
+
+    decided_at: datetime
+    decisions: list[Decision]
+
+
+_decided_decoder = msgspec.json.Decoder(Decided)
+
+
+def decided_message(decided: Decided) -> bytes:
+    return msgspec.json.encode(decided)
+
+
+def read_decided_message(data: bytes) -> Decided:
+    return _decided_decoder.decode(data)
+
+
+async def publish_decisions(redis: Redis | Pipeline, decided: Decided) -> None:
+    """Wake the API processes long-polling these requests (on a pipeline: queue it there).
+
+    The message carries each outcome, so a woken poll answers without reading MySQL again.
+    """
+    if decided.decisions:  # an empty message would name no request
+        await redis.publish(DECISIONS_CHANNEL, decided_message(decided))
 
 
 def decide(
@@ -136,7 +164,7 @@ def decide(
     return decisions
 
 
-async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: int) -> list[Decision]:
+async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: int) -> Decided:
     """Decide up to `batch_size` pending requests of one doctor inside the caller's transaction.
 
     The doctor's row lock serializes every writer of this doctor's schedule; the patients' row locks
@@ -145,10 +173,10 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
     """
     doctor = await tx.fetch_one("lock_doctor", {"doctor_id": doctor_id})
     rows = await tx.fetch_all("lock_pending_requests_of_doctor", {"doctor_id": doctor_id, "limit": batch_size})
-    if not rows:
-        return []
-    requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"]) for r in rows]
     now = utcnow()
+    if not rows:
+        return Decided(now, [])
+    requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"]) for r in rows]
     if doctor is None:
         decisions = [Decision(r.id, "rejected", DOCTOR_NOT_FOUND) for r in requests]
     else:
@@ -170,7 +198,7 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
         decisions = decide(requests, windows, doctor_busy, patient_busy, now)
     await record_decisions(tx, doctor_id, requests, decisions, now)
     fault_point("before_commit")
-    return decisions
+    return Decided(now, decisions)
 
 
 async def record_decisions(
@@ -184,7 +212,13 @@ async def record_decisions(
              "start_time": r.start_time, "end_time": r.end_time, "notes": r.notes, "now": now}
             for r in confirmed
         ])
-        await tx.execute("confirm_booking_requests", {"ids": tuple(r.id for r in confirmed), "now": now})
+        confirmed_ids = tuple(r.id for r in confirmed)
+        await tx.execute("confirm_booking_requests", {"ids": confirmed_ids, "now": now})
+        appointment_ids = {row["booking_request_id"]: row["id"] for row in
+                           await tx.fetch_all("appointments_of_requests", {"ids": confirmed_ids})}
+        for d in decisions:
+            if d.status == "confirmed":
+                d.appointment_id = appointment_ids[d.request_id]
     rejected: dict[str, list[int]] = defaultdict(list)
     for d in decisions:
         if d.status == "rejected":
@@ -193,7 +227,7 @@ async def record_decisions(
         await tx.execute("reject_booking_requests", {"ids": tuple(ids), "reason": reason, "now": now})
 
 
-async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attempts: int = 3) -> list[Decision]:
+async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attempts: int = 3) -> Decided:
     """Run the decision in one transaction; a deadlock or lock-wait timeout rolls back and runs it again."""
     for attempt in range(1, attempts + 1):
         try:

@@ -61,12 +61,8 @@ async def wait_for_decision(
     db: Database, listener: Notifications, request_id: int, patient_id: int, timeout: float
 ) -> Row:
     """The request once it leaves `pending`, or as it stands when `timeout` seconds have passed."""
-    return await listener.wait_until(
-        request_id,
-        read=partial(read_own_request, db, request_id, patient_id),
-        is_final=lambda row: row["status"] != "pending",
-        timeout=timeout,
-    )
+    return await listener.wait_for_decision(request_id, partial(read_own_request, db, request_id, patient_id),
+                                            timeout)
 
 
 class BookingRequestController(Controller):

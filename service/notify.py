@@ -7,21 +7,34 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from datetime import datetime
+from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 
-from service.booking import DECISIONS_CHANNEL
+from service.booking import DECISIONS_CHANNEL, Decision, read_decided_message
 
 USERS_CHANGED_CHANNEL = "accounts:changed"
 
 log = logging.getLogger("service.notify")
-T = TypeVar("T")
+Row = dict[str, Any]
 
 
 async def publish_user_changed(redis: Redis, user_id: int) -> None:
     """Tell every API process to forget what it cached about this user (e.g. after a password change)."""
     await redis.publish(USERS_CHANGED_CHANNEL, str(user_id))
+
+
+class Waiter:
+    """One waiting request: woken by its decision (kept here) or by a reconnect (without one)."""
+
+    __slots__ = ("decided_at", "decision", "event")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.decision: Decision | None = None
+        self.decided_at: datetime | None = None
 
 
 class Notifications:
@@ -30,7 +43,7 @@ class Notifications:
     def __init__(self, redis: Redis, on_user_changed: Callable[[int], None]) -> None:
         self.redis = redis
         self.on_user_changed = on_user_changed
-        self._waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[int, set[Waiter]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -63,41 +76,49 @@ class Notifications:
                 await asyncio.sleep(0.5)
 
     def _wake(self, data: bytes) -> None:
-        for request_id in data.split(b","):
-            for event in self._waiters.get(int(request_id), ()):
-                event.set()
+        try:
+            decided = read_decided_message(data)
+        except msgspec.DecodeError:  # not from our worker: nobody to wake (and no reason to drop the subscription)
+            log.warning("unreadable message on %s: %r", DECISIONS_CHANNEL, data[:200])
+            return
+        for decision in decided.decisions:
+            for waiter in self._waiters.get(decision.request_id, ()):
+                waiter.decision, waiter.decided_at = decision, decided.decided_at
+                waiter.event.set()
 
     def _wake_all(self) -> None:
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.event.set()
 
     @contextlib.contextmanager
-    def _watch(self, request_id: int) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
-        self._waiters[request_id].add(event)
+    def _watch(self, request_id: int) -> Iterator[Waiter]:
+        waiter = Waiter()
+        self._waiters[request_id].add(waiter)
         try:
-            yield event
+            yield waiter
         finally:
-            self._waiters[request_id].discard(event)
+            self._waiters[request_id].discard(waiter)
             if not self._waiters[request_id]:
                 del self._waiters[request_id]
 
-    async def wait_until(
-        self, request_id: int, read: Callable[[], Awaitable[T]], is_final: Callable[[T], bool], timeout: float
-    ) -> T:
-        """Read the request, and until it is final or `timeout` passes, read again each time it is signalled.
+    async def wait_for_decision(self, request_id: int, read: Callable[[], Awaitable[Row]], timeout: float) -> Row:
+        """The booking request as `read` gives it, once it has left `pending` or `timeout` seconds have passed.
 
-        The watch is set before the first read, so a decision landing between the two is not missed.
+        The watch is set before the first read, so a decision landing between the two is not missed. A decision
+        published by the worker (after its commit) completes the row without another read; a wake-up without one
+        (a reconnect) or the timeout reads again: pub/sub is at-most-once, the database has the last word.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        with self._watch(request_id) as signalled:
-            state = await read()
-            while not is_final(state) and (remaining := deadline - loop.time()) > 0:
-                # Pub/sub is at-most-once: whether woken or timed out, the database has the last word.
+        with self._watch(request_id) as waiter:
+            row = await read()
+            while row["status"] == "pending" and (remaining := deadline - loop.time()) > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(signalled.wait(), remaining)
-                signalled.clear()
-                state = await read()
-        return state
+                    await asyncio.wait_for(waiter.event.wait(), remaining)
+                if (decision := waiter.decision) is not None:
+                    return {**row, "status": decision.status, "reason": decision.reason,
+                            "appointment_id": decision.appointment_id, "decided_at": waiter.decided_at}
+                waiter.event.clear()
+                row = await read()
+        return row

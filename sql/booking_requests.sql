@@ -69,6 +69,9 @@ JOIN appointments a ON a.booking_request_id = br.id
 SET br.status = 'confirmed', br.appointment_id = a.id, br.reason = NULL, br.decided_at = %(now)s
 WHERE br.id IN %(ids)s AND br.status = 'pending';
 
+-- name: appointments_of_requests
+SELECT booking_request_id, id FROM appointments WHERE booking_request_id IN %(ids)s;
+
 -- name: reject_booking_requests
 UPDATE booking_requests SET status = 'rejected', reason = %(reason)s, decided_at = %(now)s
 WHERE id IN %(ids)s AND status = 'pending';
@@ -78,7 +81,7 @@ UPDATE booking_requests SET status = 'failed', reason = %(reason)s, decided_at =
 WHERE id = %(id)s AND status = 'pending';
 
 -- name: list_stale_pending_requests
-SELECT id FROM booking_requests
+SELECT id, doctor_id FROM booking_requests
 WHERE status = 'pending' AND created_at < %(before)s
 ORDER BY id
 LIMIT %(limit)s;

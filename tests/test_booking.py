@@ -5,25 +5,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 
 import httpx
 import pymysql
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.jobs import deserialize_job
 
 from service.booking import (
     DECISIONS_CHANNEL,
     IN_PAST,
     OUTSIDE_AVAILABILITY,
     PATIENT_BUSY,
+    QUEUED_MARKER_MS,
     SLOT_TAKEN,
+    Decided,
     Decision,
     PendingRequest,
     decide,
     enqueue_booking,
     publish_decisions,
+    queued_marker_key,
+    read_decided_message,
 )
 from service.settings import Settings
 from service.times import utcnow
@@ -440,29 +445,45 @@ async def test_appointments_seen_by_patient_and_doctor_and_cancelled_by_doctor_w
     assert [a["id"] for a in paged["items"]] == [second["id"]] and paged["total"] == 2
 
 
-async def test_publishing_decisions_wakes_pollers_and_drops_the_queued_jobs_it_names() -> None:
-    """On a Redis DB of its own (no worker there): an empty batch publishes nothing (an empty message would name
-    no request); a batch publishes its ids and takes the named jobs, which would only find their requests
-    decided, out of the queue."""
+@pytest.fixture
+async def bare_redis() -> AsyncIterator[ArqRedis]:
+    """A Redis DB of its own, with no worker on it: what is queued stays there."""
     server = "redis://127.0.0.1:6379"
     number = claim_redis_db(server)
     redis = ArqRedis.from_url(f"{server}/{number}")
     try:
-        for request_id in (7, 8, 9):
-            assert await enqueue_booking(redis, request_id)
-        async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(DECISIONS_CHANNEL)
-            await publish_decisions(redis, [])
-            await publish_decisions(redis, [7, 8], drop_jobs_of=[8])
-            messages = []
-            deadline = time.monotonic() + 1
-            while time.monotonic() < deadline:  # None also stands for the (ignored) subscribe confirmation
-                if (message := await pubsub.get_message(timeout=0.1)) is not None:
-                    messages.append(message["data"])
-            assert messages == [b"7,8"]
-        queued = await redis.zrange("arq:queue", 0, -1)
-        assert queued == [b"booking:7", b"booking:9"]
-        assert not await redis.exists("arq:job:booking:8")
+        yield redis
     finally:
         await redis.aclose()
         release_redis_db(server, number)
+
+
+async def test_a_queued_job_of_a_doctor_takes_in_the_doctors_new_requests_until_it_starts(
+    bare_redis: ArqRedis,
+) -> None:
+    assert await enqueue_booking(bare_redis, 7, doctor_id=1)
+    assert not await enqueue_booking(bare_redis, 8, doctor_id=1)  # booking:7 will decide it
+    assert await enqueue_booking(bare_redis, 9, doctor_id=2)  # another doctor's: a job of its own
+    assert await enqueue_booking(bare_redis, 8, doctor_id=1, fold=False)  # the sweep queues it whatever
+    await bare_redis.delete(queued_marker_key(1))  # what a starting job does before it reads
+    assert await enqueue_booking(bare_redis, 10, doctor_id=1)
+    assert not await enqueue_booking(bare_redis, 10, doctor_id=1, fold=False)  # its own job is queued already
+    queued = {job_id.decode() for job_id in await bare_redis.zrange("arq:queue", 0, -1)}
+    assert queued == {"booking:7", "booking:9", "booking:8", "booking:10"}
+    job = deserialize_job(await bare_redis.get("arq:job:booking:7"))  # arq's own format
+    assert (job.function, job.args, job.kwargs) == ("book_appointment", (7, 1), {})
+    assert 0 < await bare_redis.pttl(queued_marker_key(1)) <= QUEUED_MARKER_MS
+
+
+async def test_decisions_are_published_with_their_outcome_and_empty_ones_not_at_all(bare_redis: ArqRedis) -> None:
+    decided = Decided(utcnow(), [Decision(7, "confirmed", None, 70), Decision(8, "rejected", SLOT_TAKEN)])
+    async with bare_redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(DECISIONS_CHANNEL)
+        await publish_decisions(bare_redis, Decided(utcnow(), []))
+        await publish_decisions(bare_redis, decided)
+        messages = []
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:  # None also stands for the (ignored) subscribe confirmation
+            if (message := await pubsub.get_message(timeout=0.1)) is not None:
+                messages.append(message["data"])
+    assert [read_decided_message(m) for m in messages] == [decided]

@@ -238,7 +238,8 @@ async def test_worker_killed_inside_the_booking_transaction(rig: Rig) -> None:
 
 
 async def test_worker_killed_after_commit_runs_again_and_changes_nothing(rig: Rig) -> None:
-    """Killed after COMMIT, before arq marks the job done: the job runs again and finds the request decided."""
+    """Killed after COMMIT, before arq marks the job done: the job runs again (once the dead worker's lease lapses,
+    and, the lock it left behind being still there, on its last try) and finds nothing left to decide."""
     api = rig.api()
     doomed = rig.worker(FAULT_POINT="after_commit")
     async with rig.client(api) as (_, factory):
@@ -258,12 +259,45 @@ async def test_worker_killed_after_commit_runs_again_and_changes_nothing(rig: Ri
     assert 0 < queue.pttl(f"arq:in-progress:{job_id}") <= JOB_LEASE_MS  # once the dead worker's lease lapses
     survivor = rig.worker()
     await until(lambda: job_finished_line(request_id) in log_of(survivor).read_text(), "the job to run again")
-    assert f"{job_finished_line(request_id)} 'already decided'" in log_of(survivor).read_text()
+    assert f"{job_finished_line(request_id)} 'decided 0'" in log_of(survivor).read_text()
     assert queue.zscore("arq:queue", job_id) is None
 
     assert rig.rows("SELECT * FROM booking_requests") == requests_before
     assert rig.rows("SELECT * FROM appointments") == appointments_before
     assert await settle(rig, [request_id]) == {("confirmed", None): 1}
+
+
+async def test_requests_folded_into_a_queued_job_are_all_decided_by_it(rig: Rig, private_redis: PrivateRedis) -> None:
+    """While a doctor's job waits in the queue, that doctor's new requests queue nothing (see ENQUEUE_SCRIPT):
+    the one job decides all of them, in one transaction, and each long poll still gets its own answer."""
+    api = rig.api()  # no worker yet: the jobs wait in the queue
+    async with rig.client(api) as (http, factory):
+        busy, quiet = await factory.doctor(), await factory.doctor()
+        for doctor in (busy, quiet):
+            await factory.window(doctor, at(9), at(12))
+        patients = [await factory.patient() for _ in range(12)]
+        asks = [(busy, at(9 + i // 2 / 2), at(9.5 + i // 2 / 2)) for i in range(10)]  # five slots, two asks each
+        asks += [(quiet, at(9), at(10)), (quiet, at(10), at(11))]
+        accepted = accepted_ids(list(await asyncio.gather(*(
+            factory.book(patient, doctor["id"], start, end)
+            for patient, (doctor, start, end) in zip(patients, asks, strict=True)
+        ))))
+        assert private_redis.client().zcard("arq:queue") == 2  # one job a doctor
+
+        polls = [http.get(f"/booking-requests/{request_id}", params={"wait": 15}, headers=patient.headers)
+                 for request_id, patient in zip(accepted, patients, strict=True)]
+        worker = rig.worker()
+        answers = [response.json() for response in await asyncio.gather(*polls)]
+    assert Counter(a["status"] for a in answers[:10]) == {"confirmed": 5, "rejected": 5}
+    assert [a["status"] for a in answers[10:]] == ["confirmed", "confirmed"]
+    assert all(a["appointment_id"] for a in answers if a["status"] == "confirmed")
+    assert await settle(rig, accepted) == {("confirmed", None): 7, ("rejected", SLOT_TAKEN): 5}
+    # The polls' answers, built from the published decisions, are what MySQL holds.
+    stored = {r["id"]: r for r in rig.rows("SELECT id, status, reason, appointment_id FROM booking_requests")}
+    assert all((a["status"], a["reason"], a["appointment_id"]) == (stored[a["request_id"]]["status"],
+               stored[a["request_id"]]["reason"], stored[a["request_id"]]["appointment_id"]) for a in answers)
+    log = log_of(worker).read_text()  # which request's job came first is up to the race of the POSTs
+    assert ":book_appointment ● 'decided 10'" in log and ":book_appointment ● 'decided 2'" in log
 
 
 # --- 3, 4: Redis loses the queue, Redis is down ----------------------------------------------------------------
@@ -281,7 +315,7 @@ async def test_redis_losing_the_queue_loses_no_request(
         accepted = accepted_ids(list(await asyncio.gather(*(
             factory.book(p, doctor["id"], *slot) for p, slot in zip(patients, slots, strict=True)
         ))))
-    assert private_redis.client().zcard("arq:queue") == 8
+    assert private_redis.client().zcard("arq:queue") == 1  # the first request's job; it will decide them all
 
     if lose_queue == "flushdb":
         private_redis.client().flushdb()

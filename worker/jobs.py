@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,9 +14,12 @@ from redis.asyncio import Redis
 
 from service.booking import (
     RETRIES_EXHAUSTED,
+    Decided,
+    Decision,
     decide_for_doctor,
     enqueue_booking,
     publish_decisions,
+    queued_marker_key,
 )
 from service.db import CONNECTION_LOST_ERRORS, Database, mysql_error_code
 from service.faults import fault_point
@@ -39,9 +41,12 @@ async def startup(ctx: Context) -> None:
     settings = Settings.from_env()
     ctx["settings"] = settings
     ctx["db"] = await Database.connect(settings, min_size=2)
+    ctx["leases"] = set()
+    ctx["lease_renewal"] = asyncio.create_task(renew_leases(ctx["redis"], ctx["leases"]))
 
 
 async def shutdown(ctx: Context) -> None:
+    ctx["lease_renewal"].cancel()
     await ctx["db"].close()
 
 
@@ -49,76 +54,100 @@ def retry_delay(job_try: int) -> float:
     return min(0.05 * 2**job_try, 5.0)
 
 
-@contextlib.asynccontextmanager
-async def job_lease(redis: Redis, job_id: str) -> AsyncIterator[None]:
-    """Hold arq's in-progress mark of this job as a lease of JOB_LEASE_MS, renewed while the job runs.
+async def renew_leases(redis: Redis, job_ids: set[str]) -> None:
+    """Hold arq's in-progress mark of each running booking job as a lease of JOB_LEASE_MS.
 
     arq sets the mark for the job timeout + 10 s (70 s) and no worker starts the job, which stays queued, while
     it is there; enqueueing it again (the sweep) is a no-op. So a worker killed mid-job would leave its request
-    pending for 70 s. As a lease, the mark of a dead (or frozen) worker's job lapses within seconds, and the
-    next worker to poll runs the job again: safe, since a job may run any number of times.
+    pending for 70 s. As a lease (set when the job starts, renewed here for all of the worker's jobs in one round
+    trip a second), the mark of a dead or frozen worker's job lapses within seconds, and the next worker to poll
+    runs the job again: safe, since a job may run any number of times.
     """
-    key = in_progress_key_prefix + job_id
-
-    async def renew() -> None:
-        while True:
-            with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
-                await redis.pexpire(key, JOB_LEASE_MS)
-            await asyncio.sleep(JOB_LEASE_MS / 5000)
-
-    renewing = asyncio.create_task(renew())
-    try:
-        yield
-    finally:
-        renewing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewing
+    while True:
+        await asyncio.sleep(JOB_LEASE_MS / 5000)
+        if not job_ids:
+            continue
+        with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
+            async with redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.pexpire(in_progress_key_prefix + job_id, JOB_LEASE_MS)
+                await pipe.execute()
 
 
-async def book_appointment(ctx: Context, request_id: int) -> str:
-    """Decide a booking request, with the other pending requests of its doctor in the same transaction.
+async def book_appointment(ctx: Context, request_id: int, doctor_id: int | None = None) -> str:
+    """Decide a booking request, with every other pending request of its doctor.
 
     Safe to run any number of times: a decided request is left as it is.
     """
-    async with job_lease(ctx["redis"], ctx["job_id"]):
-        return await decide_request(ctx, request_id)
+    ctx["leases"].add(ctx["job_id"])
+    try:
+        return await decide_request(ctx, request_id, doctor_id)
+    finally:
+        ctx["leases"].discard(ctx["job_id"])
 
 
-async def decide_request(ctx: Context, request_id: int) -> str:
+async def decide_request(ctx: Context, request_id: int, doctor_id: int | None) -> str:
     settings: Settings = ctx["settings"]
     db: Database = ctx["db"]
-    state = await db.fetch_one("find_booking_request_status", {"id": request_id})
-    if state is None or state["status"] != "pending":
-        return "already decided" if state else "no such request"
+    redis: Redis = ctx["redis"]
+    if doctor_id is None:  # a job queued without its doctor (by hand, or by an older API): look it up
+        state = await db.fetch_one("find_booking_request_status", {"id": request_id})
+        if state is None or state["status"] != "pending":
+            return "already decided" if state else "no such request"
+        doctor_id = state["doctor_id"]
 
     job_try: int = ctx["job_try"]
     last_try = job_try >= settings.booking_max_tries
-    lock = None
     # On the last try go without the Redis lock rather than give up: MySQL's row lock is the guarantee.
-    if settings.booking_redis_lock and not last_try:
-        lock = DoctorLock(ctx["redis"], state["doctor_id"], settings.booking_lock_ttl_ms)
-        if not await lock.acquire(LOCK_WAIT_SECONDS):
-            raise Retry(defer=retry_delay(job_try))
+    use_lock = settings.booking_redis_lock and not last_try
+    lock = DoctorLock(redis, doctor_id, settings.booking_lock_ttl_ms) if use_lock else None
+    # One round trip to start: requests stored from now on queue a job of their own (this job may read before
+    # they are stored; see ENQUEUE_SCRIPT), the job's lease, and a first try at the doctor's lock.
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(queued_marker_key(doctor_id))
+        pipe.pexpire(in_progress_key_prefix + ctx["job_id"], JOB_LEASE_MS)
+        if lock is not None:
+            lock.try_in(pipe)
+        started = await pipe.execute()
+    if lock is not None and not started[-1] and not await lock.acquire(LOCK_WAIT_SECONDS):
+        raise Retry(defer=retry_delay(job_try))
+
+    batch_size = settings.booking_batch_size
+    decided_count = 0
     try:
-        decisions = await decide_for_doctor(db, state["doctor_id"], settings.booking_batch_size)
+        # A full batch may leave requests behind that counted on this job (they were folded into it): go on.
+        while len((decided := await decide_for_doctor(db, doctor_id, batch_size)).decisions) == batch_size:
+            decided_count += batch_size
+            await publish_decisions(redis, decided)
     except Exception as exc:
-        if not last_try:
-            log.warning("booking request %s, try %s: %r; retrying", request_id, job_try, exc)
-            raise Retry(defer=retry_delay(job_try)) from exc
-        if mysql_error_code(exc) in CONNECTION_LOST_ERRORS:
-            # MySQL is away, not the request at fault: leave it pending; the sweep queues it once MySQL is back.
-            raise
-        log.error("booking request %s failed after %s tries: %r", request_id, job_try, exc)
-        await db.execute("fail_booking_request", {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": utcnow()})
-        await publish_decisions(ctx["redis"], [request_id])
-        return "failed"
-    finally:
         if lock is not None and not await lock.release():
-            log.warning("the lock on doctor %s expired before the booking finished", state["doctor_id"])
+            log.warning("the lock on doctor %s expired before the booking finished", doctor_id)
+        return await retry_or_fail(ctx, request_id, exc, last_try)
     fault_point("after_commit")
-    decided = [d.request_id for d in decisions]
-    await publish_decisions(ctx["redis"], decided, drop_jobs_of=[i for i in decided if i != request_id])
-    return f"decided {len(decisions)}"
+    # The news of the last batch and the lock's release, in one round trip.
+    async with redis.pipeline(transaction=False) as pipe:
+        await publish_decisions(pipe, decided)
+        if lock is not None:
+            await lock.release_in(pipe)
+        replies = await pipe.execute()
+    if lock is not None and not replies[-1]:
+        log.warning("the lock on doctor %s expired before the booking finished", doctor_id)
+    return f"decided {decided_count + len(decided.decisions)}"
+
+
+async def retry_or_fail(ctx: Context, request_id: int, exc: Exception, last_try: bool) -> str:
+    """After a failed decision: try again later, or, on the last try, mark the request failed."""
+    if not last_try:
+        log.warning("booking request %s, try %s: %r; retrying", request_id, ctx["job_try"], exc)
+        raise Retry(defer=retry_delay(ctx["job_try"])) from exc
+    if mysql_error_code(exc) in CONNECTION_LOST_ERRORS:
+        # MySQL is away, not the request at fault: leave it pending; the sweep queues it once MySQL is back.
+        raise exc
+    log.error("booking request %s failed after %s tries: %r", request_id, ctx["job_try"], exc)
+    now = utcnow()
+    await ctx["db"].execute("fail_booking_request", {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": now})
+    await publish_decisions(ctx["redis"], Decided(now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)]))
+    return "failed"
 
 
 async def send_email(ctx: Context, to: str, subject: str, body: str) -> None:
@@ -131,7 +160,8 @@ async def sweep_pending(ctx: Context) -> int:
     settings: Settings = ctx["settings"]
     before = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
     stale = await ctx["db"].fetch_all("list_stale_pending_requests", {"before": before, "limit": SWEEP_BATCH})
-    queued = [row["id"] for row in stale if await enqueue_booking(ctx["redis"], row["id"])]
+    queued = [row["id"] for row in stale
+              if await enqueue_booking(ctx["redis"], row["id"], row["doctor_id"], fold=False)]
     if queued:
         log.info("sweep queued %d pending booking request(s) again: %s", len(queued), queued[:20])
     return len(queued)

@@ -10,6 +10,7 @@ import secrets
 import time
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 # Delete the key only if it still holds our token: a holder whose lock expired must not free another's.
 RELEASE_SCRIPT = """
@@ -28,6 +29,10 @@ class DoctorLock:
         self.token = secrets.token_hex(16)
         self._release = redis.register_script(RELEASE_SCRIPT)
 
+    def try_in(self, pipe: Pipeline) -> None:
+        """One try at the lock inside the caller's pipeline (saving a round trip); its reply says if we hold it."""
+        pipe.set(self.key, self.token, nx=True, px=self.ttl_ms)
+
     async def acquire(self, wait_seconds: float) -> bool:
         """SET NX PX, retried with capped exponential backoff for up to `wait_seconds`."""
         deadline = time.monotonic() + wait_seconds
@@ -43,3 +48,7 @@ class DoctorLock:
     async def release(self) -> bool:
         """Compare-and-delete; False if the lock had already expired (and maybe passed to someone else)."""
         return bool(await self._release(keys=[self.key], args=[self.token]))
+
+    async def release_in(self, pipe: Pipeline) -> None:
+        """`release` inside the caller's pipeline; its reply is 0 if the lock had already expired."""
+        await self._release(keys=[self.key], args=[self.token], client=pipe)

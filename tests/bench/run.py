@@ -95,8 +95,8 @@ async def raw_booking_baseline(settings: Settings, bookings: int, concurrency: i
 
     async def one_doctor(doctor_id: int) -> int:
         decided = 0
-        while decisions := await decide_for_doctor(db, doctor_id, batch_size=1):
-            decided += len(decisions)
+        while decided_now := len((await decide_for_doctor(db, doctor_id, batch_size=1)).decisions):
+            decided += decided_now
         return decided
 
     began = time.perf_counter()
