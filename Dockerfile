@@ -1,4 +1,4 @@
-# One image for the api (default CMD), the worker (`arq worker.WorkerSettings`)
+# One image for the api (default CMD), the worker (`python -m worker`)
 # and the one-shot migrations (`python -m service migrate`).
 FROM python:3.11-slim
 

@@ -29,7 +29,7 @@ run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
 	@echo "ReDoc:    http://127.0.0.1:$(PORT)/schema/redoc"
 	@echo "Health:   http://127.0.0.1:$(PORT)/health"
 	@trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/arq worker.WorkerSettings & \
+	$(BIN)/python -m worker & \
 	$(BIN)/uvicorn service.app:app --host 0.0.0.0 --port $(PORT) --workers $(API_WORKERS) & \
 	wait
 

@@ -31,6 +31,7 @@ from service.accounts import AuthController
 from service.appointments import AppointmentController
 from service.booking_requests import BookingRequestController
 from service.db import Connection, Database
+from service.dependencies import resolve_dependencies_in_turn
 from service.doctors import DoctorController
 from service.errors import EXCEPTION_HANDLERS, InvalidInput, UnsupportedMediaType
 from service.health import HealthController
@@ -163,6 +164,7 @@ def provide_user(request: Request[CurrentUser, Any, Any]) -> CurrentUser:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    resolve_dependencies_in_turn()
     # An access log line per request costs real time on the booking path; ACCESS_LOG=false drops it.
     logging.getLogger("uvicorn.access").disabled = not settings.access_log
     redis = redis_client(settings)

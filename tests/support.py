@@ -63,7 +63,7 @@ class Processes:
         env = {**self.env, **(extra_env or {})}
         client = redis.Redis.from_url(env["REDIS_URL"])
         client.delete("arq:queue:health-check")
-        proc = self._spawn("worker", [str(BIN / "arq"), "worker.WorkerSettings"], extra_env)
+        proc = self._spawn("worker", [sys.executable, "-m", "worker"], extra_env)
         deadline = time.monotonic() + 20
         while not client.exists("arq:queue:health-check"):
             if time.monotonic() > deadline or proc.poll() is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
@@ -33,7 +34,7 @@ from service.booking import (
 from service.settings import Settings
 from service.times import utcnow
 from tests.factory import Factory, User, at, iso
-from tests.support import Processes, claim_redis_db, release_redis_db
+from tests.support import Processes, claim_redis_db, log_of, release_redis_db
 
 
 async def decision(client: httpx.AsyncClient, patient: User, request_id: int, wait: int = 20) -> dict:
@@ -325,6 +326,21 @@ async def test_running_the_job_again_changes_nothing(
     await jobs_done(arq_redis, redeliveries)
     assert rows(mysql, "SELECT * FROM booking_requests") == before
     assert len(rows(mysql, "SELECT id FROM appointments")) == 1
+
+
+async def test_each_queued_job_is_started_by_exactly_one_of_the_racing_workers(
+    stack: dict, arq_redis: ArqRedis
+) -> None:
+    """The workers claim jobs with one script a poll (worker/claim.py) instead of arq's WATCH … MULTI: still every
+    job runs, and runs once, however the three workers race for them."""
+    job_ids = [f"claim-{uuid.uuid4().hex}" for _ in range(60)]
+    for job_id in job_ids:  # requests that do not exist: each job only looks and ends
+        assert await arq_redis.enqueue_job("book_appointment", 2**40, _job_id=job_id)
+    await jobs_done(arq_redis, job_ids)
+    logs = "".join(log_of(worker).read_text() for worker in stack["workers"])
+    starts = Counter(line.split("→ ", 1)[1].split(":", 1)[0] for line in logs.splitlines()
+                     if "→ claim-" in line)
+    assert starts == dict.fromkeys(job_ids, 1)
 
 
 async def test_the_sweep_decides_a_request_whose_job_was_lost(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import httpx
 import pymysql
 import pytest
+from litestar import Litestar, get
+from litestar.di import Provide
+from litestar.testing import AsyncTestClient
 
 from service.db import QUERIES, load_queries, migrate
+from service.dependencies import resolve_dependencies_in_turn
 from service.settings import Settings, SettingsError
 from tests.support import Processes
 
@@ -168,3 +173,29 @@ async def test_wrong_method_is_a_405_problem(client: httpx.AsyncClient) -> None:
     response = await client.put("/health")
     assert response.status_code == 405
     assert response.json()["status"] == 405
+
+
+async def test_dependencies_of_one_level_are_resolved_in_the_handlers_own_task() -> None:
+    """Litestar would start a task per dependency (service/dependencies.py): ours run in the request's task,
+    one after another, and still arrive in the handler."""
+    seen: dict[str, asyncio.Task | None] = {}
+
+    def first() -> int:
+        seen["first"] = asyncio.current_task()
+        return 1
+
+    async def second() -> int:
+        seen["second"] = asyncio.current_task()
+        return 2
+
+    @get("/both", sync_to_thread=False)
+    async def both(one: int, two: int) -> dict[str, int]:
+        seen["handler"] = asyncio.current_task()
+        return {"sum": one + two}
+
+    resolve_dependencies_in_turn()
+    app = Litestar([both], dependencies={"one": Provide(first, sync_to_thread=False), "two": Provide(second)})
+    async with AsyncTestClient(app) as http:
+        response = await http.get("/both")
+    assert response.json() == {"sum": 3}
+    assert seen["first"] is seen["second"] is seen["handler"] is not None

@@ -1,4 +1,5 @@
-"""The arq worker: `arq worker.WorkerSettings`."""
+"""The arq worker: `python -m worker`. (arq's own CLI, `arq worker.WorkerSettings`, runs it too, but claims
+jobs the slow way: see claim.py.)"""
 
 from __future__ import annotations
 
