@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from arq.connections import ArqRedis
 from litestar import HttpMethod, Litestar, Request, Response
 from litestar._openapi.schema_generation import SchemaCreator
 from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
+from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import ValidationException
@@ -23,6 +25,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Schema, Tag
 from litestar.status_codes import HTTP_204_NO_CONTENT
+from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
 from litestar.typing import FieldDefinition
 from redis.asyncio import ConnectionPool
@@ -37,6 +40,7 @@ from service.errors import EXCEPTION_HANDLERS, InvalidInput, UnsupportedMediaTyp
 from service.health import HealthController
 from service.notify import Notifications
 from service.ratelimit import per_address_limit
+from service.schedule import ScheduleVersions, drop_expired_responses
 from service.security import CurrentUser, Passwords, UserCache, jwt_auth
 from service.settings import Settings
 
@@ -170,16 +174,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
     redis = redis_client(settings)
     passwords = Passwords(settings.bcrypt_rounds)
     user_cache = UserCache(settings.auth_cache_seconds)
-    listener = Notifications(redis, on_user_changed=user_cache.forget)
+    schedule = ScheduleVersions()
+    listener = Notifications(redis, on_user_changed=user_cache.forget, schedule=schedule)
+    cached_responses = MemoryStore()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.db = await Database.connect(settings, min_size=0)
         app.state.user_cache = user_cache
         listener.start()
+        pruning = asyncio.create_task(drop_expired_responses(cached_responses))
         try:
             yield
         finally:
+            pruning.cancel()
             await listener.stop()
             await app.state.db.close()
             await redis.aclose()
@@ -198,13 +206,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "passwords": Provide(lambda: passwords, use_cache=True, sync_to_thread=False),
             "listener": Provide(lambda: listener, use_cache=True, sync_to_thread=False),
             "user_cache": Provide(lambda: user_cache, use_cache=True, sync_to_thread=False),
+            "schedule": Provide(lambda: schedule, use_cache=True, sync_to_thread=False),
             "user": Provide(provide_user, sync_to_thread=False),
         },
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         on_app_init=[jwt_auth(settings).on_app_init],
         middleware=[per_address_limit(settings).middleware],
-        stores={"rate_limit": RedisStore(redis, namespace="rate-limit", handle_client_shutdown=False)},
+        stores={"rate_limit": RedisStore(redis, namespace="rate-limit", handle_client_shutdown=False),
+                "response_cache": cached_responses},
+        response_cache_config=ResponseCacheConfig(key_builder=schedule.cache_key),  # schedule reads only
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,
         before_request=before_request,

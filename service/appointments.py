@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Annotated, Literal
 
 import msgspec
@@ -21,6 +22,7 @@ from service.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
 from service.errors import Conflict, InvalidInput, NotFound, problem_responses
 from service.notify import Notifications
 from service.paging import MAX_ID, From, Id, Limit, Offset, To, time_range
+from service.schedule import ScheduleVersions, announce_schedule_change
 from service.security import CurrentUser, requires_patient
 from service.times import from_row, to_db, utcnow
 
@@ -221,6 +223,8 @@ class AppointmentController(Controller):
         appointment_id: Id,
         user: CurrentUser,
         tx: Connection,
+        redis: ArqRedis,
+        schedule: ScheduleVersions,
         reason: Annotated[str | None, Parameter(min_length=1, max_length=500,
                                                 description="Why; required when the doctor cancels")] = None,
     ) -> AppointmentOut:
@@ -233,6 +237,7 @@ class AppointmentController(Controller):
             raise Conflict("the appointment has already started")
         # Every writer of a doctor's appointments takes the doctor's row lock first (see booking.py).
         await tx.fetch_one("lock_doctor", {"doctor_id": appointment["doctor_id"]})
+        tx.after_commit(partial(announce_schedule_change, redis, schedule, appointment["doctor_id"]))
         await tx.execute("cancel_appointment", {"id": appointment_id, "user_id": user.id, "now": utcnow(),
                                                 "reason": reason.strip() if reason else None})
         return from_row(AppointmentOut, await find_appointment(tx, appointment_id, user))

@@ -14,7 +14,6 @@ import msgspec
 from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from service.db import RETRYABLE_ERRORS, Connection, Database, mysql_error_code
@@ -112,6 +111,7 @@ class Decision(msgspec.Struct, array_like=True, gc=False):
 class Decided(msgspec.Struct, array_like=True, gc=False):
     """One transaction's decisions: what the worker publishes once they are committed."""
 
+    doctor_id: int
     decided_at: datetime
     decisions: list[Decision]
 
@@ -127,8 +127,8 @@ def read_decided_message(data: bytes) -> Decided:
     return _decided_decoder.decode(data)
 
 
-async def publish_decisions(redis: Redis | Pipeline, decided: Decided) -> None:
-    """Wake the API processes long-polling these requests (on a pipeline: queue it there).
+async def publish_decisions(redis: Redis, decided: Decided) -> None:
+    """Wake the API processes long-polling these requests.
 
     The message carries each outcome, so a woken poll answers without reading MySQL again.
     """
@@ -171,13 +171,17 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
     serialize bookings of one patient with different doctors. Reads come after the locks, and the session
     runs READ COMMITTED, so they see everything committed before.
     """
-    doctor = await tx.fetch_one("lock_doctor", {"doctor_id": doctor_id})
-    rows = await tx.fetch_all("lock_pending_requests_of_doctor", {"doctor_id": doctor_id, "limit": batch_size})
+    params = {"doctor_id": doctor_id, "limit": batch_size}
+    rows = await tx.fetch_all("lock_doctor_and_pending_requests", params)
+    doctor_exists = bool(rows)
+    if not doctor_exists:
+        rows = await tx.fetch_all("lock_pending_requests_of_doctor", params)
     now = utcnow()
-    if not rows:
-        return Decided(now, [])
-    requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"]) for r in rows]
-    if doctor is None:
+    requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"])
+                for r in rows if r["id"] is not None]
+    if not requests:
+        return Decided(doctor_id, now, [])
+    if not doctor_exists:
         decisions = [Decision(r.id, "rejected", DOCTOR_NOT_FOUND) for r in requests]
     else:
         patient_ids = tuple(sorted({r.patient_id for r in requests}))
@@ -198,7 +202,7 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
         decisions = decide(requests, windows, doctor_busy, patient_busy, now)
     await record_decisions(tx, doctor_id, requests, decisions, now)
     fault_point("before_commit")
-    return Decided(now, decisions)
+    return Decided(doctor_id, now, decisions)
 
 
 async def record_decisions(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -52,10 +52,15 @@ def mysql_error_code(exc: BaseException) -> int | None:
 class Connection:
     """One pooled connection; runs named queries with named parameters."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("_after_commit", "raw")
 
     def __init__(self, raw: asyncmy.Connection) -> None:
         self.raw = raw
+        self._after_commit: list[Callable[[], Awaitable[None]]] = []
+
+    def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` once this transaction has committed; never if it rolls back."""
+        self._after_commit.append(callback)
 
     async def fetch_one(self, query: str, params: Mapping[str, Any] | None = None) -> Row | None:
         async with self.raw.cursor(DictCursor) as cursor:
@@ -129,12 +134,15 @@ class Database:
         """
         async with self.pool.acquire() as raw:
             await raw.begin()
+            tx = Connection(raw)
             try:
-                yield Connection(raw)
+                yield tx
             except BaseException:
                 await _rollback_quietly(raw)
                 raise
             await raw.commit()
+        for callback in tx._after_commit:
+            await callback()
 
     async def fetch_one(self, query: str, params: Mapping[str, Any] | None = None) -> Row | None:
         async with self.connection() as conn:

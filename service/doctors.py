@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated
 
 import msgspec
+from arq.connections import ArqRedis
 from litestar import Controller, delete, get, patch, post
 from litestar.params import Body, Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -16,6 +18,7 @@ from service.appointments import AppointmentPage, AppointmentStatus, list_appoin
 from service.db import Connection, Database
 from service.errors import Conflict, InvalidInput, NotFound, problem_responses
 from service.paging import From, Id, Limit, Offset, To, time_range
+from service.schedule import CACHE_SECONDS, ScheduleVersions, announce_schedule_change
 from service.security import PUBLIC, CurrentUser, requires_doctor
 from service.times import from_row, overlaps, to_db, utcnow
 
@@ -130,7 +133,7 @@ class DoctorController(Controller):
           responses=problem_responses(400, 401, 403, 409, 413, 415, 503))
     async def add_availability(
         self, data: Annotated[WindowIn | WindowsIn, Body(schema_extra=WINDOWS_BOUNDS)], user: CurrentUser,
-        tx: Connection,
+        tx: Connection, redis: ArqRedis, schedule: ScheduleVersions,
     ) -> WindowOut | list[WindowOut]:
         windows = [data] if isinstance(data, WindowIn) else data
         # Litestar drops the Meta of a union member, so WindowsIn's length bounds are checked here.
@@ -145,6 +148,7 @@ class DoctorController(Controller):
                     raise Conflict("two of the windows sent overlap each other")
         # Same row lock as booking: a window cannot change while a booking into it is being decided.
         await tx.fetch_one("lock_doctor", {"doctor_id": user.id})
+        tx.after_commit(partial(announce_schedule_change, redis, schedule, user.id))
         created = []
         for start, end in checked:
             params = {"doctor_id": user.id, "start_time": start, "end_time": end}
@@ -160,8 +164,11 @@ class DoctorController(Controller):
     @delete("/availability/{availability_id:int}", guards=[requires_doctor], status_code=HTTP_204_NO_CONTENT,
             operation_id="deleteAvailability", summary="Withdraw a window that has no confirmed appointment",
             responses=problem_responses(400, 401, 403, 404, 409, 503))
-    async def delete_availability(self, availability_id: Id, user: CurrentUser, tx: Connection) -> None:
+    async def delete_availability(
+        self, availability_id: Id, user: CurrentUser, tx: Connection, redis: ArqRedis, schedule: ScheduleVersions
+    ) -> None:
         await tx.fetch_one("lock_doctor", {"doctor_id": user.id})
+        tx.after_commit(partial(announce_schedule_change, redis, schedule, user.id))
         window = await tx.fetch_one("find_availability", {"id": availability_id})
         if window is None or window["doctor_id"] != user.id:
             raise NotFound("no such availability window of yours")
@@ -170,7 +177,7 @@ class DoctorController(Controller):
         await tx.execute("delete_availability", {"id": availability_id})
         return None
 
-    @get("/{doctor_id:int}/availability", **PUBLIC, operation_id="getDoctorAvailability",
+    @get("/{doctor_id:int}/availability", **PUBLIC, cache=CACHE_SECONDS, operation_id="getDoctorAvailability",
          summary="A doctor's windows in a range, each with its free intervals",
          responses=problem_responses(400, 404, 503))
     async def get_availability(
@@ -183,7 +190,7 @@ class DoctorController(Controller):
             for w in windows
         ]
 
-    @get("/{doctor_id:int}/slots", **PUBLIC, operation_id="getDoctorSlots",
+    @get("/{doctor_id:int}/slots", **PUBLIC, cache=CACHE_SECONDS, operation_id="getDoctorSlots",
          summary="Bookable slots of a given length, aligned to each window's start",
          responses=problem_responses(400, 404, 503))
     async def get_slots(

@@ -1,4 +1,5 @@
-"""Redis pub/sub for the API processes: decisions wake long polls, account changes empty the user cache."""
+"""Redis pub/sub for the API processes: decisions wake long polls, account changes empty the user cache,
+schedule changes retire cached schedule reads."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from service.booking import DECISIONS_CHANNEL, Decision, read_decided_message
+from service.schedule import SCHEDULE_CHANNEL, ScheduleVersions
 
 USERS_CHANGED_CHANNEL = "accounts:changed"
 
@@ -40,9 +42,10 @@ class Waiter:
 class Notifications:
     """One subscription per API process, fanned out to the requests waiting in it."""
 
-    def __init__(self, redis: Redis, on_user_changed: Callable[[int], None]) -> None:
+    def __init__(self, redis: Redis, on_user_changed: Callable[[int], None], schedule: ScheduleVersions) -> None:
         self.redis = redis
         self.on_user_changed = on_user_changed
+        self.schedule = schedule
         self._waiters: dict[int, set[Waiter]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
@@ -59,14 +62,19 @@ class Notifications:
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(DECISIONS_CHANNEL, USERS_CHANGED_CHANNEL)
-                    self._wake_all()  # decisions made while we were not subscribed were missed
+                    await pubsub.subscribe(DECISIONS_CHANNEL, USERS_CHANGED_CHANNEL, SCHEDULE_CHANNEL)
+                    # Whatever was published while we were not subscribed was missed.
+                    self.schedule.all_changed()
+                    self._wake_all()
                     while True:
                         message = await pubsub.get_message(timeout=30.0)
                         if message is None:
                             continue
-                        if message["channel"] == DECISIONS_CHANNEL.encode():
+                        channel = message["channel"].decode()
+                        if channel == DECISIONS_CHANNEL:
                             self._wake(message["data"])
+                        elif channel == SCHEDULE_CHANNEL:
+                            self.schedule.changed(int(message["data"]))
                         else:
                             self.on_user_changed(int(message["data"]))
             except asyncio.CancelledError:
@@ -81,6 +89,8 @@ class Notifications:
         except msgspec.DecodeError:  # not from our worker: nobody to wake (and no reason to drop the subscription)
             log.warning("unreadable message on %s: %r", DECISIONS_CHANNEL, data[:200])
             return
+        if any(decision.status == "confirmed" for decision in decided.decisions):
+            self.schedule.changed(decided.doctor_id)  # before the pollers wake and read slots again
         for decision in decided.decisions:
             for waiter in self._waiters.get(decision.request_id, ()):
                 waiter.decision, waiter.decided_at = decision, decided.decided_at
@@ -115,7 +125,8 @@ class Notifications:
             row = await read()
             while row["status"] == "pending" and (remaining := deadline - loop.time()) > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.event.wait(), remaining)
+                    async with asyncio.timeout(remaining):  # unlike wait_for, no task of its own
+                        await waiter.event.wait()
                 if (decision := waiter.decision) is not None:
                     return {**row, "status": decision.status, "reason": decision.reason,
                             "appointment_id": decision.appointment_id, "decided_at": waiter.decided_at}

@@ -31,6 +31,17 @@ WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s
 -- name: find_booking_request_status
 SELECT doctor_id, status FROM booking_requests WHERE id = %(id)s;
 
+-- name: lock_doctor_and_pending_requests
+-- The doctor's row lock (lock_doctor) and the doctor's pending requests, oldest first, in one round trip: one
+-- row with NULL request columns when nothing is pending, none when there is no such doctor.
+SELECT d.id AS doctor_id, br.id, br.patient_id, br.start_time, br.end_time, br.notes
+FROM users d
+LEFT JOIN booking_requests br ON br.doctor_id = d.id AND br.status = 'pending'
+WHERE d.id = %(doctor_id)s AND d.role = 'Doctor'
+ORDER BY br.id
+LIMIT %(limit)s
+FOR UPDATE;
+
 -- name: lock_pending_requests_of_doctor
 -- Oldest first, so a contested slot goes to whoever asked first.
 SELECT id, patient_id, doctor_id, start_time, end_time, notes

@@ -61,9 +61,11 @@ class Factory:
     async def patient(self, **fields: Any) -> User:
         return await self.user("Patient", **fields)
 
-    async def window(self, doctor: User, start: datetime, end: datetime) -> dict[str, Any]:
-        response = await self.client.post("/doctors/availability", headers=doctor.headers,
-                                          json={"start_time": iso(start), "end_time": iso(end)})
+    async def window(
+        self, doctor: User, start: datetime, end: datetime, *, client: httpx.AsyncClient | None = None
+    ) -> dict[str, Any]:
+        response = await (client or self.client).post("/doctors/availability", headers=doctor.headers,
+                                                      json={"start_time": iso(start), "end_time": iso(end)})
         assert response.status_code == 201, response.text
         return response.json()
 
@@ -79,8 +81,10 @@ class Factory:
             json={"doctor_id": doctor_id, "start_time": iso(start), "end_time": iso(end)},
         )
 
-    async def booked(self, patient: User, doctor_id: int, start: datetime, end: datetime) -> dict[str, Any]:
+    async def booked(
+        self, patient: User, doctor_id: int, start: datetime, end: datetime, *, client: httpx.AsyncClient | None = None
+    ) -> dict[str, Any]:
         """Book and wait for the decision; return the appointment (asserting it was confirmed)."""
-        response = await self.book(patient, doctor_id, start, end, wait=10)
+        response = await self.book(patient, doctor_id, start, end, wait=10, client=client)
         assert response.status_code == 201, response.text
         return response.json()

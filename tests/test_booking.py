@@ -492,10 +492,10 @@ async def test_a_queued_job_of_a_doctor_takes_in_the_doctors_new_requests_until_
 
 
 async def test_decisions_are_published_with_their_outcome_and_empty_ones_not_at_all(bare_redis: ArqRedis) -> None:
-    decided = Decided(utcnow(), [Decision(7, "confirmed", None, 70), Decision(8, "rejected", SLOT_TAKEN)])
+    decided = Decided(3, utcnow(), [Decision(7, "confirmed", None, 70), Decision(8, "rejected", SLOT_TAKEN)])
     async with bare_redis.pubsub(ignore_subscribe_messages=True) as pubsub:
         await pubsub.subscribe(DECISIONS_CHANNEL)
-        await publish_decisions(bare_redis, Decided(utcnow(), []))
+        await publish_decisions(bare_redis, Decided(3, utcnow(), []))
         await publish_decisions(bare_redis, decided)
         messages = []
         deadline = time.monotonic() + 1

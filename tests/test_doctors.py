@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -484,6 +486,52 @@ async def test_slot_query_bounds(client: httpx.AsyncClient, factory: Factory) ->
     problem(await client.get(f"/doctors/{doctor['id'] + 10_000}/slots"), 404)
     empty = await factory.doctor()
     assert await slots(client, empty["id"]) == []
+
+
+async def test_schedule_reads_are_cached_for_at_most_a_second_when_no_change_is_announced(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection,
+) -> None:
+    """A window written behind the API's back announces nothing: the cached answer stands, for a second at most
+    (service/schedule.py)."""
+    doctor = await factory.doctor()
+    window = await factory.window(doctor, at(9), at(10))
+    span = {"from": iso(day()), "to": iso(day(3))}
+    before = [(iso(at(9)), iso(at(10)), window["id"])]
+    assert await slots(client, doctor["id"], duration=60, **span) == before
+    unannounced = insert_window(mysql, doctor["id"], at(11), at(12))
+    assert await slots(client, doctor["id"], duration=60, **span) == before  # from the cache
+    await asyncio.sleep(1.1)
+    assert await slots(client, doctor["id"], duration=60, **span) == before + [
+        (iso(at(11)), iso(at(12)), unannounced)]
+
+
+async def test_every_schedule_change_shows_in_the_next_read_of_every_api_process(
+    factory: Factory, stack: dict,
+) -> None:
+    """Windows added or withdrawn, a booking confirmed, an appointment cancelled: each retires the cached reads
+    at once in the process that made it and within moments in the others, long before the cache would expire."""
+    doctor, patient = await factory.doctor(), await factory.patient()
+    span = {"from": iso(day()), "to": iso(day(3)), "duration": 60}
+    async with httpx.AsyncClient(base_url=stack["apis"][0]) as here, \
+            httpx.AsyncClient(base_url=stack["apis"][1]) as there:
+
+        async def everywhere(expected: list) -> None:
+            assert await slots(here, doctor["id"], **span) == expected  # the process that made the change
+            deadline = time.monotonic() + 0.5
+            while (seen := await slots(there, doctor["id"], **span)) != expected:
+                assert time.monotonic() < deadline, seen
+                await asyncio.sleep(0.02)
+
+        await everywhere([])
+        window = await factory.window(doctor, at(9), at(11), client=here)
+        await everywhere([(iso(at(9)), iso(at(10)), window["id"]), (iso(at(10)), iso(at(11)), window["id"])])
+        appointment = await factory.booked(patient, doctor["id"], at(9), at(10), client=here)
+        await everywhere([(iso(at(10)), iso(at(11)), window["id"])])
+        assert (await here.delete(f"/appointments/{appointment['id']}", headers=patient.headers)).status_code == 200
+        await everywhere([(iso(at(9)), iso(at(10)), window["id"]), (iso(at(10)), iso(at(11)), window["id"])])
+        withdrawn = await here.delete(f"/doctors/availability/{window['id']}", headers=doctor.headers)
+        assert withdrawn.status_code == 204
+        await everywhere([])
 
 
 # --- withdrawing windows ------------------------------------------------------------------------------------

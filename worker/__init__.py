@@ -1,29 +1,35 @@
 """The arq worker: `python -m worker`. (arq's own CLI, `arq worker.WorkerSettings`, runs it too, but claims
-jobs the slow way: see claim.py.)"""
+jobs the slow way, see claim.py, and logs every job whatever ACCESS_LOG says.)"""
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 import uvloop
 from arq import cron, func
 from arq.connections import RedisSettings
+from arq.logs import default_log_config
 
 from service.settings import Settings
 from worker.jobs import book_appointment, send_email, shutdown, startup, sweep_pending
 
 _settings = Settings.from_env()
-# arq logs two lines per job: the worker's access log. ACCESS_LOG=false keeps only its warnings.
-logging.getLogger("arq.worker").setLevel(logging.INFO if _settings.access_log else logging.WARNING)
-# arq configures only its own logger; the jobs' (worker.*, service.*) would otherwise be dropped below WARNING.
-for _name in ("worker", "service"):
-    _logger = logging.getLogger(_name)
-    _logger.setLevel(logging.INFO)
-    if not _logger.handlers:
-        _handler = logging.StreamHandler()
-        _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        _logger.addHandler(_handler)
-        _logger.propagate = False
+
+
+def logging_config(access_log: bool) -> dict[str, Any]:
+    """arq's own logging, plus the jobs' loggers (worker.*, service.*), which it leaves below WARNING.
+
+    arq logs two lines per job, the worker's access log: ACCESS_LOG=false keeps only its warnings.
+    """
+    config = default_log_config(verbose=False)
+    config["loggers"]["arq.worker"] = {"level": "INFO" if access_log else "WARNING"}
+    config["formatters"]["jobs"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s", "datefmt": "%H:%M:%S"}
+    config["handlers"]["jobs"] = {"class": "logging.StreamHandler", "formatter": "jobs"}
+    for name in ("worker", "service"):
+        config["loggers"][name] = {"handlers": ["jobs"], "level": "INFO", "propagate": False}
+    return config
+
+
 uvloop.install()  # arq runs on whatever loop policy is installed; uvloop's is markedly cheaper per job
 
 

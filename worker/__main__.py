@@ -2,11 +2,11 @@
 
 import logging.config
 
-from arq.logs import default_log_config
 from arq.worker import get_kwargs
 
-from worker import WorkerSettings
+from service.settings import Settings
+from worker import WorkerSettings, logging_config
 from worker.claim import ClaimingWorker
 
-logging.config.dictConfig(default_log_config(verbose=False))
+logging.config.dictConfig(logging_config(Settings.from_env().access_log))
 ClaimingWorker(**get_kwargs(WorkerSettings)).run()

@@ -122,20 +122,15 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int | None) -
     except Exception as exc:
         if lock is not None and not await lock.release():
             log.warning("the lock on doctor %s expired before the booking finished", doctor_id)
-        return await retry_or_fail(ctx, request_id, exc, last_try)
+        return await retry_or_fail(ctx, request_id, doctor_id, exc, last_try)
     fault_point("after_commit")
-    # The news of the last batch and the lock's release, in one round trip.
-    async with redis.pipeline(transaction=False) as pipe:
-        await publish_decisions(pipe, decided)
-        if lock is not None:
-            await lock.release_in(pipe)
-        replies = await pipe.execute()
-    if lock is not None and not replies[-1]:
+    if lock is not None and not await lock.release():
         log.warning("the lock on doctor %s expired before the booking finished", doctor_id)
+    await publish_decisions(redis, decided)
     return f"decided {decided_count + len(decided.decisions)}"
 
 
-async def retry_or_fail(ctx: Context, request_id: int, exc: Exception, last_try: bool) -> str:
+async def retry_or_fail(ctx: Context, request_id: int, doctor_id: int, exc: Exception, last_try: bool) -> str:
     """After a failed decision: try again later, or, on the last try, mark the request failed."""
     if not last_try:
         log.warning("booking request %s, try %s: %r; retrying", request_id, ctx["job_try"], exc)
@@ -146,7 +141,8 @@ async def retry_or_fail(ctx: Context, request_id: int, exc: Exception, last_try:
     log.error("booking request %s failed after %s tries: %r", request_id, ctx["job_try"], exc)
     now = utcnow()
     await ctx["db"].execute("fail_booking_request", {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": now})
-    await publish_decisions(ctx["redis"], Decided(now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)]))
+    failed = Decided(doctor_id, now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)])
+    await publish_decisions(ctx["redis"], failed)
     return "failed"
 
 

@@ -48,7 +48,3 @@ class DoctorLock:
     async def release(self) -> bool:
         """Compare-and-delete; False if the lock had already expired (and maybe passed to someone else)."""
         return bool(await self._release(keys=[self.key], args=[self.token]))
-
-    async def release_in(self, pipe: Pipeline) -> None:
-        """`release` inside the caller's pipeline; its reply is 0 if the lock had already expired."""
-        await self._release(keys=[self.key], args=[self.token], client=pipe)

@@ -1,0 +1,78 @@
+"""Schedule reads (slots, availability) served from each API process's response cache, dropped on change.
+
+They are the hottest public reads, and a doctor's answer changes only when the doctor's windows or confirmed
+appointments do. Litestar's response cache keeps each answer for CACHE_SECONDS under a key that carries the
+doctor's schedule version in this process; every change bumps the version, so the next read misses:
+
+- the worker's decisions message names the doctor (a confirmation bumps it; see notify.py);
+- window changes and cancellations announce the doctor on SCHEDULE_CHANNEL once committed, and bump this
+  process's version at once, so its own next read sees the change.
+
+Pub/sub is at-most-once and arrives a moment after the commit, so another process may answer from its cache for
+that moment; CACHE_SECONDS bounds any staleness, and a resubscription bumps every version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from litestar import Request
+from litestar.config.response_cache import default_cache_key_builder
+from litestar.stores.memory import MemoryStore
+from redis.asyncio import Redis
+
+log = logging.getLogger("service.schedule")
+
+SCHEDULE_CHANNEL = "doctors:schedule-changed"
+CACHE_SECONDS = 1
+_KEY_IN_SCOPE = "schedule_cache_key"
+
+
+class ScheduleVersions:
+    """This process's version of each doctor's schedule; bumping one retires every cached answer about it."""
+
+    def __init__(self) -> None:
+        self._versions: defaultdict[int, int] = defaultdict(int)
+        self._epoch = 0
+
+    def of(self, doctor_id: int) -> str:
+        return f"{self._epoch}.{self._versions.get(doctor_id, 0)}"
+
+    def changed(self, doctor_id: int) -> None:
+        self._versions[doctor_id] += 1
+
+    def all_changed(self) -> None:
+        self._versions.clear()
+        self._epoch += 1
+
+    def cache_key(self, request: Request[Any, Any, Any]) -> str:
+        """The response cache's key: the request, and the doctor's version when the request came in.
+
+        Litestar builds the key twice, to look up and to store; the second call returns the first's key, so an
+        answer read before a change is stored under the version it was read at, which no later read asks for.
+        """
+        scope = request.scope
+        if (key := scope.get(_KEY_IN_SCOPE)) is None:  # type: ignore[misc]
+            version = self.of(request.path_params["doctor_id"])
+            key = scope[_KEY_IN_SCOPE] = f"{default_cache_key_builder(request)}#{version}"  # type: ignore[typeddict-unknown-key]
+        return key
+
+
+async def announce_schedule_change(redis: Redis, versions: ScheduleVersions, doctor_id: int) -> None:
+    """After a commit that changed a doctor's windows or appointments: retire the cached answers, here at once,
+    in the other API processes through Redis."""
+    versions.changed(doctor_id)
+    try:
+        await redis.publish(SCHEDULE_CHANNEL, str(doctor_id))
+    except Exception as exc:  # noqa: BLE001 - committed already; the other processes' copies expire in a second
+        log.warning("could not announce the schedule change of doctor %s: %r", doctor_id, exc)
+
+
+async def drop_expired_responses(store: MemoryStore, every_seconds: float = 5) -> None:
+    """The memory store drops an expired answer only when it is asked for again: sweep the rest."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        await store.delete_expired()
