@@ -211,15 +211,18 @@ async def record_decisions(
     by_id = {r.id: r for r in requests}
     confirmed = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
     if confirmed:
-        await tx.execute_many("insert_appointment", [
-            {"booking_request_id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id,
-             "start_time": r.start_time, "end_time": r.end_time, "notes": r.notes, "now": now}
-            for r in confirmed
-        ])
+        appointments = [{"booking_request_id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id,
+                         "start_time": r.start_time, "end_time": r.end_time, "notes": r.notes, "now": now}
+                        for r in confirmed]
         confirmed_ids = tuple(r.id for r in confirmed)
+        if len(appointments) == 1:  # the usual batch: the insert itself says the new id
+            _, appointment_id = await tx.execute("insert_appointment", appointments[0])
+            appointment_ids = {confirmed_ids[0]: appointment_id}
+        else:  # a multi-row insert's ids need not be consecutive (MySQL 8's interleaved auto-increment)
+            await tx.execute_many("insert_appointment", appointments)
+            appointment_ids = {row["booking_request_id"]: row["id"] for row in
+                               await tx.fetch_all("appointments_of_requests", {"ids": confirmed_ids})}
         await tx.execute("confirm_booking_requests", {"ids": confirmed_ids, "now": now})
-        appointment_ids = {row["booking_request_id"]: row["id"] for row in
-                           await tx.fetch_all("appointments_of_requests", {"ids": confirmed_ids})}
         for d in decisions:
             if d.status == "confirmed":
                 d.appointment_id = appointment_ids[d.request_id]

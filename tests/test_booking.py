@@ -398,6 +398,9 @@ async def test_long_polling_answers_within_milliseconds_of_the_decision(
     decided_at = datetime.fromisoformat(decided["decided_at"]).replace(tzinfo=None)
     assert decided["status"] == "confirmed"
     assert (answered_at - decided_at) < timedelta(milliseconds=100)
+    # The answer came from the worker's message, not a read: it must say what MySQL holds.
+    [stored] = rows(mysql, "SELECT id FROM appointments WHERE booking_request_id = %s", request_id)
+    assert decided["appointment_id"] == stored["id"]
 
 
 async def test_prefer_wait_gives_the_synchronous_answer(client: httpx.AsyncClient, factory: Factory) -> None:

@@ -11,6 +11,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -125,14 +126,15 @@ class Load:
             tasks.append(asyncio.create_task(self.book_and_follow(*self.booking())))
         return summarize(await asyncio.gather(*tasks), began) | {"offered_rate": rate}
 
-    async def read_rate(self, base: str, paths: list[str], concurrency: int, seconds: float) -> float:
+    async def read_rate(self, base: str, path: Callable[[], str], concurrency: int, seconds: float) -> float:
+        """Requests per second of `concurrency` clients each GETting `path()` (asked anew each time) for `seconds`."""
         done = 0
         deadline = time.perf_counter() + seconds
 
         async def client() -> None:
             nonlocal done
             while time.perf_counter() < deadline:
-                async with self.http.get(base + self.rng.choice(paths)) as response:
+                async with self.http.get(base + path()) as response:
                     await response.read()
                     assert response.status == 200, response.status
                 done += 1
@@ -140,6 +142,13 @@ class Load:
         began = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         return done / (time.perf_counter() - began)
+
+    def slots_path(self, shift_seconds: int = 0) -> str:
+        """A week of a random doctor's 30-minute slots; `shift_seconds` moves the range's start."""
+        start = self.first_day + timedelta(seconds=shift_seconds)
+        end = start + timedelta(days=7)
+        return (f"/doctors/{self.rng.choice(self.doctors)['id']}/slots?duration=30"
+                f"&from={start.isoformat().replace('+00:00', 'Z')}&to={end.isoformat().replace('+00:00', 'Z')}")
 
 
 def summarize(results: list[dict[str, Any]], began: float) -> dict[str, Any]:
@@ -172,14 +181,13 @@ async def main(config: dict[str, Any]) -> dict[str, Any]:
         saturated = await load.closed_loop(c["requests"], c["concurrency"])
         paced_rate = max(saturated["decided_per_s"] / 2, 1.0)
         paced = await load.open_loop(max(int(paced_rate * c["paced_seconds"]), 10), paced_rate)
-        day = load.first_day
-        slot_paths = [f"/doctors/{d['id']}/slots?from={day.isoformat().replace('+00:00', 'Z')}"
-                      f"&to={(day + timedelta(days=7)).isoformat().replace('+00:00', 'Z')}&duration=30"
-                      for d in load.doctors]
-        slots_rps = await load.read_rate(load.api, slot_paths, c["concurrency"], c["read_seconds"])
-        trivial_rps = await load.read_rate(c["trivial_url"], ["/ping"], c["concurrency"], c["read_seconds"])
+        slots_rps = await load.read_rate(load.api, load.slots_path, c["concurrency"], c["read_seconds"])
+        # The same reads, each for a range never asked before: what a read costs when the cache cannot answer.
+        uncached_rps = await load.read_rate(load.api, lambda: load.slots_path(load.rng.randrange(1, 86_400)),
+                                            c["concurrency"], c["read_seconds"])
+        trivial_rps = await load.read_rate(c["trivial_url"], lambda: "/ping", c["concurrency"], c["read_seconds"])
     return {"warmup": warmup, "saturated": saturated, "paced": paced, "slots_per_s": slots_rps,
-            "trivial_per_s": trivial_rps}
+            "slots_uncached_per_s": uncached_rps, "trivial_per_s": trivial_rps}
 
 
 if __name__ == "__main__":
