@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis
-from litestar import HttpMethod, Litestar, Request, Response
+from litestar import HttpMethod, Litestar, Request, Response, Router
 from litestar._openapi.schema_generation import SchemaCreator
 from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
 from litestar.config.response_cache import ResponseCacheConfig
@@ -175,7 +175,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     passwords = Passwords(settings.bcrypt_rounds)
     user_cache = UserCache(settings.auth_cache_seconds)
     schedule = ScheduleVersions()
-    listener = Notifications(redis, on_user_changed=user_cache.forget, schedule=schedule)
+    listener = Notifications(redis, users=user_cache, schedule=schedule)
     cached_responses = MemoryStore()
 
     @asynccontextmanager
@@ -196,8 +196,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return state.db
 
     return Litestar(
-        route_handlers=[AuthController, DoctorController, AppointmentController, BookingRequestController,
-                        HealthController],
+        route_handlers=[
+            # The address limiter guards only the endpoints that guess passwords; no other request pays for it.
+            Router("/", route_handlers=[AuthController], middleware=[per_address_limit(settings).middleware]),
+            DoctorController, AppointmentController, BookingRequestController, HealthController,
+        ],
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "db": Provide(provide_db, sync_to_thread=False),
@@ -212,7 +215,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         on_app_init=[jwt_auth(settings).on_app_init],
-        middleware=[per_address_limit(settings).middleware],
         stores={"rate_limit": RedisStore(redis, namespace="rate-limit", handle_client_shutdown=False),
                 "response_cache": cached_responses},
         response_cache_config=ResponseCacheConfig(key_builder=schedule.cache_key),  # schedule reads only

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from service.booking import DECISIONS_CHANNEL, Decision, read_decided_message
 from service.schedule import SCHEDULE_CHANNEL, ScheduleVersions
+from service.security import UserCache
 
 USERS_CHANGED_CHANNEL = "accounts:changed"
 
@@ -42,9 +43,9 @@ class Waiter:
 class Notifications:
     """One subscription per API process, fanned out to the requests waiting in it."""
 
-    def __init__(self, redis: Redis, on_user_changed: Callable[[int], None], schedule: ScheduleVersions) -> None:
+    def __init__(self, redis: Redis, users: UserCache, schedule: ScheduleVersions) -> None:
         self.redis = redis
-        self.on_user_changed = on_user_changed
+        self.users = users
         self.schedule = schedule
         self._waiters: dict[int, set[Waiter]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
@@ -64,6 +65,7 @@ class Notifications:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(DECISIONS_CHANNEL, USERS_CHANGED_CHANNEL, SCHEDULE_CHANNEL)
                     # Whatever was published while we were not subscribed was missed.
+                    self.users.forget_all()
                     self.schedule.all_changed()
                     self._wake_all()
                     while True:
@@ -76,7 +78,7 @@ class Notifications:
                         elif channel == SCHEDULE_CHANNEL:
                             self.schedule.changed(int(message["data"]))
                         else:
-                            self.on_user_changed(int(message["data"]))
+                            self.users.forget(int(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001

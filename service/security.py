@@ -115,6 +115,9 @@ class UserCache:
     def forget(self, user_id: int) -> None:
         self._users.pop(user_id, None)
 
+    def forget_all(self) -> None:
+        self._users.clear()
+
 
 async def load_token_user(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> CurrentUser | None:
     """The token's user, if it still exists, has that role, and has not changed password since."""

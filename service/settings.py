@@ -66,7 +66,7 @@ class Settings:
     app_env: Environment = "development"
     bcrypt_rounds: int = 12
     access_token_minutes: int = 30
-    auth_cache_seconds: float = 2.0
+    auth_cache_seconds: float = 10.0
     reset_token_minutes: int = 30
     smtp_url: str = ""
     mail_from: str = "Doctor Appointments <no-reply@clinic.example>"

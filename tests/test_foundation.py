@@ -9,7 +9,7 @@ import httpx
 import pymysql
 import pytest
 from litestar import Litestar, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.testing import AsyncTestClient
 
 from service.db import QUERIES, load_queries, migrate
@@ -188,8 +188,8 @@ async def test_dependencies_of_one_level_are_resolved_in_the_handlers_own_task()
         seen["second"] = asyncio.current_task()
         return 2
 
-    @get("/both", sync_to_thread=False)
-    async def both(one: int, two: int) -> dict[str, int]:
+    @get("/both")
+    async def both(one: NamedDependency[int], two: NamedDependency[int]) -> dict[str, int]:
         seen["handler"] = asyncio.current_task()
         return {"sum": one + two}
 
