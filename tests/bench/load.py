@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import msgspec
 
 PASSWORD = "bench-password-1"
 
@@ -36,14 +37,16 @@ class Load:
         self.first_day = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=0, second=0,
                                                                            microsecond=0)
 
-    async def call(self, method: str, path: str, token: str | None = None, base: str | None = None,
-                   **kwargs: Any) -> tuple[int, Any]:
-        headers = kwargs.pop("headers", {})
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        async with self.http.request(method, (base or self.api) + path, headers=headers, **kwargs) as response:
-            body = await response.json(content_type=None) if response.content_length != 0 else None
-            return response.status, body
+    async def call(self, method: str, path: str, token: str | None = None, json: Any = None) -> tuple[int, Any]:
+        """One request; msgspec for the JSON both ways, so the load generator leaves more CPU to the service."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = None
+        if json is not None:
+            headers["Content-Type"] = "application/json"
+            data = msgspec.json.encode(json)
+        async with self.http.request(method, self.api + path, headers=headers, data=data) as response:
+            raw = await response.read()
+            return response.status, msgspec.json.decode(raw) if raw else None
 
     async def user(self, role: str, number: int) -> dict[str, Any]:
         email = f"{role.lower()}{number}@bench.example"
