@@ -95,32 +95,32 @@ def fingerprint(data: BookingIn, start: datetime, end: datetime) -> str:
 
 async def store_request(
     db: Database, data: BookingIn, patient_id: int, idempotency_key: str | None
-) -> tuple[int, bool]:
+) -> tuple[int, Row | None]:
     """Store the pending request, or find the one this Idempotency-Key already made.
 
-    Returns the request id and whether it is new.
+    Returns the request id and, if it is new, its row as stored.
     """
     start, end = check_booking(data)
     digest = fingerprint(data, start, end) if idempotency_key else None
     if idempotency_key:
         first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
         if first is not None:
-            return first, False
+            return first, None
+    row = {"patient_id": patient_id, "doctor_id": data.doctor_id, "start_time": start, "end_time": end,
+           "notes": data.notes, "status": "pending", "reason": None, "appointment_id": None,
+           "created_at": utcnow(), "decided_at": None}
     try:
-        inserted, request_id = await db.execute("insert_booking_request", {
-            "patient_id": patient_id, "doctor_id": data.doctor_id, "start_time": start, "end_time": end,
-            "notes": data.notes, "idempotency_key": idempotency_key, "fingerprint": digest,
-            "created_at": utcnow(),
-        })
+        inserted, request_id = await db.execute(
+            "insert_booking_request", {**row, "idempotency_key": idempotency_key, "fingerprint": digest})
     except Exception as exc:
         if mysql_error_code(exc) == ER_DUP_ENTRY and idempotency_key:  # the same key raced in twice
             first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
             if first is not None:
-                return first, False
+                return first, None
         raise
     if not inserted:
         raise NotFound(f"no doctor with id {data.doctor_id}")
-    return request_id, True
+    return request_id, {"id": request_id, **row}
 
 
 async def find_by_idempotency_key(db: Database, patient_id: int, key: str, digest: str | None) -> int | None:
@@ -183,9 +183,11 @@ class AppointmentController(Controller):
                                                          max_length=255)] = None,
         prefer: Annotated[str | None, Parameter(header="Prefer", max_length=200)] = None,
     ) -> Response[BookingAccepted]:
-        request_id, is_new = await store_request(db, data, user.id, idempotency_key)
-        status = "pending"
-        if not is_new:  # a replayed Idempotency-Key: say where the first request stands
+        request_id, stored = await store_request(db, data, user.id, idempotency_key)
+        if stored is not None:
+            listener.remember(stored)  # before the job is queued: see Notifications.remember
+            status = "pending"
+        else:  # a replayed Idempotency-Key: say where the first request stands
             status = (await read_own_request(db, request_id, user.id))["status"]
         if status == "pending":
             await enqueue_booking(redis, request_id, data.doctor_id)

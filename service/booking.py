@@ -16,6 +16,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from service.channels import DECISIONS, channel
 from service.db import RETRYABLE_ERRORS, Connection, Database, mysql_error_code
 from service.faults import fault_point
 from service.times import overlaps, utcnow
@@ -23,7 +24,6 @@ from service.times import overlaps, utcnow
 log = logging.getLogger("service.booking")
 
 BOOK_JOB = "book_appointment"
-DECISIONS_CHANNEL = "booking:decisions"
 
 # Machine-readable reasons a request is rejected or failed.
 SLOT_TAKEN = "slot_taken"
@@ -133,7 +133,7 @@ async def publish_decisions(redis: Redis, decided: Decided) -> None:
     The message carries each outcome, so a woken poll answers without reading MySQL again.
     """
     if decided.decisions:  # an empty message would name no request
-        await redis.publish(DECISIONS_CHANNEL, decided_message(decided))
+        await redis.publish(channel(redis, DECISIONS), decided_message(decided))
 
 
 def decide(

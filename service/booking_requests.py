@@ -61,8 +61,8 @@ async def wait_for_decision(
     db: Database, listener: Notifications, request_id: int, patient_id: int, timeout: float
 ) -> Row:
     """The request once it leaves `pending`, or as it stands when `timeout` seconds have passed."""
-    return await listener.wait_for_decision(request_id, partial(read_own_request, db, request_id, patient_id),
-                                            timeout)
+    return await listener.wait_for_decision(request_id, patient_id,
+                                            partial(read_own_request, db, request_id, patient_id), timeout)
 
 
 class BookingRequestController(Controller):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -14,19 +14,27 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from service.booking import DECISIONS_CHANNEL, Decision, read_decided_message
-from service.schedule import SCHEDULE_CHANNEL, ScheduleVersions
+from service.booking import Decision, read_decided_message
+from service.channels import DECISIONS, SCHEDULE_CHANGED, USERS_CHANGED, channel
+from service.schedule import ScheduleVersions
 from service.security import UserCache
-
-USERS_CHANGED_CHANNEL = "accounts:changed"
 
 log = logging.getLogger("service.notify")
 Row = dict[str, Any]
+# Requests this process stored, kept as they stand, and decisions it heard of requests it did not (yet) know:
+# enough for the long polls that follow a POST within seconds; older ones are read from MySQL.
+RECENT_REQUESTS = 20_000
+EARLY_DECISIONS = 5_000
+
+
+def decided_row(row: Row, decision: Decision, decided_at: datetime) -> Row:
+    return {**row, "status": decision.status, "reason": decision.reason,
+            "appointment_id": decision.appointment_id, "decided_at": decided_at}
 
 
 async def publish_user_changed(redis: Redis, user_id: int) -> None:
     """Tell every API process to forget what it cached about this user (e.g. after a password change)."""
-    await redis.publish(USERS_CHANGED_CHANNEL, str(user_id))
+    await redis.publish(channel(redis, USERS_CHANGED), str(user_id))
 
 
 class Waiter:
@@ -48,7 +56,21 @@ class Notifications:
         self.users = users
         self.schedule = schedule
         self._waiters: dict[int, set[Waiter]] = defaultdict(set)
+        self._recent: OrderedDict[int, Row] = OrderedDict()
+        self._early: OrderedDict[int, tuple[Decision, datetime]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
+
+    def remember(self, row: Row) -> None:
+        """A request this process has just stored, so its long polls here need not read it back.
+
+        The decisions message keeps it current. One that came before this call (a job of the doctor already queued
+        may decide the request the moment it is committed) was kept aside for it.
+        """
+        if (early := self._early.pop(row["id"], None)) is not None:
+            row = decided_row(row, *early)
+        self._recent[row["id"]] = row
+        if len(self._recent) > RECENT_REQUESTS:
+            self._recent.popitem(last=False)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="notifications")
@@ -60,11 +82,16 @@ class Notifications:
                 await self._task
 
     async def _listen(self) -> None:
+        decisions = channel(self.redis, DECISIONS)
+        schedule_changed = channel(self.redis, SCHEDULE_CHANGED)
+        users_changed = channel(self.redis, USERS_CHANGED)
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(DECISIONS_CHANNEL, USERS_CHANGED_CHANNEL, SCHEDULE_CHANNEL)
+                    await pubsub.subscribe(decisions, schedule_changed, users_changed)
                     # Whatever was published while we were not subscribed was missed.
+                    self._recent.clear()
+                    self._early.clear()
                     self.users.forget_all()
                     self.schedule.all_changed()
                     self._wake_all()
@@ -72,12 +99,12 @@ class Notifications:
                         message = await pubsub.get_message(timeout=30.0)
                         if message is None:
                             continue
-                        channel = message["channel"].decode()
-                        if channel == DECISIONS_CHANNEL:
+                        name = message["channel"].decode()
+                        if name == decisions:
                             self._wake(message["data"])
-                        elif channel == SCHEDULE_CHANNEL:
+                        elif name == schedule_changed:
                             self.schedule.changed(int(message["data"]))
-                        else:
+                        elif name == users_changed:
                             self.users.forget(int(message["data"]))
             except asyncio.CancelledError:
                 raise
@@ -89,12 +116,19 @@ class Notifications:
         try:
             decided = read_decided_message(data)
         except msgspec.DecodeError:  # not from our worker: nobody to wake (and no reason to drop the subscription)
-            log.warning("unreadable message on %s: %r", DECISIONS_CHANNEL, data[:200])
+            log.warning("unreadable decisions message: %r", data[:200])
             return
         if any(decision.status == "confirmed" for decision in decided.decisions):
             self.schedule.changed(decided.doctor_id)  # before the pollers wake and read slots again
         for decision in decided.decisions:
-            for waiter in self._waiters.get(decision.request_id, ()):
+            request_id = decision.request_id
+            if (row := self._recent.get(request_id)) is not None:
+                self._recent[request_id] = decided_row(row, decision, decided.decided_at)
+            else:
+                self._early[request_id] = (decision, decided.decided_at)
+                if len(self._early) > EARLY_DECISIONS:
+                    self._early.popitem(last=False)
+            for waiter in self._waiters.get(request_id, ()):
                 waiter.decision, waiter.decided_at = decision, decided.decided_at
                 waiter.event.set()
 
@@ -114,24 +148,28 @@ class Notifications:
             if not self._waiters[request_id]:
                 del self._waiters[request_id]
 
-    async def wait_for_decision(self, request_id: int, read: Callable[[], Awaitable[Row]], timeout: float) -> Row:
-        """The booking request as `read` gives it, once it has left `pending` or `timeout` seconds have passed.
+    async def wait_for_decision(
+        self, request_id: int, patient_id: int, read: Callable[[], Awaitable[Row]], timeout: float
+    ) -> Row:
+        """The patient's booking request, once it has left `pending` or `timeout` seconds have passed.
 
-        The watch is set before the first read, so a decision landing between the two is not missed. A decision
-        published by the worker (after its commit) completes the row without another read; a wake-up without one
-        (a reconnect) or the timeout reads again: pub/sub is at-most-once, the database has the last word.
+        The first look is at the requests this process stored (if it is this patient's), else `read` (MySQL).
+        The watch is set before it, so a decision landing in between is not missed. A decision published by the
+        worker (after its commit) completes the row without another read; a wake-up without one (a reconnect) or
+        the timeout reads again: pub/sub is at-most-once, the database has the last word.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with self._watch(request_id) as waiter:
-            row = await read()
+            row = self._recent.get(request_id)
+            if row is None or row["patient_id"] != patient_id:
+                row = await read()
             while row["status"] == "pending" and (remaining := deadline - loop.time()) > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):  # unlike wait_for, no task of its own
                         await waiter.event.wait()
-                if (decision := waiter.decision) is not None:
-                    return {**row, "status": decision.status, "reason": decision.reason,
-                            "appointment_id": decision.appointment_id, "decided_at": waiter.decided_at}
+                if waiter.decision is not None and waiter.decided_at is not None:
+                    return decided_row(row, waiter.decision, waiter.decided_at)
                 waiter.event.clear()
                 row = await read()
         return row

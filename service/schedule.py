@@ -5,7 +5,7 @@ appointments do. Litestar's response cache keeps each answer for CACHE_SECONDS u
 doctor's schedule version in this process; every change bumps the version, so the next read misses:
 
 - the worker's decisions message names the doctor (a confirmation bumps it; see notify.py);
-- window changes and cancellations announce the doctor on SCHEDULE_CHANNEL once committed, and bump this
+- window changes and cancellations announce the doctor (channels.SCHEDULE_CHANGED) once committed, and bump this
   process's version at once, so its own next read sees the change.
 
 Pub/sub is at-most-once and arrives a moment after the commit, so another process may answer from its cache for
@@ -24,9 +24,10 @@ from litestar.config.response_cache import default_cache_key_builder
 from litestar.stores.memory import MemoryStore
 from redis.asyncio import Redis
 
+from service.channels import SCHEDULE_CHANGED, channel
+
 log = logging.getLogger("service.schedule")
 
-SCHEDULE_CHANNEL = "doctors:schedule-changed"
 CACHE_SECONDS = 1
 _KEY_IN_SCOPE = "schedule_cache_key"
 
@@ -66,7 +67,7 @@ async def announce_schedule_change(redis: Redis, versions: ScheduleVersions, doc
     in the other API processes through Redis."""
     versions.changed(doctor_id)
     try:
-        await redis.publish(SCHEDULE_CHANNEL, str(doctor_id))
+        await redis.publish(channel(redis, SCHEDULE_CHANGED), str(doctor_id))
     except Exception as exc:  # noqa: BLE001 - committed already; the other processes' copies expire in a second
         log.warning("could not announce the schedule change of doctor %s: %r", doctor_id, exc)
 

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
+from functools import partial
 
 import httpx
 import pymysql
@@ -16,7 +17,6 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import deserialize_job
 
 from service.booking import (
-    DECISIONS_CHANNEL,
     IN_PAST,
     OUTSIDE_AVAILABILITY,
     PATIENT_BUSY,
@@ -31,6 +31,10 @@ from service.booking import (
     queued_marker_key,
     read_decided_message,
 )
+from service.channels import DECISIONS, channel
+from service.notify import Notifications
+from service.schedule import ScheduleVersions
+from service.security import UserCache
 from service.settings import Settings
 from service.times import utcnow
 from tests.factory import Factory, User, at, iso
@@ -497,7 +501,7 @@ async def test_a_queued_job_of_a_doctor_takes_in_the_doctors_new_requests_until_
 async def test_decisions_are_published_with_their_outcome_and_empty_ones_not_at_all(bare_redis: ArqRedis) -> None:
     decided = Decided(3, utcnow(), [Decision(7, "confirmed", None, 70), Decision(8, "rejected", SLOT_TAKEN)])
     async with bare_redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-        await pubsub.subscribe(DECISIONS_CHANNEL)
+        await pubsub.subscribe(channel(bare_redis, DECISIONS))
         await publish_decisions(bare_redis, Decided(3, utcnow(), []))
         await publish_decisions(bare_redis, decided)
         messages = []
@@ -506,3 +510,80 @@ async def test_decisions_are_published_with_their_outcome_and_empty_ones_not_at_
             if (message := await pubsub.get_message(timeout=0.1)) is not None:
                 messages.append(message["data"])
     assert [read_decided_message(m) for m in messages] == [decided]
+
+
+async def test_a_poll_in_the_process_that_stored_the_request_needs_no_read(bare_redis: ArqRedis) -> None:
+    """Notifications keeps the requests its process stored as the decisions messages say they stand, a decision
+    that beat `remember` included; MySQL is read only for others' requests or another patient's."""
+    listener = Notifications(bare_redis, users=UserCache(0), schedule=ScheduleVersions())
+    listener.start()
+    try:
+        await until_subscribed(bare_redis)
+        now = utcnow()
+
+        def stored(request_id: int, patient_id: int) -> dict:
+            return {"id": request_id, "patient_id": patient_id, "doctor_id": 3, "start_time": now,
+                    "end_time": now, "notes": None, "status": "pending", "reason": None, "appointment_id": None,
+                    "created_at": now, "decided_at": None}
+
+        reads: list[int] = []
+
+        async def read_from_mysql(request_id: int) -> dict:
+            reads.append(request_id)
+            return {**stored(request_id, 1), "status": "from mysql"}
+
+        # Decided before `remember`: kept aside, then applied.
+        await publish_decisions(bare_redis, Decided(3, now, [Decision(11, "confirmed", None, 110)]))
+        await asyncio.sleep(0.2)
+        listener.remember(stored(11, patient_id=1))
+        early = await listener.wait_for_decision(11, 1, partial(read_from_mysql, 11), timeout=1)
+        assert (early["status"], early["appointment_id"], early["decided_at"]) == ("confirmed", 110, now)
+
+        # Remembered while pending: the poll waits for the message, not for MySQL.
+        listener.remember(stored(12, patient_id=1))
+        poll = asyncio.create_task(listener.wait_for_decision(12, 1, partial(read_from_mysql, 12), timeout=5))
+        await asyncio.sleep(0.1)
+        assert not poll.done()
+        await publish_decisions(bare_redis, Decided(3, now, [Decision(12, "rejected", SLOT_TAKEN)]))
+        assert ((await poll)["status"], (await poll)["reason"]) == ("rejected", SLOT_TAKEN)
+        assert reads == []
+
+        # Another patient's, or one this process never stored: MySQL decides (and 404s what is not theirs).
+        assert (await listener.wait_for_decision(12, 2, partial(read_from_mysql, 12), 0))["status"] == "from mysql"
+        assert (await listener.wait_for_decision(13, 1, partial(read_from_mysql, 13), 0))["status"] == "from mysql"
+        assert reads == [12, 13]
+    finally:
+        await listener.stop()
+
+
+async def until_subscribed(redis: ArqRedis) -> None:
+    deadline = time.monotonic() + 5
+    while (await redis.pubsub_numsub(channel(redis, DECISIONS)))[0][1] == 0:
+        assert time.monotonic() < deadline, "the listener did not subscribe"
+        await asyncio.sleep(0.02)
+
+
+async def test_deployments_sharing_a_redis_server_do_not_hear_each_other(bare_redis: ArqRedis) -> None:
+    """Pub/sub spans a server's databases; request ids do not (each deployment has its own MySQL): a decision
+    published by a deployment on another Redis database must not answer ours."""
+    server = "redis://127.0.0.1:6379"
+    other_number = claim_redis_db(server)
+    other = ArqRedis.from_url(f"{server}/{other_number}")
+    listener = Notifications(bare_redis, users=UserCache(0), schedule=ScheduleVersions())
+    listener.start()
+    try:
+        await until_subscribed(bare_redis)
+        now = utcnow()
+        row = {"id": 31, "patient_id": 1, "doctor_id": 3, "start_time": now, "end_time": now, "notes": None,
+               "status": "pending", "reason": None, "appointment_id": None, "created_at": now, "decided_at": None}
+        listener.remember(row)
+
+        async def still_pending() -> dict:
+            return row
+
+        await publish_decisions(other, Decided(3, now, [Decision(31, "confirmed", None, 310)]))
+        assert (await listener.wait_for_decision(31, 1, still_pending, timeout=0.3))["status"] == "pending"
+    finally:
+        await listener.stop()
+        await other.aclose()
+        release_redis_db(server, other_number)
