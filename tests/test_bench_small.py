@@ -19,4 +19,8 @@ def test_a_small_benchmark_run_decides_everything_without_double_booking(tmp_pat
     assert sum(counts.values()) == 150
     assert counts["confirmed"] >= 1 and counts.get("rejected", 0) >= 1  # the mix really contended
     assert result["paced"]["counts"].keys() <= {"confirmed", "rejected"}
-    assert result["slots_per_s"] > 0 and result["baseline_raw_bookings_per_s"] > 0
+    assert result["slots_per_s"] > 0 and result["slots_uncached_per_s"] > 0
+    assert result["baseline_raw_bookings_per_s"] > 0
+    cpu = result["cpu_ms_per_booking"]  # every process was found and measured
+    assert cpu["API"] > 0 and cpu["worker"] > 0 and cpu["load generator"] > 0
+    assert abs(cpu["total"] - sum(ms for name, ms in cpu.items() if name != "total")) < 1e-6

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -17,6 +18,8 @@ from typing import Any
 
 import aiohttp
 import msgspec
+
+from tests.bench.cpu import snapshot
 
 PASSWORD = "bench-password-1"
 
@@ -115,9 +118,15 @@ class Load:
             while todo:
                 results.append(await self.book_and_follow(*todo.pop()))
 
+        groups = {**self.config["cpu_groups"], "load generator": [os.getpid()]}
+        cpu_before = snapshot(groups)
         began = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        return summarize(results, began)
+        summary = summarize(results, began)
+        spent = snapshot(groups)
+        decided = sum(1 for r in results if "decision" in r)
+        per_booking = {name: (spent[name] - cpu_before[name]) * 1000 / max(decided, 1) for name in groups}
+        return summary | {"cpu_ms_per_booking": per_booking | {"total": sum(per_booking.values())}}
 
     async def open_loop(self, total: int, rate: float) -> dict[str, Any]:
         began = time.perf_counter()

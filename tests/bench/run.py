@@ -26,6 +26,7 @@ from service.booking import decide_for_doctor
 from service.db import Database, migrate
 from service.settings import Settings
 from service.times import utcnow
+from tests.bench.cpu import pids_named
 from tests.support import BIN, ROOT, Processes, claim_redis_db, drop_database, free_port, release_redis_db
 
 RESULTS = ROOT / "tests" / "bench" / "results"
@@ -106,14 +107,14 @@ async def raw_booking_baseline(settings: Settings, bookings: int, concurrency: i
     return total / elapsed
 
 
-def start_uvicorn(processes: Processes, app: str, port: int, api_workers: int) -> str:
-    processes._spawn("uvicorn", [str(BIN / "uvicorn"), app, "--port", str(port), "--workers", str(api_workers),
-                                 "--no-access-log", "--log-level", "warning"], None)
+def start_uvicorn(processes: Processes, app: str, port: int, api_workers: int) -> tuple[str, int]:
+    proc = processes._spawn("uvicorn", [str(BIN / "uvicorn"), app, "--port", str(port), "--workers",
+                                        str(api_workers), "--no-access-log", "--log-level", "warning"], None)
     url = f"http://127.0.0.1:{port}"
     for _ in range(400):
         try:
             httpx.get(url + "/", timeout=1)
-            return url
+            return url, proc.pid
         except httpx.TransportError:
             time.sleep(0.05)
     raise RuntimeError(f"{app} did not start")
@@ -135,11 +136,13 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     processes = Processes(env, Path(tempfile.mkdtemp(prefix="bench-logs-")))
     try:
         migrate(settings)
-        api = start_uvicorn(processes, "service.app:app", free_port(), options.api_workers)
-        trivial = start_uvicorn(processes, "tests.bench.trivial:app", free_port(), options.api_workers)
-        for _ in range(options.workers):
-            processes.start_worker()
-        config = {"api_url": api, "trivial_url": trivial, "doctors": options.doctors, "patients": options.patients,
+        api, api_pid = start_uvicorn(processes, "service.app:app", free_port(), options.api_workers)
+        trivial, _ = start_uvicorn(processes, "tests.bench.trivial:app", free_port(), options.api_workers)
+        workers = [processes.start_worker().pid for _ in range(options.workers)]
+        cpu_groups = {"API": [api_pid], "worker": workers, "MariaDB/MySQL": pids_named("mariadbd", "mysqld"),
+                      "Redis": pids_named("redis-server")}  # the servers only if they run on this machine
+        config = {"api_url": api, "trivial_url": trivial, "cpu_groups": cpu_groups,
+                  "doctors": options.doctors, "patients": options.patients,
                   "days": options.days, "requests": options.requests, "concurrency": options.concurrency,
                   "paced_seconds": options.paced_seconds, "read_seconds": options.read_seconds}
         load = subprocess.run([sys.executable, "-m", "tests.bench.load", json.dumps(config)], cwd=ROOT,
@@ -163,6 +166,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         "submit_ms": saturated["submit_ms"],
         "decision_ms": saturated["decision_ms"],
         "paced": paced,
+        "cpu_ms_per_booking": saturated["cpu_ms_per_booking"],
         "counts": saturated["counts"],
         "double_bookings": len(double_bookings),
         "slots_per_s": measured["slots_per_s"],
@@ -189,6 +193,8 @@ def table(r: dict[str, Any]) -> str:
         ("confirmed / rejected / failed", f"{r['counts'].get('confirmed', 0)} / {r['counts'].get('rejected', 0)}"
                                           f" / {r['counts'].get('failed', 0)}"),
         ("double bookings", str(r["double_bookings"])),
+        ("CPU ms per decided booking (saturated phase):", ""),
+        *((f"  {name}", f"{ms:.2f}") for name, ms in r["cpu_ms_per_booking"].items()),
         ("GET /doctors/{id}/slots req/s", f"{r['slots_per_s']:.0f}"),
         ("  … each for a new range (cache misses)", f"{r['slots_uncached_per_s']:.0f}"),
         ("baseline (a) raw booking tx/s", f"{r['baseline_raw_bookings_per_s']:.0f}"),
