@@ -217,7 +217,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--days", type=int, default=20)
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--paced-seconds", type=float, default=5)
+    parser.add_argument("--paced-seconds", type=float, default=10)
     parser.add_argument("--read-seconds", type=float, default=5)
     parser.add_argument("--raw-bookings", type=int, default=4000)
     parser.add_argument("--raw-concurrency", type=int, default=8)
