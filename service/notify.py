@@ -25,6 +25,9 @@ Row = dict[str, Any]
 # enough for the long polls that follow a POST within seconds; older ones are read from MySQL.
 RECENT_REQUESTS = 20_000
 EARLY_DECISIONS = 5_000
+# A remembered request still pending is trusted this long into a poll before MySQL is asked: its decision may
+# have been lost (a worker killed between commit and publish, a message missed around a reconnect).
+TRUST_PENDING_SECONDS = 1.0
 
 
 def decided_row(row: Row, decision: Decision, decided_at: datetime) -> Row:
@@ -153,18 +156,22 @@ class Notifications:
     ) -> Row:
         """The patient's booking request, once it has left `pending` or `timeout` seconds have passed.
 
-        The first look is at the requests this process stored (if it is this patient's), else `read` (MySQL).
-        The watch is set before it, so a decision landing in between is not missed. A decision published by the
+        The first look is at the requests this process stored (if it is this patient's and the caller will wait:
+        a remembered "pending" only starts a wait, for at most TRUST_PENDING_SECONDS), else `read` (MySQL). The
+        watch is set before it, so a decision landing in between is not missed. A decision published by the
         worker (after its commit) completes the row without another read; a wake-up without one (a reconnect) or
-        the timeout reads again: pub/sub is at-most-once, the database has the last word.
+        the end of a wait reads again: pub/sub is at-most-once, the database has the last word.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with self._watch(request_id) as waiter:
             row = self._recent.get(request_id)
-            if row is None or row["patient_id"] != patient_id:
+            trusted_until = deadline
+            if row is None or row["patient_id"] != patient_id or (row["status"] == "pending" and timeout <= 0):
                 row = await read()
-            while row["status"] == "pending" and (remaining := deadline - loop.time()) > 0:
+            elif row["status"] == "pending":
+                trusted_until = min(deadline, loop.time() + TRUST_PENDING_SECONDS)
+            while row["status"] == "pending" and (remaining := trusted_until - loop.time()) > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):  # unlike wait_for, no task of its own
                         await waiter.event.wait()
@@ -172,4 +179,5 @@ class Notifications:
                     return decided_row(row, waiter.decision, waiter.decided_at)
                 waiter.event.clear()
                 row = await read()
+                trusted_until = deadline
         return row

@@ -56,6 +56,8 @@ class ScheduleVersions:
         answer read before a change is stored under the version it was read at, which no later read asks for.
         """
         scope = request.scope
+        if "doctor_id" not in request.path_params:  # not a schedule read: Litestar's own key
+            return default_cache_key_builder(request)
         if (key := scope.get(_KEY_IN_SCOPE)) is None:  # type: ignore[misc]
             version = self.of(request.path_params["doctor_id"])
             key = scope[_KEY_IN_SCOPE] = f"{default_cache_key_builder(request)}#{version}"  # type: ignore[typeddict-unknown-key]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import secrets
 import time
 import uuid
@@ -90,8 +91,10 @@ def hash_reset_token(token: str) -> str:
 class UserCache:
     """Token users remembered for a moment, so the hot path skips a query per request.
 
-    A password change in this process forgets the user at once; elsewhere, a change or a deleted account
-    takes effect within `ttl` seconds (AUTH_CACHE_SECONDS; 0 turns the cache off).
+    A password change is pushed to every process (notify.py), which forgets the user at once; a process that
+    lost Redis forgets everyone. Anything else (an account deleted by hand) takes effect within `ttl` seconds
+    (AUTH_CACHE_SECONDS; 0 turns the cache off). Each entry lives between half and all of `ttl`, so users cached
+    together (a morning's logins) are not all read again in the same instant.
     """
 
     def __init__(self, ttl: float) -> None:
@@ -109,7 +112,7 @@ class UserCache:
         if self.ttl > 0:
             if len(self._users) > 100_000:
                 self._users.clear()
-            self._users[user_id] = (now + self.ttl, user)
+            self._users[user_id] = (now + self.ttl * random.uniform(0.5, 1.0), user)
         return user
 
     def forget(self, user_id: int) -> None:

@@ -32,6 +32,7 @@ from service.booking import (
     read_decided_message,
 )
 from service.channels import DECISIONS, channel
+from service.db import Database
 from service.notify import Notifications
 from service.schedule import ScheduleVersions
 from service.security import UserCache
@@ -39,6 +40,8 @@ from service.settings import Settings
 from service.times import utcnow
 from tests.factory import Factory, User, at, iso
 from tests.support import Processes, claim_redis_db, log_of, release_redis_db
+from worker.claim import CLAIM_SCRIPT
+from worker.jobs import retry_or_fail
 
 
 async def decision(client: httpx.AsyncClient, patient: User, request_id: int, wait: int = 20) -> dict:
@@ -587,3 +590,63 @@ async def test_deployments_sharing_a_redis_server_do_not_hear_each_other(bare_re
         await listener.stop()
         await other.aclose()
         release_redis_db(server, other_number)
+
+
+async def test_a_remembered_pending_request_is_checked_in_mysql_when_no_decision_comes(bare_redis: ArqRedis) -> None:
+    """A decision can be lost between commit and publish (a worker killed there): a poll that started from
+    memory reads MySQL after a second, and a poll that will not wait reads MySQL at once."""
+    listener = Notifications(bare_redis, users=UserCache(0), schedule=ScheduleVersions())
+    listener.start()
+    try:
+        await until_subscribed(bare_redis)
+        now = utcnow()
+        pending = {"id": 41, "patient_id": 1, "doctor_id": 3, "start_time": now, "end_time": now, "notes": None,
+                   "status": "pending", "reason": None, "appointment_id": None, "created_at": now,
+                   "decided_at": None}
+        listener.remember(pending)
+
+        async def decided_in_mysql() -> dict:
+            return {**pending, "status": "confirmed", "appointment_id": 410, "decided_at": now}
+
+        assert (await listener.wait_for_decision(41, 1, decided_in_mysql, timeout=0))["status"] == "confirmed"
+        started = time.monotonic()
+        assert (await listener.wait_for_decision(41, 1, decided_in_mysql, timeout=20))["status"] == "confirmed"
+        assert 0.9 < time.monotonic() - started < 5
+    finally:
+        await listener.stop()
+
+
+async def test_failing_a_request_another_job_decided_meanwhile_changes_and_announces_nothing(
+    db: Database, bare_redis: ArqRedis, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    doctor, patient = await factory.doctor(), await factory.patient()
+    await factory.window(doctor, at(9), at(12))
+    appointment = await factory.booked(patient, doctor["id"], at(10), at(11))
+    request_id = appointment["booking_request_id"]
+    before = rows(mysql, "SELECT * FROM booking_requests WHERE id = %s", request_id)
+    ctx = {"db": db, "redis": bare_redis, "job_try": 5}
+    async with bare_redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(channel(bare_redis, DECISIONS))
+        result = await retry_or_fail(ctx, request_id, doctor["id"], RuntimeError("lock wait"), last_try=True)
+        assert result == "already decided"
+        assert await pubsub.get_message(timeout=0.3) is None
+    assert rows(mysql, "SELECT * FROM booking_requests WHERE id = %s", request_id) == before
+
+
+async def test_the_claim_skips_running_jobs_and_takes_no_more_than_it_has_room_for(bare_redis: ArqRedis) -> None:
+    claim = bare_redis.register_script(CLAIM_SCRIPT)
+    now = int(time.time() * 1000)
+    await bare_redis.zadd("arq:queue", {"running": now - 30, "due-1": now - 20, "due-2": now - 10,
+                                        "later": now + 60_000})
+    await bare_redis.set("arq:in-progress:running", b"1")
+    ids = ["running", "due-1", "due-2", "later"]
+
+    async def claim_up_to(room: int) -> list[bytes]:
+        claimed = await claim(keys=["arq:queue", *(f"arq:in-progress:{i}" for i in ids)],
+                              args=[now, 70_000, room, *ids])
+        return claimed[::2]
+
+    assert await claim_up_to(1) == [b"due-1"]  # past the running one, and only one
+    assert await claim_up_to(5) == [b"due-2"]  # not the running ones, not the one due later
+    assert await claim_up_to(5) == []
+    assert 0 < await bare_redis.pttl("arq:in-progress:due-2") <= 70_000

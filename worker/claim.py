@@ -13,12 +13,14 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
 
-# KEYS: the queue, then each job's in-progress key; ARGV: now (ms), the in-progress mark's lifetime (ms), job ids.
-# A job is claimed if it is still queued, due, and not in progress: arq's own conditions.
+# KEYS: the queue, then each job's in-progress key; ARGV: now (ms), the in-progress mark's lifetime (ms), how many
+# to claim at most, job ids. A job is claimed if it is still queued, due, and not in progress: arq's own
+# conditions. As arq does, the ids are tried in order until enough are claimed: the first ones are often running.
 CLAIM_SCRIPT = """
 local claimed = {}
 for i = 2, #KEYS do
-    local job_id = ARGV[i + 1]
+    if #claimed >= 2 * tonumber(ARGV[3]) then break end
+    local job_id = ARGV[i + 2]
     local score = redis.call('zscore', KEYS[1], job_id)
     if score and tonumber(score) <= tonumber(ARGV[1]) and redis.call('exists', KEYS[i]) == 0 then
         redis.call('psetex', KEYS[i], ARGV[2], '1')
@@ -34,14 +36,14 @@ class ClaimingWorker(Worker):
     _claim: AsyncScript | None = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        job_ids = job_ids[: self.max_jobs - self.job_counter]
-        if not job_ids:
+        free = self.max_jobs - self.job_counter
+        if not job_ids or free <= 0:
             return
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM_SCRIPT)
         claimed = await self._claim(
             keys=[self.queue_name, *(in_progress_key_prefix + job_id.decode() for job_id in job_ids)],
-            args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), *job_ids],
+            args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, *job_ids],
         )
         for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
             await self.sem.acquire()  # never waits: job_counter < max_jobs, and the two move together

@@ -140,7 +140,10 @@ async def retry_or_fail(ctx: Context, request_id: int, doctor_id: int, exc: Exce
         raise exc
     log.error("booking request %s failed after %s tries: %r", request_id, ctx["job_try"], exc)
     now = utcnow()
-    await ctx["db"].execute("fail_booking_request", {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": now})
+    failed_rows, _ = await ctx["db"].execute("fail_booking_request",
+                                             {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": now})
+    if not failed_rows:  # another job decided it meanwhile: that decision stands, and was published
+        return "already decided"
     failed = Decided(doctor_id, now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)])
     await publish_decisions(ctx["redis"], failed)
     return "failed"
