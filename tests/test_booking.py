@@ -515,105 +515,96 @@ async def test_decisions_are_published_with_their_outcome_and_empty_ones_not_at_
     assert [read_decided_message(m) for m in messages] == [decided]
 
 
-async def test_a_poll_in_the_process_that_stored_the_request_needs_no_read(bare_redis: ArqRedis) -> None:
-    """Notifications keeps the requests its process stored as the decisions messages say they stand, a decision
-    that beat `remember` included; MySQL is read only for others' requests or another patient's."""
-    listener = Notifications(bare_redis, users=UserCache(0), schedule=ScheduleVersions())
-    listener.start()
-    try:
-        await until_subscribed(bare_redis)
-        now = utcnow()
-
-        def stored(request_id: int, patient_id: int) -> dict:
-            return {"id": request_id, "patient_id": patient_id, "doctor_id": 3, "start_time": now,
-                    "end_time": now, "notes": None, "status": "pending", "reason": None, "appointment_id": None,
-                    "created_at": now, "decided_at": None}
-
-        reads: list[int] = []
-
-        async def read_from_mysql(request_id: int) -> dict:
-            reads.append(request_id)
-            return {**stored(request_id, 1), "status": "from mysql"}
-
-        # Decided before `remember`: kept aside, then applied.
-        await publish_decisions(bare_redis, Decided(3, now, [Decision(11, "confirmed", None, 110)]))
-        await asyncio.sleep(0.2)
-        listener.remember(stored(11, patient_id=1))
-        early = await listener.wait_for_decision(11, 1, partial(read_from_mysql, 11), timeout=1)
-        assert (early["status"], early["appointment_id"], early["decided_at"]) == ("confirmed", 110, now)
-
-        # Remembered while pending: the poll waits for the message, not for MySQL.
-        listener.remember(stored(12, patient_id=1))
-        poll = asyncio.create_task(listener.wait_for_decision(12, 1, partial(read_from_mysql, 12), timeout=5))
-        await asyncio.sleep(0.1)
-        assert not poll.done()
-        await publish_decisions(bare_redis, Decided(3, now, [Decision(12, "rejected", SLOT_TAKEN)]))
-        assert ((await poll)["status"], (await poll)["reason"]) == ("rejected", SLOT_TAKEN)
-        assert reads == []
-
-        # Another patient's, or one this process never stored: MySQL decides (and 404s what is not theirs).
-        assert (await listener.wait_for_decision(12, 2, partial(read_from_mysql, 12), 0))["status"] == "from mysql"
-        assert (await listener.wait_for_decision(13, 1, partial(read_from_mysql, 13), 0))["status"] == "from mysql"
-        assert reads == [12, 13]
-    finally:
-        await listener.stop()
-
-
-async def until_subscribed(redis: ArqRedis) -> None:
+@pytest.fixture
+async def listener(bare_redis: ArqRedis) -> AsyncIterator[Notifications]:
+    """An API process's pub/sub listener, subscribed, on a Redis DB of its own."""
+    notifications = Notifications(bare_redis, users=UserCache(0), schedule=ScheduleVersions())
+    notifications.start()
     deadline = time.monotonic() + 5
-    while (await redis.pubsub_numsub(channel(redis, DECISIONS)))[0][1] == 0:
+    while (await bare_redis.pubsub_numsub(channel(bare_redis, DECISIONS)))[0][1] == 0:
         assert time.monotonic() < deadline, "the listener did not subscribe"
         await asyncio.sleep(0.02)
+    yield notifications
+    await notifications.stop()
 
 
-async def test_deployments_sharing_a_redis_server_do_not_hear_each_other(bare_redis: ArqRedis) -> None:
+def pending_row(request_id: int, patient_id: int = 1) -> dict:
+    """A booking request as POST /appointments stores it (and Notifications.remember keeps it)."""
+    now = utcnow()
+    return {"id": request_id, "patient_id": patient_id, "doctor_id": 3, "start_time": now, "end_time": now,
+            "notes": None, "status": "pending", "reason": None, "appointment_id": None, "created_at": now,
+            "decided_at": None}
+
+
+async def test_a_poll_in_the_process_that_stored_the_request_needs_no_read(
+    bare_redis: ArqRedis, listener: Notifications
+) -> None:
+    """Notifications keeps the requests its process stored as the decisions messages say they stand, a decision
+    that beat `remember` included; MySQL is read only for others' requests or another patient's."""
+    reads: list[int] = []
+
+    async def read_from_mysql(request_id: int) -> dict:
+        reads.append(request_id)
+        return {**pending_row(request_id), "status": "from mysql"}
+
+    # Decided before `remember`: kept aside, then applied.
+    now = utcnow()
+    await publish_decisions(bare_redis, Decided(3, now, [Decision(11, "confirmed", None, 110)]))
+    await asyncio.sleep(0.2)
+    listener.remember(pending_row(11))
+    early = await listener.wait_for_decision(11, 1, partial(read_from_mysql, 11), timeout=1)
+    assert (early["status"], early["appointment_id"], early["decided_at"]) == ("confirmed", 110, now)
+
+    # Remembered while pending: the poll waits for the message, not for MySQL.
+    listener.remember(pending_row(12))
+    poll = asyncio.create_task(listener.wait_for_decision(12, 1, partial(read_from_mysql, 12), timeout=5))
+    await asyncio.sleep(0.1)
+    assert not poll.done()
+    await publish_decisions(bare_redis, Decided(3, now, [Decision(12, "rejected", SLOT_TAKEN)]))
+    assert ((await poll)["status"], (await poll)["reason"]) == ("rejected", SLOT_TAKEN)
+    assert reads == []
+
+    # Another patient's, or one this process never stored: MySQL decides (and 404s what is not theirs).
+    assert (await listener.wait_for_decision(12, 2, partial(read_from_mysql, 12), 0))["status"] == "from mysql"
+    assert (await listener.wait_for_decision(13, 1, partial(read_from_mysql, 13), 0))["status"] == "from mysql"
+    assert reads == [12, 13]
+
+
+async def test_deployments_sharing_a_redis_server_do_not_hear_each_other(listener: Notifications) -> None:
     """Pub/sub spans a server's databases; request ids do not (each deployment has its own MySQL): a decision
     published by a deployment on another Redis database must not answer ours."""
     server = "redis://127.0.0.1:6379"
     other_number = claim_redis_db(server)
     other = ArqRedis.from_url(f"{server}/{other_number}")
-    listener = Notifications(bare_redis, users=UserCache(0), schedule=ScheduleVersions())
-    listener.start()
     try:
-        await until_subscribed(bare_redis)
-        now = utcnow()
-        row = {"id": 31, "patient_id": 1, "doctor_id": 3, "start_time": now, "end_time": now, "notes": None,
-               "status": "pending", "reason": None, "appointment_id": None, "created_at": now, "decided_at": None}
+        row = pending_row(31)
         listener.remember(row)
 
         async def still_pending() -> dict:
             return row
 
-        await publish_decisions(other, Decided(3, now, [Decision(31, "confirmed", None, 310)]))
+        await publish_decisions(other, Decided(3, utcnow(), [Decision(31, "confirmed", None, 310)]))
         assert (await listener.wait_for_decision(31, 1, still_pending, timeout=0.3))["status"] == "pending"
     finally:
-        await listener.stop()
         await other.aclose()
         release_redis_db(server, other_number)
 
 
-async def test_a_remembered_pending_request_is_checked_in_mysql_when_no_decision_comes(bare_redis: ArqRedis) -> None:
+async def test_a_remembered_pending_request_is_checked_in_mysql_when_no_decision_comes(
+    listener: Notifications,
+) -> None:
     """A decision can be lost between commit and publish (a worker killed there): a poll that started from
     memory reads MySQL after a second, and a poll that will not wait reads MySQL at once."""
-    listener = Notifications(bare_redis, users=UserCache(0), schedule=ScheduleVersions())
-    listener.start()
-    try:
-        await until_subscribed(bare_redis)
-        now = utcnow()
-        pending = {"id": 41, "patient_id": 1, "doctor_id": 3, "start_time": now, "end_time": now, "notes": None,
-                   "status": "pending", "reason": None, "appointment_id": None, "created_at": now,
-                   "decided_at": None}
-        listener.remember(pending)
+    pending = pending_row(41)
+    listener.remember(pending)
 
-        async def decided_in_mysql() -> dict:
-            return {**pending, "status": "confirmed", "appointment_id": 410, "decided_at": now}
+    async def decided_in_mysql() -> dict:
+        return {**pending, "status": "confirmed", "appointment_id": 410, "decided_at": utcnow()}
 
-        assert (await listener.wait_for_decision(41, 1, decided_in_mysql, timeout=0))["status"] == "confirmed"
-        started = time.monotonic()
-        assert (await listener.wait_for_decision(41, 1, decided_in_mysql, timeout=20))["status"] == "confirmed"
-        assert 0.9 < time.monotonic() - started < 5
-    finally:
-        await listener.stop()
+    assert (await listener.wait_for_decision(41, 1, decided_in_mysql, timeout=0))["status"] == "confirmed"
+    started = time.monotonic()
+    assert (await listener.wait_for_decision(41, 1, decided_in_mysql, timeout=20))["status"] == "confirmed"
+    assert 0.9 < time.monotonic() - started < 5
 
 
 async def test_failing_a_request_another_job_decided_meanwhile_changes_and_announces_nothing(
