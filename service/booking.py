@@ -127,13 +127,16 @@ def read_decided_message(data: bytes) -> Decided:
     return _decided_decoder.decode(data)
 
 
-async def publish_decisions(redis: Redis, decided: Decided) -> None:
-    """Wake the API processes long-polling these requests.
+def decisions_announcement(redis: Redis, decided: Decided) -> tuple[str, bytes] | None:
+    """The channel and message that wake the API processes long-polling these requests (None if there are no
+    decisions: an empty message would name no request). The message carries each outcome, so a woken poll
+    answers without reading MySQL again."""
+    return (channel(redis, DECISIONS), decided_message(decided)) if decided.decisions else None
 
-    The message carries each outcome, so a woken poll answers without reading MySQL again.
-    """
-    if decided.decisions:  # an empty message would name no request
-        await redis.publish(channel(redis, DECISIONS), decided_message(decided))
+
+async def publish_decisions(redis: Redis, decided: Decided) -> None:
+    if (announcement := decisions_announcement(redis, decided)) is not None:
+        await redis.publish(*announcement)
 
 
 def decide(

@@ -361,10 +361,15 @@ async def test_an_expired_lock_holder_cannot_release_the_next_holders_lock(priva
         await asyncio.sleep(0.2)  # expired
         current = DoctorLock(client, 7, ttl_ms=10_000)
         assert await current.acquire(0.5)
-        assert not await stale.release()
-        assert await client.get(current.key) == current.token.encode()
-        assert await current.release()
-        assert not await client.exists(current.key)
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe("news")
+            # A job ends with one round trip: the release, and its decisions published whether or not it held on.
+            assert not await stale.release(then_publish=("news", b"stale holder's decisions"))
+            assert await client.get(current.key) == current.token.encode()
+            assert await current.release(then_publish=("news", b"current holder's decisions"))
+            assert not await client.exists(current.key)
+            heard = [m["data"] for m in [await pubsub.get_message(timeout=1) for _ in range(3)] if m]
+        assert heard[1:] == [b"stale holder's decisions", b"current holder's decisions"]  # [0]: subscribed
     finally:
         await client.aclose()
 

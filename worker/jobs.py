@@ -17,6 +17,7 @@ from service.booking import (
     Decided,
     Decision,
     decide_for_doctor,
+    decisions_announcement,
     enqueue_booking,
     publish_decisions,
     queued_marker_key,
@@ -124,9 +125,12 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int | None) -
             log.warning("the lock on doctor %s expired before the booking finished", doctor_id)
         return await retry_or_fail(ctx, request_id, doctor_id, exc, last_try)
     fault_point("after_commit")
-    if lock is not None and not await lock.release():
+    announcement = decisions_announcement(redis, decided)
+    if lock is None:
+        if announcement is not None:
+            await redis.publish(*announcement)
+    elif not await lock.release(then_publish=announcement):  # one round trip for both
         log.warning("the lock on doctor %s expired before the booking finished", doctor_id)
-    await publish_decisions(redis, decided)
     return f"decided {decided_count + len(decided.decisions)}"
 
 

@@ -8,17 +8,29 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from functools import cache
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 
-# Delete the key only if it still holds our token: a holder whose lock expired must not free another's.
+# Delete the key only if it still holds our token: a holder whose lock expired must not free another's. Then,
+# in the same round trip, publish what the holder has to announce (ARGV[2], ARGV[3]), if anything.
 RELEASE_SCRIPT = """
+local released = 0
 if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
+    released = redis.call('del', KEYS[1])
 end
-return 0
+if ARGV[2] then
+    redis.call('publish', ARGV[2], ARGV[3])
+end
+return released
 """
+
+
+@cache
+def _release_script(redis: Redis) -> AsyncScript:
+    return redis.register_script(RELEASE_SCRIPT)
 
 
 class DoctorLock:
@@ -27,7 +39,6 @@ class DoctorLock:
         self.key = f"lock:doctor:{doctor_id}"
         self.ttl_ms = ttl_ms
         self.token = secrets.token_hex(16)
-        self._release = redis.register_script(RELEASE_SCRIPT)
 
     def try_in(self, pipe: Pipeline) -> None:
         """One try at the lock inside the caller's pipeline (saving a round trip); its reply says if we hold it."""
@@ -45,6 +56,10 @@ class DoctorLock:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.025)
 
-    async def release(self) -> bool:
-        """Compare-and-delete; False if the lock had already expired (and maybe passed to someone else)."""
-        return bool(await self._release(keys=[self.key], args=[self.token]))
+    async def release(self, then_publish: tuple[str, bytes] | None = None) -> bool:
+        """Compare-and-delete; False if the lock had already expired (and maybe passed to someone else).
+
+        `then_publish`: a (channel, message) to publish in the same round trip, released or not.
+        """
+        args = [self.token, *(then_publish or ())]
+        return bool(await _release_script(self.redis)(keys=[self.key], args=args))
