@@ -13,7 +13,8 @@ from litestar.params import Body
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
-from service.db import ER_DUP_ENTRY, Database, mysql_error_code
+from service.db import ER_DUP_ENTRY, mysql_error_code
+from service.dependencies import DatabaseDep, PasswordsDep, RedisDep, SettingsDep, UserCacheDep, UserDep
 from service.errors import Conflict, InvalidInput, NotAuthenticated, problem_responses
 from service.notify import publish_user_changed
 from service.ratelimit import limit_per_account
@@ -21,10 +22,7 @@ from service.security import (
     MAX_PASSWORD_BYTES,
     MIN_PASSWORD_BYTES,
     PUBLIC,
-    CurrentUser,
-    Passwords,
     Role,
-    UserCache,
     hash_reset_token,
     issue_access_token,
     new_reset_token,
@@ -106,7 +104,7 @@ class AuthController(Controller):
 
     @post("/register", **PUBLIC, status_code=HTTP_201_CREATED, operation_id="register",
           summary="Register a doctor or a patient", responses=problem_responses(400, 409, 413, 415, 503))
-    async def register(self, data: Annotated[RegisterIn, Body()], db: Database, passwords: Passwords) -> UserOut:
+    async def register(self, data: Annotated[RegisterIn, Body()], db: DatabaseDep, passwords: PasswordsDep) -> UserOut:
         check_password_bytes(data.password, "password")
         if data.specialty is not None and data.role != "Doctor":
             raise InvalidInput("only doctors have a specialty", field="specialty")
@@ -130,8 +128,8 @@ class AuthController(Controller):
     @post("/login", **PUBLIC, status_code=200, operation_id="login", summary="Exchange credentials for a token",
           responses=problem_responses(400, 401, 413, 415, 429, 503))
     async def login(
-        self, data: Annotated[LoginIn, Body()], db: Database, redis: ArqRedis, passwords: Passwords,
-        settings: Settings,
+        self, data: Annotated[LoginIn, Body()], db: DatabaseDep, redis: RedisDep, passwords: PasswordsDep,
+        settings: SettingsDep,
     ) -> TokenOut:
         email = normalize_email(data.email)
         await limit_per_account(redis, "login", email, settings.login_rate_limit_per_minute)
@@ -144,7 +142,7 @@ class AuthController(Controller):
 
     @get("/me", operation_id="getCurrentUser", summary="The user the token belongs to",
          responses=problem_responses(401, 503))
-    async def me(self, user: CurrentUser, db: Database) -> UserOut:
+    async def me(self, user: UserDep, db: DatabaseDep) -> UserOut:
         row = await db.fetch_one("find_user_by_id", {"id": user.id})
         if row is None:  # deleted between the token check and here
             raise NotAuthenticated()
@@ -154,7 +152,7 @@ class AuthController(Controller):
           summary="Email a password-reset token, if the account exists",
           responses=problem_responses(400, 413, 415, 429, 503))
     async def forgot_password(
-        self, data: Annotated[ForgotPasswordIn, Body()], db: Database, redis: ArqRedis, settings: Settings
+        self, data: Annotated[ForgotPasswordIn, Body()], db: DatabaseDep, redis: RedisDep, settings: SettingsDep
     ) -> AcceptedOut:
         email = normalize_email(data.email)
         await limit_per_account(redis, "forgot-password", email, settings.login_rate_limit_per_minute)
@@ -175,8 +173,8 @@ class AuthController(Controller):
           summary="Set a new password with a token from the reset email",
           responses=problem_responses(400, 413, 415, 503))
     async def reset_password(
-        self, data: Annotated[ResetPasswordIn, Body()], db: Database, redis: ArqRedis, passwords: Passwords,
-        user_cache: UserCache,
+        self, data: Annotated[ResetPasswordIn, Body()], db: DatabaseDep, redis: RedisDep, passwords: PasswordsDep,
+        user_cache: UserCacheDep,
     ) -> None:
         check_password_bytes(data.new_password, "new_password")
         now = utcnow()

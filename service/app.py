@@ -34,7 +34,7 @@ from service.accounts import AuthController
 from service.appointments import AppointmentController
 from service.booking_requests import BookingRequestController
 from service.db import Connection, Database
-from service.dependencies import resolve_dependencies_in_turn
+from service.dependencies import DatabaseDep, resolve_dependencies_in_turn
 from service.doctors import DoctorController
 from service.errors import EXCEPTION_HANDLERS, InvalidInput, UnsupportedMediaType
 from service.health import HealthController
@@ -73,7 +73,7 @@ def redis_client(settings: Settings) -> ArqRedis:
     return ArqRedis(connection_pool=pool)
 
 
-async def provide_transaction(db: Database) -> AsyncIterator[Connection]:
+async def provide_transaction(db: DatabaseDep) -> AsyncIterator[Connection]:
     """The request's transaction: committed after the handler returns, before the response is sent;
     rolled back if the handler raises."""
     async with db.transaction() as tx:

@@ -9,20 +9,19 @@ from functools import partial
 from typing import Annotated, Literal
 
 import msgspec
-from arq.connections import ArqRedis
 from litestar import Controller, Response, delete, get, post
 from litestar.openapi import ResponseSpec
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromQuery, HeaderParameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from msgspec import Meta
 
 from service.booking import enqueue_booking
 from service.booking_requests import read_own_request, status_url, to_out, wait_for_decision
 from service.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
+from service.dependencies import DatabaseDep, ListenerDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.errors import Conflict, InvalidInput, NotFound, problem_responses
-from service.notify import Notifications
 from service.paging import MAX_ID, From, Id, Limit, Offset, To, time_range
-from service.schedule import ScheduleVersions, announce_schedule_change
+from service.schedule import announce_schedule_change
 from service.security import CurrentUser, requires_patient
 from service.times import from_row, to_db, utcnow
 
@@ -175,13 +174,13 @@ class AppointmentController(Controller):
     async def book(
         self,
         data: Annotated[BookingIn, Body()],
-        user: CurrentUser,
-        db: Database,
-        redis: ArqRedis,
-        listener: Notifications,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", min_length=1,
+        user: UserDep,
+        db: DatabaseDep,
+        redis: RedisDep,
+        listener: ListenerDep,
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", min_length=1,
                                                          max_length=255)] = None,
-        prefer: Annotated[str | None, Parameter(header="Prefer", max_length=200)] = None,
+        prefer: Annotated[str | None, HeaderParameter(name="Prefer", max_length=200)] = None,
     ) -> Response[BookingAccepted]:
         request_id, stored = await store_request(db, data, user.id, idempotency_key)
         if stored is not None:
@@ -207,14 +206,14 @@ class AppointmentController(Controller):
          summary="Your appointments: a patient's bookings or a doctor's schedule",
          responses=problem_responses(400, 401, 503))
     async def my_appointments(
-        self, user: CurrentUser, db: Database, start: From = None, end: To = None,
-        status: AppointmentStatus | None = None, limit: Limit = 50, offset: Offset = 0,
+        self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
+        status: FromQuery[AppointmentStatus | None] = None, limit: Limit = 50, offset: Offset = 0,
     ) -> AppointmentPage:
         return await list_appointments(db, user, status, start, end, limit, offset)
 
     @get("/{appointment_id:int}", operation_id="getAppointment", summary="One of your appointments",
          responses=problem_responses(400, 401, 404, 503))
-    async def get_appointment(self, appointment_id: Id, user: CurrentUser, db: Database) -> AppointmentOut:
+    async def get_appointment(self, appointment_id: Id, user: UserDep, db: DatabaseDep) -> AppointmentOut:
         return from_row(AppointmentOut, await find_appointment(db, appointment_id, user))
 
     @delete("/{appointment_id:int}", status_code=200, operation_id="cancelAppointment",
@@ -223,11 +222,11 @@ class AppointmentController(Controller):
     async def cancel(
         self,
         appointment_id: Id,
-        user: CurrentUser,
-        tx: Connection,
-        redis: ArqRedis,
-        schedule: ScheduleVersions,
-        reason: Annotated[str | None, Parameter(min_length=1, max_length=500,
+        user: UserDep,
+        tx: TransactionDep,
+        redis: RedisDep,
+        schedule: ScheduleDep,
+        reason: Annotated[str | None, QueryParameter(min_length=1, max_length=500,
                                                 description="Why; required when the doctor cancels")] = None,
     ) -> AppointmentOut:
         appointment = await find_appointment(tx, appointment_id, user)

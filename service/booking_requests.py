@@ -8,13 +8,14 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 
 from service.db import Database, Row
+from service.dependencies import DatabaseDep, ListenerDep, UserDep
 from service.errors import NotFound, problem_responses
 from service.notify import Notifications
 from service.paging import Id, Limit, Offset
-from service.security import CurrentUser, requires_patient
+from service.security import requires_patient
 from service.times import from_row
 
 RequestStatus = Literal["pending", "confirmed", "rejected", "failed"]
@@ -75,10 +76,10 @@ class BookingRequestController(Controller):
     async def get_request(
         self,
         request_id: Id,
-        user: CurrentUser,
-        db: Database,
-        listener: Notifications,
-        wait: Annotated[int, Parameter(ge=0, le=MAX_POLL_SECONDS, description=(
+        user: UserDep,
+        db: DatabaseDep,
+        listener: ListenerDep,
+        wait: Annotated[int, QueryParameter(ge=0, le=MAX_POLL_SECONDS, description=(
             "Long polling: answer as soon as the status leaves pending, or after this many seconds"))] = 0,
     ) -> BookingRequestOut:
         return to_out(await wait_for_decision(db, listener, request_id, user.id, wait))
@@ -86,7 +87,7 @@ class BookingRequestController(Controller):
     @get("/", guards=[requires_patient], operation_id="listBookingRequests",
          summary="Your booking requests, newest first", responses=problem_responses(400, 401, 403, 503))
     async def list_requests(
-        self, user: CurrentUser, db: Database, status: RequestStatus | None = None, limit: Limit = 50,
+        self, user: UserDep, db: DatabaseDep, status: FromQuery[RequestStatus | None] = None, limit: Limit = 50,
         offset: Offset = 0,
     ) -> BookingRequestPage:
         params = {"patient_id": user.id, "status": status}

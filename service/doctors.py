@@ -7,19 +7,19 @@ from functools import partial
 from typing import Annotated
 
 import msgspec
-from arq.connections import ArqRedis
 from litestar import Controller, delete, get, patch, post
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromQuery, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
 from service.accounts import Specialty
 from service.appointments import AppointmentPage, AppointmentStatus, list_appointments
 from service.db import Connection, Database
+from service.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.errors import Conflict, InvalidInput, NotFound, problem_responses
 from service.paging import From, Id, Limit, Offset, To, time_range
-from service.schedule import CACHE_SECONDS, ScheduleVersions, announce_schedule_change
-from service.security import PUBLIC, CurrentUser, requires_doctor
+from service.schedule import CACHE_SECONDS, announce_schedule_change
+from service.security import PUBLIC, requires_doctor
 from service.times import from_row, overlaps, to_db, utcnow
 
 MAX_WINDOW = timedelta(hours=24)
@@ -104,9 +104,9 @@ class DoctorController(Controller):
          responses=problem_responses(400, 503))
     async def list_doctors(
         self,
-        db: Database,
-        q: Annotated[str | None, Parameter(max_length=255, description="Part of the doctor's name")] = None,
-        specialty: Annotated[str | None, Parameter(max_length=100)] = None,
+        db: DatabaseDep,
+        q: Annotated[str | None, QueryParameter(max_length=255, description="Part of the doctor's name")] = None,
+        specialty: Annotated[str | None, QueryParameter(max_length=100)] = None,
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> DoctorPage:
@@ -118,12 +118,12 @@ class DoctorController(Controller):
 
     @get("/{doctor_id:int}", **PUBLIC, operation_id="getDoctor", summary="A doctor's profile",
          responses=problem_responses(400, 404, 503))
-    async def get_doctor(self, doctor_id: Id, db: Database) -> DoctorOut:
+    async def get_doctor(self, doctor_id: Id, db: DatabaseDep) -> DoctorOut:
         return from_row(DoctorOut, await find_doctor(db, doctor_id))
 
     @patch("/me", guards=[requires_doctor], operation_id="updateMyDoctorProfile", summary="Change your specialty",
            responses=problem_responses(400, 401, 403, 413, 415, 503))
-    async def update_me(self, data: Annotated[DoctorPatch, Body()], user: CurrentUser, tx: Connection) -> DoctorOut:
+    async def update_me(self, data: Annotated[DoctorPatch, Body()], user: UserDep, tx: TransactionDep) -> DoctorOut:
         specialty = data.specialty.strip() if data.specialty else None
         await tx.execute("update_doctor_specialty", {"id": user.id, "specialty": specialty})
         return from_row(DoctorOut, await find_doctor(tx, user.id))
@@ -132,8 +132,8 @@ class DoctorController(Controller):
           operation_id="addAvailability", summary="Publish one window, or several all-or-none",
           responses=problem_responses(400, 401, 403, 409, 413, 415, 503))
     async def add_availability(
-        self, data: Annotated[WindowIn | WindowsIn, Body(schema_extra=WINDOWS_BOUNDS)], user: CurrentUser,
-        tx: Connection, redis: ArqRedis, schedule: ScheduleVersions,
+        self, data: Annotated[WindowIn | WindowsIn, Body(schema_extra=WINDOWS_BOUNDS)], user: UserDep,
+        tx: TransactionDep, redis: RedisDep, schedule: ScheduleDep,
     ) -> WindowOut | list[WindowOut]:
         windows = [data] if isinstance(data, WindowIn) else data
         # Litestar drops the Meta of a union member, so WindowsIn's length bounds are checked here.
@@ -165,7 +165,7 @@ class DoctorController(Controller):
             operation_id="deleteAvailability", summary="Withdraw a window that has no confirmed appointment",
             responses=problem_responses(400, 401, 403, 404, 409, 503))
     async def delete_availability(
-        self, availability_id: Id, user: CurrentUser, tx: Connection, redis: ArqRedis, schedule: ScheduleVersions
+        self, availability_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep, schedule: ScheduleDep
     ) -> None:
         await tx.fetch_one("lock_doctor", {"doctor_id": user.id})
         tx.after_commit(partial(announce_schedule_change, redis, schedule, user.id))
@@ -181,7 +181,7 @@ class DoctorController(Controller):
          summary="A doctor's windows in a range, each with its free intervals",
          responses=problem_responses(400, 404, 503))
     async def get_availability(
-        self, doctor_id: Id, db: Database, start: From = None, end: To = None
+        self, doctor_id: Id, db: DatabaseDep, start: From = None, end: To = None
     ) -> list[AvailabilityOut]:
         windows, busy = await windows_and_busy(db, doctor_id, start, end)
         return [
@@ -196,10 +196,10 @@ class DoctorController(Controller):
     async def get_slots(
         self,
         doctor_id: Id,
-        db: Database,
+        db: DatabaseDep,
         start: From = None,
         end: To = None,
-        duration: Annotated[int, Parameter(ge=5, le=480, description="Slot length in minutes")] = 30,
+        duration: Annotated[int, QueryParameter(ge=5, le=480, description="Slot length in minutes")] = 30,
     ) -> SlotsOut:
         windows, busy = await windows_and_busy(db, doctor_id, start, end)
         range_start, range_end = resolve_range(start, end)
@@ -211,8 +211,8 @@ class DoctorController(Controller):
     @get("/my-appointments", guards=[requires_doctor], operation_id="listMyDoctorAppointments",
          summary="Your schedule, with each patient's name", responses=problem_responses(400, 401, 403, 503))
     async def my_appointments(
-        self, user: CurrentUser, db: Database, start: From = None, end: To = None,
-        status: AppointmentStatus | None = None, limit: Limit = 50, offset: Offset = 0,
+        self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
+        status: FromQuery[AppointmentStatus | None] = None, limit: Limit = 50, offset: Offset = 0,
     ) -> AppointmentPage:
         return await list_appointments(db, user, status, start, end, limit, offset)
 

@@ -6,11 +6,10 @@ import asyncio
 from typing import Literal
 
 import msgspec
-from arq.connections import ArqRedis
 from litestar import Controller, Response, get
 from litestar.openapi import ResponseSpec
 
-from service.db import Database
+from service.dependencies import DatabaseDep, RedisDep
 from service.security import PUBLIC
 
 CHECK_TIMEOUT = 2.0
@@ -29,7 +28,7 @@ class HealthController(Controller):
 
     @get("/", **PUBLIC, operation_id="health", summary="Whether MySQL and Redis answer",
          responses={503: ResponseSpec(HealthOut, description="MySQL or Redis does not answer")})
-    async def health(self, db: Database, redis: ArqRedis) -> Response[HealthOut]:
+    async def health(self, db: DatabaseDep, redis: RedisDep) -> Response[HealthOut]:
         mysql_ok, redis_ok = await asyncio.gather(
             _answers(db.fetch_value("ping")), _answers(redis.ping())
         )

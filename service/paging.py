@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
 from service.errors import InvalidInput
 from service.times import parse_time, to_db
@@ -14,13 +14,14 @@ from service.times import parse_time, to_db
 # (whose bounds are floats: 2^63-1 there reads as 2^63). Far beyond any BIGINT id this service will hand out.
 MAX_ID = 2**53 - 1
 Id = Annotated[int, Parameter(ge=1, le=MAX_ID, description="An id")]
-Limit = Annotated[int, Parameter(ge=1, le=200, description="Page size (at most 200)")]
-Offset = Annotated[int, Parameter(ge=0, le=1_000_000, description="Rows to skip")]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size (at most 200)")]
+Offset = Annotated[int, QueryParameter(ge=0, le=1_000_000, description="Rows to skip")]
 # Text parsed by time_range(): Litestar would read a query `datetime` leniently, taking `0.5` for epoch seconds.
 RFC3339 = {"format": "date-time"}
-From = Annotated[str | None, Parameter(query="from", schema_extra=RFC3339, description="Start of the range (RFC 3339)")]
-To = Annotated[str | None, Parameter(query="to", schema_extra=RFC3339,
-                                     description="End of the range, exclusive (RFC 3339)")]
+From = Annotated[str | None, QueryParameter(name="from", schema_extra=RFC3339,
+                                            description="Start of the range (RFC 3339)")]
+To = Annotated[str | None, QueryParameter(name="to", schema_extra=RFC3339,
+                                          description="End of the range, exclusive (RFC 3339)")]
 
 
 def time_range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:

@@ -522,7 +522,9 @@ async def test_nasty_ascii_in_emails_and_headers(
     headers = {**booking["patient"].headers, "Idempotency-Key": "'; DROP TABLE booking_requests; -- %_\\"}
     first = await client.post("/appointments", json=booking["body"], headers=headers)
     again = await client.post("/appointments", json=booking["body"], headers=headers)
-    assert first.status_code == again.status_code == 202 and first.json() == again.json(), (first.text, again.text)
+    assert first.status_code == again.status_code == 202, (first.text, again.text)
+    # The replay names the same request (by then it may be decided already: a replay says where it stands).
+    assert again.json()["request_id"] == first.json()["request_id"]
     assert_tables_intact(mysql)
     assert len(rows(mysql, "SELECT id FROM booking_requests")) == 1
 
