@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from datetime import timedelta
 from typing import Any
@@ -44,6 +45,7 @@ async def startup(ctx: Context) -> None:
     ctx["db"] = await Database.connect(settings, min_size=2)
     ctx["leases"] = set()
     ctx["lease_renewal"] = asyncio.create_task(renew_leases(ctx["redis"], ctx["leases"]))
+    gc.freeze()  # startup's objects live as long as the worker: keep full collections short (see service/app.py)
 
 
 async def shutdown(ctx: Context) -> None:
