@@ -105,12 +105,11 @@ async def store_request(
         first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
         if first is not None:
             return first, None
-    row = {"patient_id": patient_id, "doctor_id": data.doctor_id, "start_time": start, "end_time": end,
-           "notes": data.notes, "status": "pending", "reason": None, "appointment_id": None,
-           "created_at": utcnow(), "decided_at": None}
+    stored = {"patient_id": patient_id, "doctor_id": data.doctor_id, "start_time": start, "end_time": end,
+              "notes": data.notes, "created_at": utcnow()}
     try:
         inserted, request_id = await db.execute(
-            "insert_booking_request", {**row, "idempotency_key": idempotency_key, "fingerprint": digest})
+            "insert_booking_request", {**stored, "idempotency_key": idempotency_key, "fingerprint": digest})
     except Exception as exc:
         if mysql_error_code(exc) == ER_DUP_ENTRY and idempotency_key:  # the same key raced in twice
             first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
@@ -119,7 +118,8 @@ async def store_request(
         raise
     if not inserted:
         raise NotFound(f"no doctor with id {data.doctor_id}")
-    return request_id, {"id": request_id, **row}
+    return request_id, {"id": request_id, **stored, "status": "pending", "reason": None, "appointment_id": None,
+                        "decided_at": None}
 
 
 async def find_by_idempotency_key(db: Database, patient_id: int, key: str, digest: str | None) -> int | None:

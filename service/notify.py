@@ -43,12 +43,11 @@ async def publish_user_changed(redis: Redis, user_id: int) -> None:
 class Waiter:
     """One waiting request: woken by its decision (kept here) or by a reconnect (without one)."""
 
-    __slots__ = ("decided_at", "decision", "event")
+    __slots__ = ("decided", "event")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
-        self.decision: Decision | None = None
-        self.decided_at: datetime | None = None
+        self.decided: tuple[Decision, datetime] | None = None
 
 
 class Notifications:
@@ -124,15 +123,15 @@ class Notifications:
         if any(decision.status == "confirmed" for decision in decided.decisions):
             self.schedule.changed(decided.doctor_id)  # before the pollers wake and read slots again
         for decision in decided.decisions:
-            request_id = decision.request_id
+            request_id, outcome = decision.request_id, (decision, decided.decided_at)
             if (row := self._recent.get(request_id)) is not None:
-                self._recent[request_id] = decided_row(row, decision, decided.decided_at)
+                self._recent[request_id] = decided_row(row, *outcome)
             else:
-                self._early[request_id] = (decision, decided.decided_at)
+                self._early[request_id] = outcome
                 if len(self._early) > EARLY_DECISIONS:
                     self._early.popitem(last=False)
             for waiter in self._waiters.get(request_id, ()):
-                waiter.decision, waiter.decided_at = decision, decided.decided_at
+                waiter.decided = outcome
                 waiter.event.set()
 
     def _wake_all(self) -> None:
@@ -175,8 +174,8 @@ class Notifications:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):  # unlike wait_for, no task of its own
                         await waiter.event.wait()
-                if waiter.decision is not None and waiter.decided_at is not None:
-                    return decided_row(row, waiter.decision, waiter.decided_at)
+                if waiter.decided is not None:
+                    return decided_row(row, *waiter.decided)
                 waiter.event.clear()
                 row = await read()
                 trusted_until = deadline

@@ -123,17 +123,20 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int | None) -
             decided_count += batch_size
             await publish_decisions(redis, decided)
     except Exception as exc:
-        if lock is not None and not await lock.release():
-            log.warning("the lock on doctor %s expired before the booking finished", doctor_id)
+        if lock is not None:
+            await release(lock)
         return await retry_or_fail(ctx, request_id, doctor_id, exc, last_try)
     fault_point("after_commit")
-    announcement = decisions_announcement(redis, decided)
     if lock is None:
-        if announcement is not None:
-            await redis.publish(*announcement)
-    elif not await lock.release(then_publish=announcement):  # one round trip for both
-        log.warning("the lock on doctor %s expired before the booking finished", doctor_id)
+        await publish_decisions(redis, decided)
+    else:  # the release and the decisions' announcement in one round trip
+        await release(lock, then_publish=decisions_announcement(redis, decided))
     return f"decided {decided_count + len(decided.decisions)}"
+
+
+async def release(lock: DoctorLock, then_publish: tuple[str, bytes] | None = None) -> None:
+    if not await lock.release(then_publish):
+        log.warning("%s expired before the booking finished", lock.key)
 
 
 async def retry_or_fail(ctx: Context, request_id: int, doctor_id: int, exc: Exception, last_try: bool) -> str:
