@@ -207,12 +207,17 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
 
 
-@pytest.fixture
-def rig(processes: Processes, faults_database: str, private_redis: PrivateRedis) -> Iterator[Rig]:
-    rig = Rig(processes, faults_database, private_redis.url)
+def started_rig(processes: Processes, database_url: str, redis_url: str) -> Iterator[Rig]:
+    """A test's rig on emptied tables; its processes are stopped after the test."""
+    rig = Rig(processes, database_url, redis_url)
     rig.empty()
     yield rig
     rig.stop_all()
+
+
+@pytest.fixture
+def rig(processes: Processes, faults_database: str, private_redis: PrivateRedis) -> Iterator[Rig]:
+    yield from started_rig(processes, faults_database, private_redis.url)
 
 
 # --- 1, 2: a worker killed with SIGKILL ------------------------------------------------------------------------
@@ -433,10 +438,7 @@ def strict_mariadb(tmp_path_factory: pytest.TempPathFactory, test_env: dict[str,
 
 @pytest.fixture
 def strict_rig(processes: Processes, strict_mariadb: str, private_redis: PrivateRedis) -> Iterator[Rig]:
-    rig = Rig(processes, strict_mariadb, private_redis.url)
-    rig.empty()
-    yield rig
-    rig.stop_all()
+    yield from started_rig(processes, strict_mariadb, private_redis.url)
 
 
 @pytest.mark.parametrize("conflict", ["lock_timeouts", "lock_deadlocks"])

@@ -15,12 +15,17 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def tree_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants (uvicorn --workers N forks them)."""
+def _parents() -> dict[int, int]:
+    """Every live process's parent, read once per snapshot."""
     parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (fields := _stat(int(entry.name))):
             parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def tree_seconds(pid: int, parents: dict[int, int]) -> float:
+    """User + system CPU seconds of a process and its live descendants (uvicorn --workers N forks them)."""
     tree, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
@@ -48,4 +53,5 @@ def pids_named(*names: str) -> list[int]:
 
 
 def snapshot(groups: dict[str, list[int]]) -> dict[str, float]:
-    return {name: sum(tree_seconds(pid) for pid in pids) for name, pids in groups.items()}
+    parents = _parents()
+    return {name: sum(tree_seconds(pid, parents) for pid in pids) for name, pids in groups.items()}
