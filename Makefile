@@ -30,7 +30,7 @@ run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
 	@echo "Health:   http://127.0.0.1:$(PORT)/health"
 	@trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/python -m worker & \
-	$(BIN)/uvicorn service.app:app --host 0.0.0.0 --port $(PORT) --workers $(API_WORKERS) & \
+	$(BIN)/uvicorn service.api.app:app --host 0.0.0.0 --port $(PORT) --workers $(API_WORKERS) & \
 	wait
 
 test: check-services  ## the whole suite against the local MariaDB/MySQL and Redis

@@ -6,7 +6,7 @@ import socket
 import sys
 from urllib.parse import urlsplit
 
-from service.settings import Settings, SettingsError
+from service.core.settings import Settings, SettingsError
 
 HINTS = {
     "MySQL": "start MariaDB/MySQL (e.g. `docker compose up -d mysql`, or "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service.settings import Settings, SettingsError
+from service.core.settings import Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
 
-    from service.db import migrate
+    from service.core.db import migrate
 
     address = settings.mysql
     try:

@@ -28,9 +28,6 @@ LIMIT %(limit)s OFFSET %(offset)s;
 SELECT COUNT(*) FROM booking_requests
 WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s);
 
--- name: find_booking_request_status
-SELECT doctor_id, status FROM booking_requests WHERE id = %(id)s;
-
 -- name: lock_doctor_and_pending_requests
 -- The doctor's row lock (lock_doctor) and the doctor's pending requests, oldest first, in one round trip: one
 -- row with NULL request columns when nothing is pending, none when there is no such doctor.

@@ -9,6 +9,3 @@ VALUES (%(user_id)s, %(token_hash)s, %(expires_at)s, %(now)s);
 -- name: lock_reset_token
 SELECT id, user_id, expires_at, used_at FROM password_reset_tokens
 WHERE token_hash = %(token_hash)s FOR UPDATE;
-
--- name: use_reset_token
-UPDATE password_reset_tokens SET used_at = %(now)s WHERE id = %(id)s;

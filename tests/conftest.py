@@ -13,14 +13,13 @@ import pymysql.cursors
 import pytest
 import redis
 
-from service.db import Database, migrate
-from service.settings import Settings
+from service.core.db import Database, migrate
+from service.core.settings import Settings
 from tests.factory import Factory
-from tests.support import Processes, claim_redis_db, drop_database, release_redis_db
+from tests.support import TABLES_CHILD_FIRST, Processes, claim_redis_db, drop_database, release_redis_db
 
 MYSQL_SERVER = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
 REDIS_SERVER = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-TABLES_CHILD_FIRST = ["appointments", "booking_requests", "password_reset_tokens", "availabilities", "users"]
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from service.security import issue_access_token
-from service.settings import Settings
+from service.core.accounts import issue_access_token
+from service.core.settings import Settings
 
 _counter = itertools.count(1)
 PASSWORD = "correct horse battery"

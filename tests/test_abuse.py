@@ -20,7 +20,7 @@ import jwt
 import pymysql
 import pytest
 
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, day, iso
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"

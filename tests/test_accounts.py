@@ -29,7 +29,7 @@ import redis
 from aiosmtpd.controller import Controller
 from jwt.warnings import InsecureKeyLengthWarning
 
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, iso
 from tests.support import Processes, claim_redis_db, free_port, release_redis_db
 

@@ -16,31 +16,27 @@ import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import deserialize_job
 
-from service.booking import (
-    IN_PAST,
-    OUTSIDE_AVAILABILITY,
-    PATIENT_BUSY,
+from service.api.notifications import Notifications
+from service.api.schedule_cache import ScheduleVersions
+from service.api.security import UserCache
+from service.core.booking import IN_PAST, OUTSIDE_AVAILABILITY, PATIENT_BUSY, SLOT_TAKEN, PendingRequest, decide
+from service.core.db import Database
+from service.core.queue import (
+    DECISIONS,
     QUEUED_MARKER_MS,
-    SLOT_TAKEN,
     Decided,
     Decision,
-    PendingRequest,
-    decide,
+    channel,
     enqueue_booking,
     publish_decisions,
     queued_marker_key,
     read_decided_message,
 )
-from service.channels import DECISIONS, channel
-from service.db import Database
-from service.notify import Notifications
-from service.schedule import ScheduleVersions
-from service.security import UserCache
-from service.settings import Settings
-from service.times import utcnow
+from service.core.settings import Settings
+from service.core.times import utcnow
 from tests.factory import Factory, User, at, iso
-from tests.support import Processes, claim_redis_db, log_of, release_redis_db
-from worker.claim import CLAIM_SCRIPT
+from tests.support import Processes, claim_redis_db, log_of, no_overlapping_confirmed, release_redis_db
+from worker.arq_ext import CLAIM_SCRIPT
 from worker.jobs import retry_or_fail
 
 
@@ -48,18 +44,6 @@ async def decision(client: httpx.AsyncClient, patient: User, request_id: int, wa
     response = await client.get(f"/booking-requests/{request_id}", params={"wait": wait}, headers=patient.headers)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def no_overlapping_confirmed(mysql: pymysql.Connection) -> None:
-    """The product's promise, checked in the database itself."""
-    with mysql.cursor() as cursor:
-        cursor.execute("""
-            SELECT a.id, b.id FROM appointments a JOIN appointments b
-              ON a.id < b.id AND a.status = 'confirmed' AND b.status = 'confirmed'
-             AND a.start_time < b.end_time AND b.start_time < a.end_time
-             AND (a.doctor_id = b.doctor_id OR a.patient_id = b.patient_id)
-        """)
-        assert cursor.fetchall() == ()
 
 
 def rows(mysql: pymysql.Connection, sql: str, *args: object) -> list[dict]:

@@ -14,12 +14,10 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,164 +29,27 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.booking import PATIENT_BUSY, SLOT_TAKEN, booking_job_id
-from service.db import migrate
-from service.settings import Settings
-from tests.factory import Factory, User, at
-from tests.support import PrivateMariaDB, PrivateRedis, Processes, drop_database, log_of
-from tests.test_booking import no_overlapping_confirmed
-from worker.jobs import JOB_LEASE_MS
+from service.core.booking import PATIENT_BUSY, SLOT_TAKEN
+from service.core.db import migrate
+from service.core.queue import booking_job_id
+from service.core.settings import Settings
+from tests.factory import User, at
+from tests.support import (
+    PrivateMariaDB,
+    PrivateRedis,
+    Processes,
+    Rig,
+    accepted_ids,
+    drop_database,
+    job_finished_line,
+    log_of,
+    process_state,
+    settle,
+    until,
+    until_ok,
+)
+from worker.arq_ext import JOB_LEASE_MS
 from worker.lock import DoctorLock
-
-TABLES_CHILD_FIRST = ["appointments", "booking_requests", "password_reset_tokens", "availabilities", "users"]
-
-
-# --- the rig: one test's processes, database and Redis ---------------------------------------------------------
-
-class Rig:
-    """The API and worker processes of one test, on a database and a Redis that test owns."""
-
-    def __init__(self, processes: Processes, database_url: str, redis_url: str) -> None:
-        self.processes = processes
-        self.env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
-        self.settings = Settings.from_env({**processes.env, **self.env})
-        self.started: list[subprocess.Popen[bytes]] = []
-        self.workers: list[tuple[subprocess.Popen[bytes], dict[str, str]]] = []
-        self._mysql: pymysql.Connection | None = None
-
-    def api(self, **env: str) -> str:
-        url = self.processes.start_api({**self.env, **env})
-        self.started.append(self.processes.running[-1])
-        return url
-
-    def worker(self, **env: str) -> subprocess.Popen[bytes]:
-        proc = self.processes.start_worker({**self.env, **env})
-        self.started.append(proc)
-        self.workers.append((proc, env))
-        return proc
-
-    def revive(self) -> int:
-        """Start again each worker that exited, as the deployment's supervisor does (compose: restart)."""
-        revived = 0
-        for index, (proc, env) in enumerate(self.workers):
-            if proc.poll() is not None:
-                self.workers[index] = (self.processes.start_worker({**self.env, **env}), env)
-                self.started.append(self.workers[index][0])
-                revived += 1
-        return revived
-
-    def stop_all(self) -> None:
-        for proc in self.started:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)  # a frozen process cannot act on SIGTERM
-            self.processes.stop(proc)
-        if self._mysql is not None:
-            self._mysql.close()
-
-    def connect(self) -> pymysql.Connection:
-        address = self.settings.mysql
-        return pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password,
-                               database=address.database, autocommit=True, connect_timeout=2,
-                               cursorclass=pymysql.cursors.DictCursor)
-
-    @property
-    def mysql(self) -> pymysql.Connection:
-        """The test's own connection, for looking at rows; reconnects after a MySQL restart."""
-        if self._mysql is not None:
-            try:
-                self._mysql.ping(reconnect=False)
-            except pymysql.err.Error:
-                self._mysql.close()
-                self._mysql = None
-        if self._mysql is None:
-            self._mysql = self.connect()
-        return self._mysql
-
-    def rows(self, sql: str, *args: object) -> list[dict[str, Any]]:
-        with self.mysql.cursor() as cursor:
-            cursor.execute(sql, args)
-            return list(cursor.fetchall())
-
-    def empty(self) -> None:
-        with self.mysql.cursor() as cursor:
-            for table in TABLES_CHILD_FIRST:
-                cursor.execute(f"DELETE FROM {table}")
-
-    def lock_waits(self) -> int:
-        """Transactions of this database waiting for a row lock right now.
-
-        Poll it no more often than every 0.1 s: InnoDB refreshes its INNODB_TRX snapshot only once nobody has
-        read it for 0.1 s, so a tighter loop reads the same stale snapshot forever.
-        """
-        return self.rows(
-            "SELECT COUNT(*) AS n FROM information_schema.INNODB_TRX t"
-            " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
-            " WHERE p.DB = %s AND t.trx_state = 'LOCK WAIT'", self.settings.mysql.database,
-        )[0]["n"]
-
-    @asynccontextmanager
-    async def client(self, api_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Factory]]:
-        async with httpx.AsyncClient(base_url=api_url, timeout=15) as http:
-            yield http, Factory(http, self.settings)
-
-
-async def until(check: Callable[[], Any], what: str, timeout: float = 15, every: float = 0.02) -> Any:
-    """Poll `check` until it returns something truthy (and return that); fail naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(every)
-    return result
-
-
-async def until_ok(http: httpx.AsyncClient, path: str, timeout: float = 10) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while (response := await http.get(path)).status_code != 200:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path} still answers {response.status_code} after {timeout} s: {response.text}")
-        await asyncio.sleep(0.05)
-    return response
-
-
-async def settle(rig: Rig, accepted: list[int], timeout: float = 30, revive: bool = False) -> Counter:
-    """Wait until no request is pending, then check the promises; with `revive`, start again meanwhile the
-    workers that exited (never a worker armed with a fault point: it would only die again).
-
-    Returns how the requests were decided, as a Counter of (status, reason).
-    """
-    deadline = time.monotonic() + timeout
-    while pending := rig.rows("SELECT id FROM booking_requests WHERE status = 'pending'"):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{len(pending)} request(s) still pending after {timeout} s: {pending[:10]}")
-        if revive:
-            rig.revive()
-        await asyncio.sleep(0.1)
-    requests = rig.rows("SELECT id, status, reason FROM booking_requests ORDER BY id")
-    # Nothing lost and nothing made up: the rows are exactly the requests answered 202.
-    assert len(requests) == len(accepted)
-    assert [r["id"] for r in requests] == sorted(accepted)
-    # One appointment per confirmed request, and none for any other.
-    confirmed = [r["id"] for r in requests if r["status"] == "confirmed"]
-    appointments = rig.rows("SELECT booking_request_id FROM appointments ORDER BY booking_request_id")
-    assert [a["booking_request_id"] for a in appointments] == confirmed
-    no_overlapping_confirmed(rig.mysql)
-    return Counter((r["status"], r["reason"]) for r in requests)
-
-
-def accepted_ids(responses: list[httpx.Response]) -> list[int]:
-    assert [r.status_code for r in responses] == [202] * len(responses), [r.text for r in responses]
-    return [r.json()["request_id"] for r in responses]
-
-
-def process_state(proc: subprocess.Popen[bytes]) -> str:
-    """R, S, T (stopped), Z ... from /proc."""
-    return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
-def job_finished_line(request_id: int) -> str:
-    """What arq logs when the booking job of this request returns (followed by its result)."""
-    return f"{booking_job_id(request_id)}:book_appointment ●"
 
 
 @pytest.fixture(scope="module")

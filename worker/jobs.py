@@ -3,49 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from datetime import timedelta
 from typing import Any
 
 from arq import Retry
-from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-from service.booking import (
-    RETRIES_EXHAUSTED,
+from service.core import faults
+from service.core.booking import RETRIES_EXHAUSTED, decide_for_doctor
+from service.core.db import CONNECTION_LOST_ERRORS, Database, mysql_error_code
+from service.core.queue import (
     Decided,
     Decision,
-    decide_for_doctor,
     decisions_announcement,
     enqueue_booking,
     publish_decisions,
     queued_marker_key,
 )
-from service.db import CONNECTION_LOST_ERRORS, Database, mysql_error_code
-from service.faults import fault_point
-from service.settings import Settings
-from service.times import utcnow
+from service.core.settings import Settings
+from service.core.times import utcnow
+from worker.arq_ext import lease_commands, renew_leases
 from worker.lock import DoctorLock
 from worker.mail import send_email as deliver_email
 
 log = logging.getLogger("worker")
 LOCK_WAIT_SECONDS = 0.5
 SWEEP_BATCH = 1000
-# How long a booking job stays "in progress" in arq after its worker stops renewing the mark (see job_lease).
-JOB_LEASE_MS = 5000
 
 Context = dict[str, Any]
 
 
 async def startup(ctx: Context) -> None:
-    settings = Settings.from_env()
-    ctx["settings"] = settings
-    ctx["db"] = await Database.connect(settings, min_size=2)
+    """Resources for the jobs, kept in ctx (the settings are there already: read once, in __main__)."""
+    ctx["db"] = await Database.connect(ctx["settings"], min_size=2)
     ctx["leases"] = set()
     ctx["lease_renewal"] = asyncio.create_task(renew_leases(ctx["redis"], ctx["leases"]))
-    gc.freeze()  # startup's objects live as long as the worker: keep full collections short (see service/app.py)
+    gc.freeze()  # startup's objects live as long as the worker: keep full collections short (see api/app.py)
 
 
 async def shutdown(ctx: Context) -> None:
@@ -57,27 +52,7 @@ def retry_delay(job_try: int) -> float:
     return min(0.05 * 2**job_try, 5.0)
 
 
-async def renew_leases(redis: Redis, job_ids: set[str]) -> None:
-    """Hold arq's in-progress mark of each running booking job as a lease of JOB_LEASE_MS.
-
-    arq sets the mark for the job timeout + 10 s (70 s) and no worker starts the job, which stays queued, while
-    it is there; enqueueing it again (the sweep) is a no-op. So a worker killed mid-job would leave its request
-    pending for 70 s. As a lease (set when the job starts, renewed here for all of the worker's jobs in one round
-    trip a second), the mark of a dead or frozen worker's job lapses within seconds, and the next worker to poll
-    runs the job again: safe, since a job may run any number of times.
-    """
-    while True:
-        await asyncio.sleep(JOB_LEASE_MS / 5000)
-        if not job_ids:
-            continue
-        with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
-            async with redis.pipeline(transaction=False) as pipe:
-                for job_id in job_ids:
-                    pipe.pexpire(in_progress_key_prefix + job_id, JOB_LEASE_MS)
-                await pipe.execute()
-
-
-async def book_appointment(ctx: Context, request_id: int, doctor_id: int | None = None) -> str:
+async def book_appointment(ctx: Context, request_id: int, doctor_id: int) -> str:
     """Decide a booking request, with every other pending request of its doctor.
 
     Safe to run any number of times: a decided request is left as it is.
@@ -89,15 +64,10 @@ async def book_appointment(ctx: Context, request_id: int, doctor_id: int | None 
         ctx["leases"].discard(ctx["job_id"])
 
 
-async def decide_request(ctx: Context, request_id: int, doctor_id: int | None) -> str:
+async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
     settings: Settings = ctx["settings"]
     db: Database = ctx["db"]
     redis: Redis = ctx["redis"]
-    if doctor_id is None:  # a job queued without its doctor (by hand, or by an older API): look it up
-        state = await db.fetch_one("find_booking_request_status", {"id": request_id})
-        if state is None or state["status"] != "pending":
-            return "already decided" if state else "no such request"
-        doctor_id = state["doctor_id"]
 
     job_try: int = ctx["job_try"]
     last_try = job_try >= settings.booking_max_tries
@@ -108,7 +78,7 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int | None) -
     # they are stored; see ENQUEUE_SCRIPT), the job's lease, and a first try at the doctor's lock.
     async with redis.pipeline(transaction=False) as pipe:
         pipe.delete(queued_marker_key(doctor_id))
-        pipe.pexpire(in_progress_key_prefix + ctx["job_id"], JOB_LEASE_MS)
+        pipe.pexpire(*lease_commands(ctx["job_id"]))
         if lock is not None:
             lock.try_in(pipe)
         started = await pipe.execute()
@@ -126,7 +96,8 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int | None) -
         if lock is not None:
             await release(lock)
         return await retry_or_fail(ctx, request_id, doctor_id, exc, last_try)
-    fault_point("after_commit")
+    if faults.armed:
+        faults.hit("after_commit")
     if lock is None:
         await publish_decisions(redis, decided)
     else:  # the release and the decisions' announcement in one round trip

@@ -8,7 +8,7 @@ import smtplib
 from email.message import EmailMessage
 from urllib.parse import unquote, urlsplit
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 log = logging.getLogger("worker.mail")
 

@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pymysql
 
-from service.booking import decide_for_doctor
-from service.db import Database, migrate
-from service.settings import Settings
-from service.times import utcnow
+from service.core.booking import decide_for_doctor
+from service.core.db import Database, migrate
+from service.core.settings import Settings
+from service.core.times import utcnow
 from tests.bench.cpu import pids_named
 from tests.support import BIN, ROOT, Processes, claim_redis_db, drop_database, free_port, release_redis_db
 
@@ -136,7 +136,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     processes = Processes(env, Path(tempfile.mkdtemp(prefix="bench-logs-")))
     try:
         migrate(settings)
-        api, api_pid = start_uvicorn(processes, "service.app:app", free_port(), options.api_workers)
+        api, api_pid = start_uvicorn(processes, "service.api.app:app", free_port(), options.api_workers)
         trivial, _ = start_uvicorn(processes, "tests.bench.trivial:app", free_port(), options.api_workers)
         workers = [processes.start_worker().pid for _ in range(options.workers)]
         cpu_groups = {"API": [api_pid], "worker": workers, "MariaDB/MySQL": pids_named("mariadbd", "mysqld"),

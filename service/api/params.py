@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from litestar.params import Parameter, QueryParameter
-
-from service.errors import InvalidInput
-from service.times import parse_time, to_db
 
 # The largest id taken: JavaScript's Number.MAX_SAFE_INTEGER, exact in every client and in the OpenAPI document
 # (whose bounds are floats: 2^63-1 there reads as 2^63). Far beyond any BIGINT id this service will hand out.
@@ -16,18 +12,10 @@ MAX_ID = 2**53 - 1
 Id = Annotated[int, Parameter(ge=1, le=MAX_ID, description="An id")]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size (at most 200)")]
 Offset = Annotated[int, QueryParameter(ge=0, le=1_000_000, description="Rows to skip")]
-# Text parsed by time_range(): Litestar would read a query `datetime` leniently, taking `0.5` for epoch seconds.
+# Text parsed by core.times.time_range(): Litestar would read a query `datetime` leniently, taking `0.5` for epoch
+# seconds.
 RFC3339 = {"format": "date-time"}
 From = Annotated[str | None, QueryParameter(name="from", schema_extra=RFC3339,
                                             description="Start of the range (RFC 3339)")]
 To = Annotated[str | None, QueryParameter(name="to", schema_extra=RFC3339,
                                           description="End of the range, exclusive (RFC 3339)")]
-
-
-def time_range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
-    """The optional [from, to) filter as naive UTC, refusing an empty or inverted range."""
-    start_db = None if start is None else to_db(parse_time(start, "from"), "from")
-    end_db = None if end is None else to_db(parse_time(end, "to"), "to")
-    if start_db and end_db and end_db <= start_db:
-        raise InvalidInput("must be after from", field="to")
-    return start_db, end_db

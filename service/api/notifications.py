@@ -9,18 +9,16 @@ import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
-from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
-from service.booking import Decision, read_decided_message
-from service.channels import DECISIONS, SCHEDULE_CHANGED, USERS_CHANGED, channel
-from service.schedule import ScheduleVersions
-from service.security import UserCache
+from service.api.schedule_cache import ScheduleVersions
+from service.api.security import UserCache
+from service.core.db import Row
+from service.core.queue import DECISIONS, SCHEDULE_CHANGED, USERS_CHANGED, Decision, channel, read_decided_message
 
-log = logging.getLogger("service.notify")
-Row = dict[str, Any]
+log = logging.getLogger("service.notifications")
 # Requests this process stored, kept as they stand, and decisions it heard of requests it did not (yet) know:
 # enough for the long polls that follow a POST within seconds; older ones are read from MySQL.
 RECENT_REQUESTS = 20_000
@@ -33,11 +31,6 @@ TRUST_PENDING_SECONDS = 1.0
 def decided_row(row: Row, decision: Decision, decided_at: datetime) -> Row:
     return {**row, "status": decision.status, "reason": decision.reason,
             "appointment_id": decision.appointment_id, "decided_at": decided_at}
-
-
-async def publish_user_changed(redis: Redis, user_id: int) -> None:
-    """Tell every API process to forget what it cached about this user (e.g. after a password change)."""
-    await redis.publish(channel(redis, USERS_CHANGED), str(user_id))
 
 
 class Waiter:

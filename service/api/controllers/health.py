@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from collections.abc import Awaitable
+from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Response, get
 from litestar.openapi import ResponseSpec
 
-from service.dependencies import DatabaseDep, RedisDep
-from service.security import PUBLIC
+from service.api.dependencies import DatabaseDep, RedisDep
+from service.api.security import PUBLIC
 
 CHECK_TIMEOUT = 2.0
 State = Literal["ok", "unavailable"]
@@ -29,9 +30,7 @@ class HealthController(Controller):
     @get("/", **PUBLIC, operation_id="health", summary="Whether MySQL and Redis answer",
          responses={503: ResponseSpec(HealthOut, description="MySQL or Redis does not answer")})
     async def health(self, db: DatabaseDep, redis: RedisDep) -> Response[HealthOut]:
-        mysql_ok, redis_ok = await asyncio.gather(
-            _answers(db.fetch_value("ping")), _answers(redis.ping())
-        )
+        mysql_ok, redis_ok = await asyncio.gather(_answers(db.fetch_value("ping")), _answers(redis.ping()))
         body = HealthOut(
             status="ok" if mysql_ok and redis_ok else "unavailable",
             mysql="ok" if mysql_ok else "unavailable",
@@ -40,7 +39,7 @@ class HealthController(Controller):
         return Response(body, status_code=200 if body.status == "ok" else 503)
 
 
-async def _answers(check) -> bool:  # noqa: ANN001 - any awaitable
+async def _answers(check: Awaitable[Any]) -> bool:
     try:
         await asyncio.wait_for(check, CHECK_TIMEOUT)
     except Exception:  # noqa: BLE001 - any failure means "not answering"

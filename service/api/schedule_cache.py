@@ -4,8 +4,8 @@ They are the hottest public reads, and a doctor's answer changes only when the d
 appointments do. Litestar's response cache keeps each answer for CACHE_SECONDS under a key that carries the
 doctor's schedule version in this process; every change bumps the version, so the next read misses:
 
-- the worker's decisions message names the doctor (a confirmation bumps it; see notify.py);
-- window changes and cancellations announce the doctor (channels.SCHEDULE_CHANGED) once committed, and bump this
+- the worker's decisions message names the doctor (a confirmation bumps it; see notifications.py);
+- window changes and cancellations announce the doctor (queue.SCHEDULE_CHANGED) once committed, and bump this
   process's version at once, so its own next read sees the change.
 
 Pub/sub is at-most-once and arrives a moment after the commit, so another process may answer from its cache for
@@ -24,7 +24,7 @@ from litestar.config.response_cache import default_cache_key_builder
 from litestar.stores.memory import MemoryStore
 from redis.asyncio import Redis
 
-from service.channels import SCHEDULE_CHANGED, channel
+from service.core.queue import publish_schedule_changed
 
 log = logging.getLogger("service.schedule")
 
@@ -69,7 +69,7 @@ async def announce_schedule_change(redis: Redis, versions: ScheduleVersions, doc
     in the other API processes through Redis."""
     versions.changed(doctor_id)
     try:
-        await redis.publish(channel(redis, SCHEDULE_CHANGED), str(doctor_id))
+        await publish_schedule_changed(redis, doctor_id)
     except Exception as exc:  # noqa: BLE001 - committed already; the other processes' copies expire in a second
         log.warning("could not announce the schedule change of doctor %s: %r", doctor_id, exc)
 

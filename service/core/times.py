@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from service.errors import InvalidInput
+from service.core.errors import InvalidInput
 
 T = TypeVar("T")
 
@@ -35,12 +35,21 @@ def parse_time(value: str, field: str) -> datetime:
         raise InvalidInput("must be an RFC 3339 time, e.g. 2030-01-15T09:00:00Z", field=field) from None
 
 
+def time_range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
+    """An optional [from, to) filter sent as text, as naive UTC, refusing an empty or inverted range."""
+    start_db = None if start is None else to_db(parse_time(start, "from"), "from")
+    end_db = None if end is None else to_db(parse_time(end, "to"), "to")
+    if start_db and end_db and end_db <= start_db:
+        raise InvalidInput("must be after from", field="to")
+    return start_db, end_db
+
+
 def overlaps(start_a: datetime, end_a: datetime, start_b: datetime, end_b: datetime) -> bool:
     """Half-open intervals [start, end): touching ends do not overlap."""
     return start_a < end_b and start_b < end_a
 
 
 def from_row(cls: type[T], row: dict[str, Any]) -> T:
-    """A response struct from a DB row, marking the row's naive UTC datetimes as UTC."""
+    """A struct from a DB row, marking the row's naive UTC datetimes as UTC."""
     values = {key: value.replace(tzinfo=UTC) if isinstance(value, datetime) else value for key, value in row.items()}
     return msgspec.convert(values, cls, from_attributes=False, strict=False)

@@ -11,10 +11,11 @@ from typing import Any
 import asyncmy
 from asyncmy.cursors import DictCursor
 
-from service.settings import Settings
+from service.core.settings import Settings
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+ROOT = Path(__file__).resolve().parents[2]
+SQL_DIR = ROOT / "sql"
+MIGRATIONS_DIR = ROOT / "migrations"
 
 # MySQL error numbers the code reacts to.
 ER_DUP_ENTRY = 1062
@@ -23,6 +24,8 @@ ER_LOCK_DEADLOCK = 1213
 RETRYABLE_ERRORS = frozenset({ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK})
 # Can't connect, server gone away, connection lost mid-query.
 CONNECTION_LOST_ERRORS = frozenset({2003, 2006, 2013})
+# The server is out of reach for now: connection lost, or too many connections.
+UNAVAILABLE_ERRORS = CONNECTION_LOST_ERRORS | {1040}
 
 Row = dict[str, Any]
 
@@ -109,7 +112,7 @@ class Database:
             maxsize=settings.db_pool_size,
             autocommit=True,  # transactions are explicit; see transaction()
             charset="utf8mb4",
-            # Every read after a row lock sees all that was committed before it (see booking.py),
+            # Every read after a row lock sees all that was committed before it (see core/booking.py),
             # and range scans take no gap locks that would stall the API's inserts.
             init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             pool_recycle=3600,

@@ -1,29 +1,23 @@
-"""The booking decision: run by the worker, under the doctor's row lock, in one transaction."""
+"""The booking decision: run by the worker, under the doctor's row lock, in one transaction.
+
+`decide` is pure (data in, decisions out); `decide_pending_requests` is the I/O around it, and `decide_for_doctor`
+the transaction and its retries.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 
-import msgspec
-from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-
-from service.channels import DECISIONS, channel
-from service.db import RETRYABLE_ERRORS, Connection, Database, mysql_error_code
-from service.faults import fault_point
-from service.times import overlaps, utcnow
+from service.core import faults
+from service.core.db import RETRYABLE_ERRORS, Connection, Database, mysql_error_code
+from service.core.queue import Decided, Decision
+from service.core.times import overlaps, utcnow
 
 log = logging.getLogger("service.booking")
-
-BOOK_JOB = "book_appointment"
 
 # Machine-readable reasons a request is rejected or failed.
 SLOT_TAKEN = "slot_taken"
@@ -34,64 +28,6 @@ IN_PAST = "in_past"
 RETRIES_EXHAUSTED = "retries_exhausted"
 
 
-def booking_job_id(request_id: int) -> str:
-    """arq's job id for a request: enqueueing it again while it is queued or running is a no-op."""
-    return f"booking:{request_id}"
-
-
-def queued_marker_key(doctor_id: int) -> str:
-    """Set while a booking job of this doctor waits in the queue and has not yet started reading."""
-    return f"booking:queued:{doctor_id}"
-
-
-# What arq's enqueue_job does (skip if the job or its result exists, store the job, add it to the queue), in one
-# atomic round trip instead of its four (WATCH, EXISTS, MULTI … EXEC): this sits on every POST /appointments.
-#
-# Plus folding: a job decides every pending request of its doctor, so while one of the doctor's jobs is queued and
-# not yet started (its marker is set), a new request needs no job of its own: it was committed before this
-# script ran, so before that job deletes the marker and reads (jobs.py). Under load this turns many jobs into one
-# batch. ARGV[5] = '0' (the sweep) queues the request's own job whatever the marker says.
-ENQUEUE_SCRIPT = """
-if ARGV[5] == '1' and redis.call('exists', KEYS[4]) == 1 then return 0 end
-if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
-redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
-redis.call('psetex', KEYS[4], ARGV[6], ARGV[4])
-return 1
-"""
-JOB_EXPIRES_MS = 24 * 3600 * 1000  # as arq: a job not started within a day is dropped (the sweep re-queues)
-# A marker outliving its job (say the job's worker died before starting it) only holds new requests back from
-# queueing their own until it lapses; the sweep decides them meanwhile.
-QUEUED_MARKER_MS = 30_000
-
-
-@cache
-def _enqueue_script(redis: Redis) -> AsyncScript:
-    return redis.register_script(ENQUEUE_SCRIPT)
-
-
-async def enqueue_booking(redis: Redis, request_id: int, doctor_id: int, *, fold: bool = True) -> bool:
-    """Queue the decision of a stored request. False if no job was added: a queued job of its doctor will
-    decide it (`fold`), its own job is queued already (arq dedupes by job id), or Redis is out of reach (with a
-    log line).
-
-    The request is safe in MySQL either way: the sweep queues whatever stays pending.
-    """
-    job_id = booking_job_id(request_id)
-    now_ms = int(time.time() * 1000)
-    job = serialize_job(BOOK_JOB, (request_id, doctor_id), {}, None, now_ms)
-    try:
-        queued = await _enqueue_script(redis)(
-            keys=[job_key_prefix + job_id, result_key_prefix + job_id, default_queue_name,
-                  queued_marker_key(doctor_id)],
-            args=[JOB_EXPIRES_MS, job, now_ms, job_id, int(fold), QUEUED_MARKER_MS],
-        )
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not queue booking request %s (the sweep will): %r", request_id, exc)
-        return False
-    return bool(queued)
-
-
 @dataclass(slots=True)
 class PendingRequest:
     id: int
@@ -99,44 +35,6 @@ class PendingRequest:
     start_time: datetime
     end_time: datetime
     notes: str | None
-
-
-class Decision(msgspec.Struct, array_like=True, gc=False):
-    request_id: int
-    status: str  # confirmed | rejected | failed
-    reason: str | None = None
-    appointment_id: int | None = None
-
-
-class Decided(msgspec.Struct, array_like=True, gc=False):
-    """One transaction's decisions: what the worker publishes once they are committed."""
-
-    doctor_id: int
-    decided_at: datetime
-    decisions: list[Decision]
-
-
-_decided_decoder = msgspec.json.Decoder(Decided)
-
-
-def decided_message(decided: Decided) -> bytes:
-    return msgspec.json.encode(decided)
-
-
-def read_decided_message(data: bytes) -> Decided:
-    return _decided_decoder.decode(data)
-
-
-def decisions_announcement(redis: Redis, decided: Decided) -> tuple[str, bytes] | None:
-    """The channel and message that wake the API processes long-polling these requests (None if there are no
-    decisions: an empty message would name no request). The message carries each outcome, so a woken poll
-    answers without reading MySQL again."""
-    return (channel(redis, DECISIONS), decided_message(decided)) if decided.decisions else None
-
-
-async def publish_decisions(redis: Redis, decided: Decided) -> None:
-    if (announcement := decisions_announcement(redis, decided)) is not None:
-        await redis.publish(*announcement)
 
 
 def decide(
@@ -204,7 +102,8 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
                 patient_busy[row["patient_id"]].append(interval)
         decisions = decide(requests, windows, doctor_busy, patient_busy, now)
     await record_decisions(tx, doctor_id, requests, decisions, now)
-    fault_point("before_commit")
+    if faults.armed:
+        faults.hit("before_commit")
     return Decided(doctor_id, now, decisions)
 
 

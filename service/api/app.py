@@ -1,0 +1,163 @@
+"""The application, assembled in one place: routes, dependencies, errors, OpenAPI and the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache
+
+from litestar import Litestar, Request, Router
+from litestar.config.response_cache import ResponseCacheConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.logging import LoggingConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Tag
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
+from redis.asyncio import ConnectionPool, Redis
+
+from service.api.controllers.accounts import AuthController
+from service.api.controllers.appointments import AppointmentController
+from service.api.controllers.booking_requests import BookingRequestController
+from service.api.controllers.doctors import DoctorController
+from service.api.controllers.health import HealthController
+from service.api.dependencies import DatabaseDep
+from service.api.extensions import ClosedStructSchemaPlugin, JsonRequest, before_request, resolve_dependencies_in_turn
+from service.api.notifications import Notifications
+from service.api.problems import EXCEPTION_HANDLERS, problem_details_plugin
+from service.api.ratelimit import per_address_limit
+from service.api.schedule_cache import ScheduleVersions, drop_expired_responses
+from service.api.security import UserCache, jwt_auth
+from service.core.accounts import CurrentUser, Passwords
+from service.core.db import Connection, Database
+from service.core.settings import Settings
+
+API_DESCRIPTION = """\
+Book doctor appointments without ever double-booking a slot.
+
+Patients ask for a slot with `POST /appointments`; the request is stored at once and answered `202` with a
+status URL, then a worker decides it under a per-doctor lock. Poll `GET /booking-requests/{id}` (long polling
+with `?wait=N`), or send `Prefer: wait=N` to get the decision in the same call.
+
+Authenticate with `POST /auth/login` and send the token as `Authorization: Bearer <token>`.
+Errors are RFC 9457 `application/problem+json`. Times are RFC 3339; a time without an offset is UTC.
+"""
+
+TAGS = [
+    Tag(name="accounts", description="Register, log in, reset a forgotten password"),
+    Tag(name="doctors", description="The directory, availability windows and bookable slots"),
+    Tag(name="appointments", description="Book, read and cancel appointments"),
+    Tag(name="booking requests", description="Follow a booking until it is decided"),
+    Tag(name="health", description="Liveness of the service and what it depends on"),
+]
+
+
+def redis_client(settings: Settings) -> Redis:
+    """A lazily connecting client: the API starts (and /health answers 503) while Redis is away."""
+    pool = ConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=1, socket_timeout=5, health_check_interval=30,
+        retry_on_timeout=False,
+    )
+    return Redis(connection_pool=pool)
+
+
+async def provide_transaction(db: DatabaseDep) -> AsyncIterator[Connection]:
+    """The request's transaction: committed after the handler returns, before the response is sent;
+    rolled back if the handler raises."""
+    async with db.transaction() as tx:
+        yield tx
+
+
+def provide_user(request: Request[CurrentUser, object, State]) -> CurrentUser:
+    return request.user
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    resolve_dependencies_in_turn()
+    # An access log line per request costs real time on the booking path; ACCESS_LOG=false drops it.
+    logging.getLogger("uvicorn.access").disabled = not settings.access_log
+    redis = redis_client(settings)
+    passwords = Passwords(settings.bcrypt_rounds)
+    user_cache = UserCache(settings.auth_cache_seconds)
+    schedule_versions = ScheduleVersions()
+    listener = Notifications(redis, users=user_cache, schedule=schedule_versions)
+    cached_responses = MemoryStore()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.db = await Database.connect(settings, min_size=0)
+        app.state.user_cache = user_cache
+        listener.start()
+        # What startup built (routes, the OpenAPI schema, modules) lives as long as the process: out of the
+        # collector's sight, a full collection has far less to walk (see the README's benchmark notes).
+        gc.freeze()
+        pruning = asyncio.create_task(drop_expired_responses(cached_responses))
+        try:
+            yield
+        finally:
+            pruning.cancel()
+            await listener.stop()
+            await app.state.db.close()
+            await redis.aclose()
+
+    def provide_db(state: State) -> Database:
+        return state.db
+
+    def value(thing: object) -> Provide:
+        return Provide(lambda: thing, use_cache=True, sync_to_thread=False)
+
+    return Litestar(
+        route_handlers=[
+            # The address limiter guards only the endpoints that guess passwords; no other request pays for it.
+            Router("/", route_handlers=[AuthController], middleware=[per_address_limit(settings).middleware]),
+            DoctorController, AppointmentController, BookingRequestController, HealthController,
+        ],
+        dependencies={
+            "settings": value(settings),
+            "db": Provide(provide_db, sync_to_thread=False),
+            "tx": Provide(provide_transaction),
+            "redis": value(redis),
+            "passwords": value(passwords),
+            "listener": value(listener),
+            "user_cache": value(user_cache),
+            "schedule_versions": value(schedule_versions),
+            "user": Provide(provide_user, sync_to_thread=False),
+        },
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        on_app_init=[jwt_auth(settings).on_app_init],
+        stores={"rate_limit": RedisStore(redis, namespace="rate-limit", handle_client_shutdown=False),
+                "response_cache": cached_responses},
+        response_cache_config=ResponseCacheConfig(key_builder=schedule_versions.cache_key),  # schedule reads only
+        request_max_body_size=settings.max_body_bytes,
+        request_class=JsonRequest,
+        before_request=before_request,
+        plugins=[ClosedStructSchemaPlugin(), problem_details_plugin()],
+        openapi_config=OpenAPIConfig(
+            title="Doctor Appointments API",
+            version="1.0.0",
+            description=API_DESCRIPTION,
+            tags=TAGS,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/swagger"), RedocRenderPlugin(path="/redoc")],
+        ),
+        logging_config=LoggingConfig(
+            root={"level": "INFO", "handlers": ["queue_listener"]},
+            log_exceptions="never",  # the 500 handler logs what is unexpected, once
+        ),
+        debug=False,
+    )
+
+
+@cache
+def __getattr__(name: str) -> Litestar:
+    """`uvicorn service.api.app:app` builds the app on first use, so importing this module reads no settings."""
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

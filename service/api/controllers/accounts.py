@@ -1,0 +1,114 @@
+"""Accounts: register, login, the current user, forgot and reset password."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.params import Body
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from msgspec import Meta
+
+from service.api.dependencies import DatabaseDep, PasswordsDep, RedisDep, SettingsDep, UserCacheDep, UserDep
+from service.api.problems import problem_responses
+from service.api.schemas import NOT_BLANK, WS, Specialty
+from service.api.security import PUBLIC
+from service.core import accounts
+from service.core.accounts import Role
+from service.core.times import from_row
+
+# Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed.
+Email = Annotated[str, Meta(max_length=255, pattern=rf"^[{WS}]*[^@{WS}]+@[^@{WS}]+\.[^@{WS}]+[{WS}]*$",
+                            examples=["ada@clinic.example"])]
+# bcrypt counts bytes: the characters here are a first cut, accounts.check_password_bytes() is the rule.
+Password = Annotated[str, Meta(min_length=2, max_length=72, description="8 to 72 bytes in UTF-8")]
+Name = Annotated[str, Meta(min_length=1, max_length=255, pattern=NOT_BLANK)]
+
+
+class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    name: Name
+    role: Role
+    password: Password
+    specialty: Specialty | None = None
+
+
+class LoginIn(msgspec.Struct):
+    email: Email
+    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class ForgotPasswordIn(msgspec.Struct):
+    email: Email
+
+
+class ResetPasswordIn(msgspec.Struct):
+    token: Annotated[str, Meta(min_length=1, max_length=256)]
+    new_password: Password
+
+
+class UserOut(msgspec.Struct):
+    id: int
+    email: str
+    name: str
+    role: Role
+    specialty: str | None
+    created_at: datetime
+
+
+class TokenOut(msgspec.Struct):
+    access_token: str
+    expires_in: int
+    token_type: str = "bearer"
+
+
+class AcceptedOut(msgspec.Struct):
+    detail: str
+
+
+class AuthController(Controller):
+    path = "/auth"
+    tags = ["accounts"]
+
+    @post("/register", **PUBLIC, status_code=HTTP_201_CREATED, operation_id="register",
+          summary="Register a doctor or a patient", responses=problem_responses(400, 409, 413, 415, 503))
+    async def register(self, data: Annotated[RegisterIn, Body()], db: DatabaseDep, passwords: PasswordsDep) -> UserOut:
+        row = await accounts.register(db, passwords, email=data.email, name=data.name, role=data.role,
+                                      password=data.password, specialty=data.specialty)
+        return from_row(UserOut, row)
+
+    @post("/login", **PUBLIC, status_code=200, operation_id="login", summary="Exchange credentials for a token",
+          responses=problem_responses(400, 401, 413, 415, 429, 503))
+    async def login(
+        self, data: Annotated[LoginIn, Body()], db: DatabaseDep, redis: RedisDep, passwords: PasswordsDep,
+        settings: SettingsDep,
+    ) -> TokenOut:
+        token, lifetime = await accounts.log_in(db, redis, passwords, settings, data.email, data.password)
+        return TokenOut(access_token=token, expires_in=lifetime)
+
+    @get("/me", operation_id="getCurrentUser", summary="The user the token belongs to",
+         responses=problem_responses(401, 503))
+    async def me(self, user: UserDep, db: DatabaseDep) -> UserOut:
+        return from_row(UserOut, await accounts.find_user(db, user.id))
+
+    @post("/forgot-password", **PUBLIC, status_code=HTTP_202_ACCEPTED, operation_id="forgotPassword",
+          summary="Email a password-reset token, if the account exists",
+          responses=problem_responses(400, 413, 415, 429, 503))
+    async def forgot_password(
+        self, data: Annotated[ForgotPasswordIn, Body()], db: DatabaseDep, redis: RedisDep, settings: SettingsDep
+    ) -> AcceptedOut:
+        await accounts.send_reset_token(db, redis, settings, data.email)
+        return AcceptedOut(detail="If an account exists for this email, a reset token is on its way to it")
+
+    @post("/reset-password", **PUBLIC, status_code=HTTP_204_NO_CONTENT, operation_id="resetPassword",
+          summary="Set a new password with a token from the reset email",
+          responses=problem_responses(400, 413, 415, 503))
+    async def reset_password(
+        self, data: Annotated[ResetPasswordIn, Body()], db: DatabaseDep, redis: RedisDep, passwords: PasswordsDep,
+        user_cache: UserCacheDep,
+    ) -> None:
+        user_id = await accounts.reset_password(db, redis, passwords, data.token, data.new_password)
+        user_cache.forget(user_id)
+        return None

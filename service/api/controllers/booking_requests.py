@@ -1,0 +1,49 @@
+"""Booking requests: the durable, pollable record of every POST /appointments."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.pagination import OffsetPagination
+from litestar.params import FromQuery, QueryParameter
+
+from service.api.dependencies import DatabaseDep, ListenerDep, UserDep
+from service.api.params import Id, Limit, Offset
+from service.api.problems import problem_responses
+from service.api.schemas import BookingRequestOut, request_out
+from service.api.security import requires_patient
+from service.core import appointments
+from service.core.appointments import RequestStatus
+
+MAX_POLL_SECONDS = 30
+
+
+class BookingRequestController(Controller):
+    path = "/booking-requests"
+    tags = ["booking requests"]
+
+    # No role guard: anyone but the request's patient gets the same 404, a doctor included.
+    @get("/{request_id:int}", operation_id="getBookingRequest", summary="A booking request's status",
+         responses=problem_responses(400, 401, 404, 503))
+    async def get_request(
+        self,
+        request_id: Id,
+        user: UserDep,
+        db: DatabaseDep,
+        listener: ListenerDep,
+        wait: Annotated[int, QueryParameter(ge=0, le=MAX_POLL_SECONDS, description=(
+            "Long polling: answer as soon as the status leaves pending, or after this many seconds"))] = 0,
+    ) -> BookingRequestOut:
+        read = partial(appointments.read_own_request, db, request_id, user.id)
+        return request_out(await listener.wait_for_decision(request_id, user.id, read, wait))
+
+    @get("/", guards=[requires_patient], operation_id="listBookingRequests",
+         summary="Your booking requests, newest first", responses=problem_responses(400, 401, 403, 503))
+    async def list_requests(
+        self, user: UserDep, db: DatabaseDep, status: FromQuery[RequestStatus | None] = None, limit: Limit = 50,
+        offset: Offset = 0,
+    ) -> OffsetPagination[BookingRequestOut]:
+        rows, total = await appointments.list_requests(db, user.id, status, limit, offset)
+        return OffsetPagination([request_out(row) for row in rows], limit=limit, offset=offset, total=total)

@@ -1,0 +1,157 @@
+"""Doctors: the directory, availability windows, bookable slots and the doctor's own schedule."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.pagination import OffsetPagination
+from litestar.params import Body, FromQuery, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from msgspec import Meta
+
+from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
+from service.api.params import From, Id, Limit, Offset, To
+from service.api.problems import problem_responses
+from service.api.schedule_cache import CACHE_SECONDS, announce_schedule_change
+from service.api.schemas import AppointmentOut, Specialty, page
+from service.api.security import PUBLIC, requires_doctor
+from service.core import appointments, doctors, schedule
+from service.core.appointments import AppointmentStatus
+from service.core.errors import InvalidInput
+from service.core.schedule import MAX_WINDOWS_PER_REQUEST, Interval, Slot
+from service.core.times import from_row, utcnow
+
+
+class DoctorOut(msgspec.Struct):
+    id: int
+    name: str
+    email: str
+    specialty: str | None
+    created_at: datetime
+
+
+class DoctorPatch(msgspec.Struct, forbid_unknown_fields=True):
+    specialty: Specialty | None
+
+
+class WindowIn(msgspec.Struct, forbid_unknown_fields=True):
+    start_time: datetime
+    end_time: datetime
+
+
+class WindowOut(msgspec.Struct):
+    id: int
+    doctor_id: int
+    start_time: datetime
+    end_time: datetime
+
+
+class AvailabilityOut(msgspec.Struct):
+    id: int
+    doctor_id: int
+    start_time: datetime
+    end_time: datetime
+    free: list[Interval]
+
+
+class SlotsOut(msgspec.Struct):
+    doctor_id: int
+    duration: int
+    slots: list[Slot]
+
+
+WindowsIn = Annotated[list[WindowIn], Meta(min_length=1, max_length=MAX_WINDOWS_PER_REQUEST)]
+# The OpenAPI document loses WindowsIn's bounds (Litestar drops the Meta of a union member); these keywords restore
+# them next to the `oneOf`, where they constrain arrays only.
+WINDOWS_BOUNDS = {"minItems": 1, "maxItems": MAX_WINDOWS_PER_REQUEST}
+
+
+class DoctorController(Controller):
+    path = "/doctors"
+    tags = ["doctors"]
+
+    @get("/", **PUBLIC, operation_id="listDoctors", summary="List doctors, optionally by name or specialty",
+         responses=problem_responses(400, 503))
+    async def list_doctors(
+        self,
+        db: DatabaseDep,
+        q: Annotated[str | None, QueryParameter(max_length=255, description="Part of the doctor's name")] = None,
+        specialty: Annotated[str | None, QueryParameter(max_length=100)] = None,
+        limit: Limit = 50,
+        offset: Offset = 0,
+    ) -> OffsetPagination[DoctorOut]:
+        return page(DoctorOut, *await doctors.list_doctors(db, q, specialty, limit, offset), limit, offset)
+
+    @get("/{doctor_id:int}", **PUBLIC, operation_id="getDoctor", summary="A doctor's profile",
+         responses=problem_responses(400, 404, 503))
+    async def get_doctor(self, doctor_id: Id, db: DatabaseDep) -> DoctorOut:
+        return from_row(DoctorOut, await doctors.find_doctor(db, doctor_id))
+
+    @patch("/me", guards=[requires_doctor], operation_id="updateMyDoctorProfile", summary="Change your specialty",
+           responses=problem_responses(400, 401, 403, 413, 415, 503))
+    async def update_me(self, data: Annotated[DoctorPatch, Body()], user: UserDep, tx: TransactionDep) -> DoctorOut:
+        return from_row(DoctorOut, await doctors.update_specialty(tx, user.id, data.specialty))
+
+    @post("/availability", guards=[requires_doctor], status_code=HTTP_201_CREATED,
+          operation_id="addAvailability", summary="Publish one window, or several all-or-none",
+          responses=problem_responses(400, 401, 403, 409, 413, 415, 503))
+    async def add_availability(
+        self, data: Annotated[WindowIn | WindowsIn, Body(schema_extra=WINDOWS_BOUNDS)], user: UserDep,
+        tx: TransactionDep, redis: RedisDep, schedule_versions: ScheduleDep,
+    ) -> WindowOut | list[WindowOut]:
+        one = isinstance(data, WindowIn)
+        windows = [data] if one else data
+        # Litestar drops the Meta of a union member, so WindowsIn's length bounds are checked here.
+        if not 1 <= len(windows) <= MAX_WINDOWS_PER_REQUEST:
+            raise InvalidInput(f"send 1 to {MAX_WINDOWS_PER_REQUEST} windows", field="body")
+        now = utcnow()
+        checked = [schedule.check_window(w.start_time, w.end_time, "" if one else f"[{i}].", now)
+                   for i, w in enumerate(windows)]
+        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        created = [from_row(WindowOut, row) for row in await schedule.add_windows(tx, user.id, checked, now)]
+        return created[0] if one else created
+
+    @delete("/availability/{availability_id:int}", guards=[requires_doctor], status_code=HTTP_204_NO_CONTENT,
+            operation_id="deleteAvailability", summary="Withdraw a window that has no confirmed appointment",
+            responses=problem_responses(400, 401, 403, 404, 409, 503))
+    async def delete_availability(
+        self, availability_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep, schedule_versions: ScheduleDep
+    ) -> None:
+        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        await schedule.delete_window(tx, user.id, availability_id)
+        return None
+
+    @get("/{doctor_id:int}/availability", **PUBLIC, cache=CACHE_SECONDS, operation_id="getDoctorAvailability",
+         summary="A doctor's windows in a range, each with its free intervals",
+         responses=problem_responses(400, 404, 503))
+    async def get_availability(
+        self, doctor_id: Id, db: DatabaseDep, start: From = None, end: To = None
+    ) -> list[AvailabilityOut]:
+        return [from_row(AvailabilityOut, w) for w in await schedule.availability(db, doctor_id, start, end)]
+
+    @get("/{doctor_id:int}/slots", **PUBLIC, cache=CACHE_SECONDS, operation_id="getDoctorSlots",
+         summary="Bookable slots of a given length, aligned to each window's start",
+         responses=problem_responses(400, 404, 503))
+    async def get_slots(
+        self,
+        doctor_id: Id,
+        db: DatabaseDep,
+        start: From = None,
+        end: To = None,
+        duration: Annotated[int, QueryParameter(ge=5, le=480, description="Slot length in minutes")] = 30,
+    ) -> SlotsOut:
+        return SlotsOut(doctor_id=doctor_id, duration=duration,
+                        slots=await schedule.slots(db, doctor_id, start, end, duration))
+
+    @get("/my-appointments", guards=[requires_doctor], operation_id="listMyDoctorAppointments",
+         summary="Your schedule, with each patient's name", responses=problem_responses(400, 401, 403, 503))
+    async def my_appointments(
+        self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
+        status: FromQuery[AppointmentStatus | None] = None, limit: Limit = 50, offset: Offset = 0,
+    ) -> OffsetPagination[AppointmentOut]:
+        rows, total = await appointments.list_appointments(db, user, status, start, end, limit, offset)
+        return page(AppointmentOut, rows, total, limit, offset)

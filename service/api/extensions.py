@@ -1,0 +1,217 @@
+"""Every override of Litestar, in one place, each with why it exists.
+
+Litestar is pinned to the minor series these were written against (pyproject.toml). tests/test_framework_still_needs.py
+shows, on a plain Litestar app, each behaviour an override corrects, so it fails the day Litestar fixes one and the
+override can go; the service's own tests fail if one stops working underneath.
+
+- `JsonRequest`: strict JSON bodies (415 for other types, no coercion, duplicate keys refused, bad JSON a 400).
+- `before_request`: OPTIONS names every method of a path; a query parameter given twice is a 400.
+- `ClosedStructSchemaPlugin`: `additionalProperties: false` for structs that forbid unknown fields.
+- `BearerAuthenticationMiddleware`: only the Bearer scheme; a verified token's signature is not checked again.
+- `RetryAfterRateLimitMiddleware`: Litestar's 429 with a Retry-After header.
+- `resolve_dependencies_in_turn`: a handler's dependencies resolved one after another, not a task each.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import msgspec
+from litestar import HttpMethod, Request, Response
+from litestar._kwargs.cleanup import DependencyCleanupGroup
+from litestar._kwargs.dependencies import resolve_dependency
+from litestar._kwargs.kwargs_model import KwargsModel
+from litestar._openapi.schema_generation import SchemaCreator
+from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException, TooManyRequestsException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.middleware.rate_limit import RateLimitMiddleware
+from litestar.openapi.spec import Schema
+from litestar.security.jwt import JWTAuthenticationMiddleware, Token
+from litestar.status_codes import HTTP_204_NO_CONTENT
+from litestar.types import Receive, Scope, Send
+from litestar.typing import FieldDefinition
+
+from service.core.accounts import CurrentUser
+from service.core.errors import InvalidInput, UnsupportedMediaType
+
+# --- strict JSON request bodies ---------------------------------------------------------------------------------
+
+
+@cache
+def body_decoder(handler: HTTPRouteHandler) -> msgspec.json.Decoder:
+    return msgspec.json.Decoder(handler.parsed_data_field.annotation)  # type: ignore[union-attr]
+
+
+def first_repeated(names: list[str]) -> str | None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
+def refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> None:
+    if (name := first_repeated([name for name, _ in pairs])) is not None:
+        raise InvalidInput(f"`{name}` appears twice in one object", field=name)
+
+
+class JsonRequest(Request[CurrentUser, Any, State]):
+    """Litestar's request, strict about bodies.
+
+    - JSON only: any other Content-Type is a 415.
+    - Decoded straight into the handler's `data` type by msgspec in strict mode: Litestar's own lax conversion
+      takes `"5"` for an id and 1900000000 for a time.
+    - A key twice in one object is a 400: parsers differ on which one counts (msgspec takes the last).
+    - JSON nested too deeply, or not in UTF-8, is a 400, not a 500.
+    """
+
+    async def json(self) -> Any:
+        media_type, _ = self.content_type
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise UnsupportedMediaType(f"send the body as application/json, not {media_type or 'untyped'}")
+        if self.route_handler.parsed_data_field is None:
+            return await super().json()
+        body = await self.body()
+        try:
+            data = body_decoder(self.route_handler).decode(body)
+            json.loads(body, object_pairs_hook=refuse_duplicate_keys)  # msgspec took it: valid, small JSON
+        except msgspec.ValidationError as exc:
+            raise ValidationException(f"Validation failed for {self.method} {self.url.path}",
+                                      extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(str(exc), field="body") from None
+        except UnicodeDecodeError:
+            raise InvalidInput("the body is not UTF-8", field="body") from None
+        except RecursionError:  # a decoder gives up past its depth limit
+            raise InvalidInput("the JSON is nested too deeply", field="body") from None
+        return data
+
+
+# --- OPTIONS and repeated query parameters ----------------------------------------------------------------------
+
+
+async def before_request(request: Request[Any, Any, Any]) -> Response[None] | None:
+    """Two fixes to Litestar's reading of a request, before any handler runs.
+
+    - OPTIONS names every method of the path: Litestar's own answer names only those of the first handler a
+      controller registered there (DELETE but not GET for /appointments/{id}).
+    - A query parameter given twice is a 400: every one of ours takes one value, and Litestar would silently keep
+      one of the two.
+    """
+    if request.method == HttpMethod.OPTIONS:
+        template = request.scope["path_template"]
+        methods = next(route.methods for route in request.app.routes if route.path_format == template)
+        return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": ", ".join(sorted(methods))})
+    if (repeated := first_repeated([name for name, _ in request.query_params.multi_items()])) is not None:
+        raise InvalidInput("given more than once", field=repeated)
+    return None
+
+
+# --- the OpenAPI schema of closed structs -------------------------------------------------------------------------
+
+
+class ClosedStructSchemaPlugin(StructSchemaPlugin):
+    """A msgspec Struct's schema, with `additionalProperties: false` when it forbids unknown fields (Litestar's
+    own leaves that out, so the document would allow what the API refuses)."""
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return (super().is_plugin_supported_field(field_definition)
+                and field_definition.type_.__struct_config__.forbid_unknown_fields)
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        schema.additional_properties = False
+        return schema
+
+
+# --- bearer tokens ----------------------------------------------------------------------------------------------
+
+
+class VerifiedTokens(dict[str, Token]):
+    """Tokens whose signature and claims were checked, by their encoded form; bounded, oldest dropped first."""
+
+    limit = 50_000
+
+    def remember(self, encoded: str, token: Token) -> None:
+        if len(self) >= self.limit:
+            del self[next(iter(self))]
+        self[encoded] = token
+
+
+_verified_tokens = VerifiedTokens()
+
+
+class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
+    """Litestar's JWT middleware, but only for `Authorization: Bearer <token>` (it would read any scheme)."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        scheme, _, token = connection.headers.get(self.auth_header, "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotAuthorizedException("A bearer token is required")
+        return await self.authenticate_token(encoded_token=token.strip(), connection=connection)
+
+    async def authenticate_token(
+        self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        """Verify a token's signature once per process, not once per request: a cheap token check.
+
+        The same string is the same signature, so a token verified before needs only its expiry checked again.
+        Whether its user still exists and has not changed password is checked on every request, as before.
+        """
+        token = _verified_tokens.get(encoded_token)
+        if token is None or token.exp <= datetime.now(UTC):
+            result = await super().authenticate_token(encoded_token, connection)
+            _verified_tokens.remember(encoded_token, result.auth)
+            return result
+        user = await self.retrieve_user_handler(token, connection)
+        if not user:
+            raise NotAuthorizedException()
+        return AuthenticationResult(user=user, auth=token)
+
+
+# --- rate limiting ----------------------------------------------------------------------------------------------
+
+
+class RetryAfterRateLimitMiddleware(RateLimitMiddleware):
+    """Litestar's limiter, whose 429 lacks Retry-After (it sends RateLimit-* only): add it, as ours does."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except TooManyRequestsException as exc:
+            headers = dict(exc.headers or {})
+            reset = headers.get(self.config.rate_limit_reset_header_key, "")
+            headers.setdefault("Retry-After", str(max(int(reset), 1) if reset.isdigit() else 60))
+            exc.headers = headers
+            raise
+
+
+# --- dependency resolution --------------------------------------------------------------------------------------
+# Litestar resolves the dependencies of a handler that share a level concurrently, a task each in an anyio task
+# group (litestar-org/litestar#4563, open). Ours are values at hand or one pool checkout, so the tasks cost more
+# than they could overlap (see the README's benchmark notes). This resolves each level's dependencies in turn, with
+# Litestar's own per-dependency code.
+
+
+async def resolve_in_turn(
+    self: KwargsModel, connection: ASGIConnection[Any, Any, Any, Any], kwargs: dict[str, Any]
+) -> DependencyCleanupGroup:
+    cleanup_group = DependencyCleanupGroup()
+    for batch in self.dependency_batches:
+        for dependency in batch:
+            await resolve_dependency(dependency, connection, kwargs, cleanup_group)
+    return cleanup_group
+
+
+def resolve_dependencies_in_turn() -> None:
+    KwargsModel.resolve_dependencies = resolve_in_turn  # type: ignore[method-assign]

@@ -1,0 +1,141 @@
+"""Booking requests (stored, then decided by the worker) and the appointments they make: reading, cancelling."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Literal
+
+from service.core.accounts import CurrentUser
+from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
+from service.core.errors import Conflict, InvalidInput, NotFound
+from service.core.times import time_range, to_db, utcnow
+
+AppointmentStatus = Literal["confirmed", "cancelled"]
+RequestStatus = Literal["pending", "confirmed", "rejected", "failed"]
+MAX_APPOINTMENT = timedelta(hours=8)
+
+
+def status_url(request_id: int) -> str:
+    return f"/booking-requests/{request_id}"
+
+
+def check_booking(start_time: datetime, end_time: datetime) -> tuple[datetime, datetime]:
+    """The asked-for slot as naive UTC: in the future, ending after it starts, at most 8 hours."""
+    start = to_db(start_time, "start_time")
+    end = to_db(end_time, "end_time")
+    if end <= start:
+        raise InvalidInput("must be after start_time", field="end_time")
+    if start <= utcnow():
+        raise InvalidInput("must be in the future", field="start_time")
+    if end - start > MAX_APPOINTMENT:
+        raise InvalidInput("an appointment is at most 8 hours long", field="end_time")
+    return start, end
+
+
+def fingerprint(doctor_id: int, start: datetime, end: datetime, notes: str | None) -> str:
+    """What makes two bodies "the same request" for an Idempotency-Key."""
+    canonical = f"{doctor_id}|{start.isoformat()}|{end.isoformat()}|{notes or ''}"
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def store_request(
+    db: Database, patient_id: int, doctor_id: int, start_time: datetime, end_time: datetime, notes: str | None,
+    idempotency_key: str | None,
+) -> tuple[int, Row | None]:
+    """Store the pending request, or find the one this Idempotency-Key already made.
+
+    Returns the request id and, if it is new, its row as stored.
+    """
+    start, end = check_booking(start_time, end_time)
+    digest = fingerprint(doctor_id, start, end, notes) if idempotency_key else None
+    if idempotency_key:
+        first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
+        if first is not None:
+            return first, None
+    stored = {"patient_id": patient_id, "doctor_id": doctor_id, "start_time": start, "end_time": end,
+              "notes": notes, "created_at": utcnow()}
+    try:
+        inserted, request_id = await db.execute(
+            "insert_booking_request", {**stored, "idempotency_key": idempotency_key, "fingerprint": digest})
+    except Exception as exc:
+        if mysql_error_code(exc) == ER_DUP_ENTRY and idempotency_key:  # the same key raced in twice
+            first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
+            if first is not None:
+                return first, None
+        raise
+    if not inserted:
+        raise NotFound(f"no doctor with id {doctor_id}")
+    return request_id, {"id": request_id, **stored, "status": "pending", "reason": None, "appointment_id": None,
+                        "decided_at": None}
+
+
+async def find_by_idempotency_key(db: Database, patient_id: int, key: str, digest: str | None) -> int | None:
+    first = await db.fetch_one("find_booking_request_by_idempotency_key",
+                               {"patient_id": patient_id, "idempotency_key": key})
+    if first is None:
+        return None
+    if first["request_fingerprint"] != digest:
+        raise Conflict("this Idempotency-Key was already used with a different request body")
+    return first["id"]
+
+
+async def read_own_request(db: Database, request_id: int, patient_id: int) -> Row:
+    """The request if it is this patient's; 404 otherwise, so others cannot even learn that it exists."""
+    row = await db.fetch_one("find_booking_request_for_patient", {"id": request_id, "patient_id": patient_id})
+    if row is None:
+        raise NotFound(f"no booking request {request_id} of yours")
+    return row
+
+
+async def list_requests(db: Database, patient_id: int, status: str | None, limit: int,
+                        offset: int) -> tuple[list[Row], int]:
+    """A patient's booking requests, newest first, and how many in all."""
+    params = {"patient_id": patient_id, "status": status}
+    async with db.connection() as conn:
+        rows = await conn.fetch_all("list_booking_requests_for_patient", {**params, "limit": limit, "offset": offset})
+        total = await conn.fetch_value("count_booking_requests_for_patient", params)
+    return rows, total
+
+
+async def find_appointment(db: Database | Connection, appointment_id: int, user: CurrentUser) -> Row:
+    """The appointment if the user is its patient or its doctor; 404 otherwise."""
+    row = await db.fetch_one("find_appointment_for_user", {"id": appointment_id, "user_id": user.id})
+    if row is None:
+        raise NotFound(f"no appointment {appointment_id} of yours")
+    return row
+
+
+async def list_appointments(
+    db: Database, user: CurrentUser, status: str | None, start: str | None, end: str | None, limit: int,
+    offset: int,
+) -> tuple[list[Row], int]:
+    """The user's appointments: a doctor's schedule or a patient's bookings, by start time; and how many."""
+    range_start, range_end = time_range(start, end)
+    params = {
+        "doctor_id": user.id if user.role == "Doctor" else None,
+        "patient_id": user.id if user.role == "Patient" else None,
+        "status": status, "from": range_start, "to": range_end,
+    }
+    async with db.connection() as conn:
+        rows = await conn.fetch_all("list_appointments_for_user", {**params, "limit": limit, "offset": offset})
+        total = await conn.fetch_value("count_appointments_for_user", params)
+    return rows, total
+
+
+async def cancel_appointment(tx: Connection, appointment_id: int, user: CurrentUser,
+                             reason: str | None) -> tuple[Row, bool]:
+    """Cancel as its patient, or as its doctor with a reason, under the doctor's row lock. The appointment as
+    it now stands, and whether this call cancelled it (False: it was cancelled already)."""
+    appointment = await find_appointment(tx, appointment_id, user)
+    if appointment["status"] == "cancelled":
+        return appointment, False
+    if user.role == "Doctor" and not (reason and reason.strip()):
+        raise InvalidInput("a doctor must say why the appointment is cancelled", field="reason")
+    if appointment["start_time"] <= utcnow():
+        raise Conflict("the appointment has already started")
+    # Every writer of a doctor's appointments takes the doctor's row lock first (see booking.py).
+    await tx.fetch_one("lock_doctor", {"doctor_id": appointment["doctor_id"]})
+    await tx.execute("cancel_appointment", {"id": appointment_id, "user_id": user.id, "now": utcnow(),
+                                            "reason": reason.strip() if reason else None})
+    return await find_appointment(tx, appointment_id, user), True

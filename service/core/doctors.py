@@ -1,0 +1,35 @@
+"""The doctors' directory and profiles."""
+
+from __future__ import annotations
+
+from service.core.db import Connection, Database, Row
+from service.core.errors import NotFound
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with LIKE's own wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_doctors(db: Database, name_part: str | None, specialty: str | None, limit: int,
+                       offset: int) -> tuple[list[Row], int]:
+    """A page of doctors by name, and how many match in all."""
+    filters = {"name_like": like_pattern(name_part) if name_part else None, "specialty": specialty}
+    async with db.connection() as conn:
+        rows = await conn.fetch_all("list_doctors", {**filters, "limit": limit, "offset": offset})
+        total = await conn.fetch_value("count_doctors", filters)
+    return rows, total
+
+
+async def find_doctor(db: Database | Connection, doctor_id: int) -> Row:
+    doctor = await db.fetch_one("find_doctor", {"id": doctor_id})
+    if doctor is None:
+        raise NotFound(f"no doctor with id {doctor_id}")
+    return doctor
+
+
+async def update_specialty(tx: Connection, doctor_id: int, specialty: str | None) -> Row:
+    specialty = specialty.strip() if specialty else None
+    await tx.execute("update_doctor_specialty", {"id": doctor_id, "specialty": specialty})
+    return await find_doctor(tx, doctor_id)

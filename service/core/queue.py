@@ -1,0 +1,167 @@
+"""The contract between the API and the worker: job names and ids, the enqueue script, the decisions message and
+the pub/sub channels.
+
+Jobs are queued in arq's own format (pickled {t, f, a, k, et}, under arq's key names) by one Lua script, so the API
+process never imports arq. arq is pinned to the exact version this was written against, and a test decodes what
+`enqueue` writes with arq's own deserializer (tests/test_booking.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+import uuid
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+log = logging.getLogger("service.queue")
+
+# arq's key layout (arq.constants).
+QUEUE_NAME = "arq:queue"
+JOB_KEY_PREFIX = "arq:job:"
+RESULT_KEY_PREFIX = "arq:result:"
+IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
+
+# The worker's job functions, by name.
+BOOK_JOB = "book_appointment"
+SEND_EMAIL_JOB = "send_email"
+
+JOB_EXPIRES_MS = 24 * 3600 * 1000  # as arq: a job not started within a day is dropped (the sweep re-queues)
+# A marker outliving its job (say the job's worker died before starting it) only holds new requests back from
+# queueing their own until it lapses; the sweep decides them meanwhile.
+QUEUED_MARKER_MS = 30_000
+
+
+def booking_job_id(request_id: int) -> str:
+    """arq's job id for a request: enqueueing it again while it is queued or running is a no-op."""
+    return f"booking:{request_id}"
+
+
+def queued_marker_key(doctor_id: int) -> str:
+    """Set while a booking job of this doctor waits in the queue and has not yet started reading."""
+    return f"booking:queued:{doctor_id}"
+
+
+def serialize_job(function: str, args: tuple[Any, ...], enqueued_ms: int) -> bytes:
+    """A job as arq's `serialize_job` writes it (pickle is arq's default serializer)."""
+    return pickle.dumps({"t": None, "f": function, "a": args, "k": {}, "et": enqueued_ms})
+
+
+# What arq's enqueue_job does (skip if the job or its result exists, store the job, add it to the queue), in one
+# atomic round trip instead of its four (WATCH, EXISTS, MULTI … EXEC): this sits on every POST /appointments.
+#
+# Plus folding: a job decides every pending request of its doctor, so while one of the doctor's jobs is queued and
+# not yet started (its marker, KEYS[4], is set), a new request needs no job of its own: it was committed before
+# this script ran, so before that job deletes the marker and reads (worker/jobs.py). Under load this turns many
+# jobs into one batch. ARGV[5] = '0' (the sweep, other jobs) queues the job whatever the marker says.
+ENQUEUE_SCRIPT = """
+if ARGV[5] == '1' and redis.call('exists', KEYS[4]) == 1 then return 0 end
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+if KEYS[4] ~= '' then redis.call('psetex', KEYS[4], ARGV[6], ARGV[4]) end
+return 1
+"""
+
+
+@cache
+def _enqueue_script(redis: Redis) -> AsyncScript:
+    return redis.register_script(ENQUEUE_SCRIPT)
+
+
+async def enqueue(redis: Redis, function: str, args: tuple[Any, ...], job_id: str, *, marker: str = "",
+                  fold: bool = False) -> bool:
+    """Queue one job in one round trip; False if it was not added (the same job id is queued or running, or
+    `fold` and the `marker` key is set). `marker`, if given, is set while the job waits."""
+    now_ms = int(time.time() * 1000)
+    return bool(await _enqueue_script(redis)(
+        keys=[JOB_KEY_PREFIX + job_id, RESULT_KEY_PREFIX + job_id, QUEUE_NAME, marker],
+        args=[JOB_EXPIRES_MS, serialize_job(function, args, now_ms), now_ms, job_id, int(fold), QUEUED_MARKER_MS],
+    ))
+
+
+async def enqueue_booking(redis: Redis, request_id: int, doctor_id: int, *, fold: bool = True) -> bool:
+    """Queue the decision of a stored request. False if no job was added: a queued job of its doctor will
+    decide it (`fold`), its own job is queued already, or Redis is out of reach (with a log line).
+
+    The request is safe in MySQL either way: the sweep queues whatever stays pending.
+    """
+    try:
+        return await enqueue(redis, BOOK_JOB, (request_id, doctor_id), booking_job_id(request_id),
+                             marker=queued_marker_key(doctor_id), fold=fold)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not queue booking request %s (the sweep will): %r", request_id, exc)
+        return False
+
+
+async def enqueue_email(redis: Redis, to: str, subject: str, body: str) -> bool:
+    return await enqueue(redis, SEND_EMAIL_JOB, (to, subject, body), uuid.uuid4().hex)
+
+
+# --- what the worker announces after its commit --------------------------------------------------------------
+
+class Decision(msgspec.Struct, array_like=True, gc=False):
+    request_id: int
+    status: str  # confirmed | rejected | failed
+    reason: str | None = None
+    appointment_id: int | None = None
+
+
+class Decided(msgspec.Struct, array_like=True, gc=False):
+    """One transaction's decisions: what the worker publishes once they are committed."""
+
+    doctor_id: int
+    decided_at: datetime
+    decisions: list[Decision]
+
+
+_decided_decoder = msgspec.json.Decoder(Decided)
+
+
+def decided_message(decided: Decided) -> bytes:
+    return msgspec.json.encode(decided)
+
+
+def read_decided_message(data: bytes) -> Decided:
+    return _decided_decoder.decode(data)
+
+
+# --- pub/sub channels -------------------------------------------------------------------------------------------
+# Pub/sub channels span every database of a Redis server, but booking requests, users and doctors belong to one
+# deployment, whose queue lives in one database. So each channel name carries that database's number: deployments
+# (or test runs) sharing a server never hear each other's messages, whose ids would name other rows.
+
+DECISIONS = "booking:decisions"  # the worker's decisions, after its commit (Decided)
+USERS_CHANGED = "accounts:changed"  # a user id whose cached copy is out of date (a password change)
+SCHEDULE_CHANGED = "doctors:schedule-changed"  # a doctor id whose windows or appointments changed
+
+
+def channel(redis: Redis, name: str) -> str:
+    return f"{name}:db{redis.connection_pool.connection_kwargs.get('db', 0)}"
+
+
+def decisions_announcement(redis: Redis, decided: Decided) -> tuple[str, bytes] | None:
+    """The channel and message that wake the API processes long-polling these requests (None if there are no
+    decisions: an empty message would name no request). The message carries each outcome, so a woken poll
+    answers without reading MySQL again."""
+    return (channel(redis, DECISIONS), decided_message(decided)) if decided.decisions else None
+
+
+async def publish_decisions(redis: Redis, decided: Decided) -> None:
+    if (announcement := decisions_announcement(redis, decided)) is not None:
+        await redis.publish(*announcement)
+
+
+async def publish_user_changed(redis: Redis, user_id: int) -> None:
+    """Tell every API process to forget what it cached about this user (e.g. after a password change)."""
+    await redis.publish(channel(redis, USERS_CHANGED), str(user_id))
+
+
+async def publish_schedule_changed(redis: Redis, doctor_id: int) -> None:
+    await redis.publish(channel(redis, SCHEDULE_CHANGED), str(doctor_id))

@@ -1,0 +1,235 @@
+"""What plain Litestar still gets wrong, one test per override of ours.
+
+Each test builds a tiny app WITHOUT our override and asserts the misbehaviour the override exists to fix. A test
+that fails means Litestar changed: its docstring names the override that may go. None needs MySQL or Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable
+from datetime import datetime
+from importlib.metadata import version
+from typing import Annotated, Any
+
+import httpx
+import msgspec
+import pytest
+from litestar import Controller, Litestar, Request, delete, get, post
+from litestar._kwargs.kwargs_model import KwargsModel
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency, Provide
+from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.params import Body, FromPath, FromQuery
+from litestar.security.jwt import JWTAuth, Token
+from litestar.testing import AsyncTestClient, create_test_client
+
+JWT_SECRET = "a-test-secret-long-enough-for-hs256-0123456789"
+
+
+class Booking(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    at: datetime | None = None
+
+
+@post("/bookings")
+async def create_booking(data: Annotated[Booking, Body()]) -> dict[str, Any]:
+    return {"id": data.id, "at": None if data.at is None else data.at.isoformat()}
+
+
+def post_booking(content: str, content_type: str = "application/json") -> httpx.Response:
+    """POST `content` as it is, to a plain handler that takes a `Booking` and echoes what it decoded."""
+    with create_test_client([create_booking]) as http:
+        return http.post("/bookings", content=content, headers={"Content-Type": content_type})
+
+
+def test_versions_the_overrides_were_written_against() -> None:
+    """The overrides in service/api/extensions.py were written against Litestar 2.25 and arq 0.28.0, and these
+    tests checked on them: move the pins in pyproject.toml together with re-running (and re-checking) this file."""
+    assert version("litestar").startswith("2.25.")
+    assert version("arq") == "0.28.0"
+
+
+# 1. JsonRequest: strict JSON bodies.
+
+
+def test_a_string_is_taken_for_an_int_field() -> None:
+    """If this fails, Litestar fixed it: remove JsonRequest's strict decoding from service/api/extensions.py."""
+    response = post_booking('{"id": "5"}')
+    assert response.status_code == 201
+    assert response.json()["id"] == 5
+
+
+def test_an_integer_is_taken_for_a_datetime_field() -> None:
+    """If this fails, Litestar fixed it: remove JsonRequest's strict decoding from service/api/extensions.py."""
+    response = post_booking('{"id": 1, "at": 1900000000}')
+    assert response.status_code == 201
+    assert response.json()["at"] == "2030-03-17T17:46:40+00:00"
+
+
+def test_a_key_twice_in_one_object_is_taken_silently_the_last_one_winning() -> None:
+    """If this fails, Litestar fixed it: remove JsonRequest's duplicate key check from service/api/extensions.py."""
+    response = post_booking('{"id": 1, "id": 2}')
+    assert response.status_code == 201
+    assert response.json()["id"] == 2
+
+
+def test_json_sent_as_text_plain_is_accepted() -> None:
+    """If this fails, Litestar fixed it: remove JsonRequest's Content-Type check from service/api/extensions.py."""
+    response = post_booking('{"id": 7}', content_type="text/plain")
+    assert response.status_code == 201
+    assert response.json()["id"] == 7
+
+
+# 2 and 3. before_request: OPTIONS and repeated query parameters.
+
+
+class Things(Controller):
+    """DELETE comes first both in the source and by name: Litestar builds a controller's routes in name order."""
+
+    path = "/things"
+
+    @delete("/{thing_id:int}")
+    async def cancel_thing(self, thing_id: FromPath[int]) -> None:
+        return None
+
+    @get("/{thing_id:int}")
+    async def show_thing(self, thing_id: FromPath[int]) -> dict[str, int]:
+        return {"id": thing_id}
+
+
+def test_options_names_only_the_methods_of_the_first_handler_of_a_path() -> None:
+    """If this fails, Litestar fixed it: remove before_request's OPTIONS answer from service/api/extensions.py.
+
+    The automatic OPTIONS handler is made for the route of the path's first handler and keeps reading that
+    route's methods after the later handlers replaced it with a route of them all."""
+    with create_test_client([Things]) as http:
+        assert http.get("/things/1").status_code == 200
+        assert http.delete("/things/1").status_code == 204
+        response = http.options("/things/1")
+    assert response.status_code == 204
+    allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+    assert allowed == {"DELETE", "OPTIONS"}  # GET is missing
+
+
+@get("/search")
+async def search(q: FromQuery[int]) -> dict[str, int]:
+    return {"q": q}
+
+
+def test_a_query_parameter_given_twice_is_answered_with_one_of_the_two() -> None:
+    """If this fails, Litestar fixed it: remove before_request's repeated query parameter check from
+    service/api/extensions.py."""
+    with create_test_client([search]) as http:
+        response = http.get("/search", params=[("q", "1"), ("q", "2")])
+    assert response.status_code == 200
+    assert response.json()["q"] in (1, 2)  # 2 on Litestar 2.25: the last one
+
+
+# 4. ClosedStructSchemaPlugin: additionalProperties in the OpenAPI document.
+
+
+def schema_of(name: str, app: Litestar) -> dict[str, Any]:
+    return app.openapi_schema.to_schema()["components"]["schemas"][name]
+
+
+def test_a_struct_that_forbids_unknown_fields_is_documented_as_open() -> None:
+    """If this fails, Litestar fixed it: remove ClosedStructSchemaPlugin from service/api/extensions.py."""
+    assert Booking.__struct_config__.forbid_unknown_fields
+    schema = schema_of("Booking", Litestar([create_booking]))
+    assert schema["type"] == "object"
+    assert "additionalProperties" not in schema
+
+
+# 5. BearerAuthenticationMiddleware: the Authorization scheme.
+
+
+async def token_user(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return token.sub
+
+
+@get("/me")
+async def me(request: Request[str, Token, Any]) -> dict[str, str]:
+    return {"user": request.user}
+
+
+@pytest.mark.parametrize("scheme", ["Basic", "Token", "Whatever"])
+def test_a_token_is_read_whatever_the_scheme_of_the_authorization_header(scheme: str) -> None:
+    """If this fails, Litestar fixed it: remove BearerAuthenticationMiddleware from service/api/extensions.py."""
+    auth = JWTAuth[str](token_secret=JWT_SECRET, retrieve_user_handler=token_user)
+    token = auth.create_token(identifier="42")
+    with create_test_client([me], on_app_init=[auth.on_app_init]) as http:
+        assert http.get("/me").status_code == 401  # the middleware is there
+        response = http.get("/me", headers={"Authorization": f"{scheme} {token}"})
+    assert response.status_code == 200
+    assert response.json() == {"user": "42"}
+
+
+# 6. RetryAfterRateLimitMiddleware: Retry-After on a 429.
+
+
+@get("/limited")
+async def limited() -> None:
+    return None
+
+
+def test_a_rate_limited_answer_has_no_retry_after() -> None:
+    """If this fails, Litestar fixed it: remove RetryAfterRateLimitMiddleware from service/api/extensions.py."""
+    config = RateLimitConfig(rate_limit=("minute", 1))  # in the app's default store: memory
+    with create_test_client([limited], middleware=[config.middleware]) as http:
+        assert http.get("/limited").status_code == 200
+        response = http.get("/limited")
+    assert response.status_code == 429
+    assert config.rate_limit_reset_header_key in response.headers
+    assert "Retry-After" not in response.headers
+
+
+# 7. resolve_dependencies_in_turn: a task per dependency.
+
+
+def litestars_own_resolve_dependencies() -> Callable[..., Any]:
+    """KwargsModel.resolve_dependencies as Litestar ships it, whether or not ours replaced it in this process.
+
+    Ours is applied by assigning to the class (create_app, and tests that build the app), and nothing puts the
+    original back. Taking the method off the class, even at import time, could hand back ours, depending on
+    which modules ran first. A fresh, private copy of Litestar's module, executed from its installed file, holds
+    the original whatever ran before; it is not registered in sys.modules, so nothing else sees it.
+    """
+    spec = importlib.util.find_spec("litestar._kwargs.kwargs_model")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.KwargsModel.resolve_dependencies
+
+
+async def test_dependencies_of_one_level_are_resolved_each_in_a_task_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If this fails, Litestar fixed it: remove resolve_dependencies_in_turn from service/api/extensions.py.
+
+    The counterpart of test_dependencies_of_one_level_are_resolved_in_the_handlers_own_task (test_foundation.py),
+    run on Litestar's own method; monkeypatch puts back whatever was in place before."""
+    monkeypatch.setattr(KwargsModel, "resolve_dependencies", litestars_own_resolve_dependencies())
+    seen: dict[str, asyncio.Task[Any] | None] = {}
+
+    def first() -> int:
+        seen["first"] = asyncio.current_task()
+        return 1
+
+    async def second() -> int:
+        seen["second"] = asyncio.current_task()
+        return 2
+
+    @get("/both")
+    async def both(one: NamedDependency[int], two: NamedDependency[int]) -> dict[str, int]:
+        seen["handler"] = asyncio.current_task()
+        return {"sum": one + two}
+
+    app = Litestar([both], dependencies={"one": Provide(first, sync_to_thread=False), "two": Provide(second)})
+    async with AsyncTestClient(app) as http:
+        response = await http.get("/both")
+    assert response.json() == {"sum": 3}
+    tasks = [seen["first"], seen["second"], seen["handler"]]
+    assert None not in tasks
+    assert len({id(task) for task in tasks}) == 3  # three tasks: one per dependency, besides the handler's
