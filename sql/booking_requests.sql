@@ -53,17 +53,18 @@ FOR UPDATE;
 SELECT id FROM users WHERE id IN %(patient_ids)s ORDER BY id FOR UPDATE;
 
 -- name: list_schedule_between
--- Everything a batch decision reads, in one round trip: the doctor's windows, the doctor's confirmed
--- appointments, and the confirmed appointments of the batch's patients (with any doctor).
-SELECT 'window' AS kind, NULL AS patient_id, start_time, end_time FROM availabilities
+-- Everything a decision reads for one range of a batch, in one round trip: the doctor's windows, the doctor's
+-- confirmed appointments, and the confirmed appointments of the batch's patients (with any doctor). Windows are at
+-- most 24 hours and appointments at most 8, so the start-time bounds keep every scan on a (…, start_time) index.
+SELECT 'window' AS kind, id, NULL AS patient_id, start_time, end_time FROM availabilities
 WHERE doctor_id = %(doctor_id)s
   AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s
 UNION ALL
-SELECT 'doctor', NULL, start_time, end_time FROM appointments
+SELECT 'doctor', id, NULL, start_time, end_time FROM appointments
 WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
   AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s
 UNION ALL
-SELECT 'patient', patient_id, start_time, end_time FROM appointments
+SELECT 'patient', id, patient_id, start_time, end_time FROM appointments
 WHERE patient_id IN %(patient_ids)s AND status = 'confirmed'
   AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s;
 

@@ -19,7 +19,8 @@ from arq.jobs import deserialize_job
 from service.api.notifications import Notifications
 from service.api.schedule_cache import ScheduleVersions
 from service.api.security import UserCache
-from service.core.booking import IN_PAST, OUTSIDE_AVAILABILITY, PATIENT_BUSY, SLOT_TAKEN, PendingRequest, decide
+from service.core.availability import IN_PAST, OUTSIDE_AVAILABILITY, SLOT_TAKEN, DoctorTime, Taken
+from service.core.booking import PATIENT_BUSY, PendingRequest, decide
 from service.core.db import Database
 from service.core.queue import (
     DECISIONS,
@@ -84,9 +85,8 @@ def test_decide_checks_past_window_doctor_then_patient_in_request_order() -> Non
     ]
     decisions = decide(
         requests,
-        windows=[(t, t + 4 * h), (t - 10 * h, t - 7 * h)],
-        doctor_busy=[],
-        patient_busy={7: [(t + 2.5 * h, t + 3.5 * h)], 8: [], 9: []} | {},
+        DoctorTime(windows=[(t, t + 4 * h, 1), (t - 10 * h, t - 7 * h, 2)], taken=[]),
+        patients={7: Taken([(t + 2.5 * h, t + 3.5 * h)])},
         now=t - h,
     )
     assert decisions == [

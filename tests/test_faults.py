@@ -29,7 +29,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.core.booking import PATIENT_BUSY, SLOT_TAKEN
+from service.core.availability import SLOT_TAKEN
+from service.core.booking import PATIENT_BUSY
 from service.core.db import migrate
 from service.core.queue import booking_job_id
 from service.core.settings import Settings

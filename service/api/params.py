@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
+from litestar import Request
 from litestar.params import Parameter, QueryParameter
 
 # The largest id taken: JavaScript's Number.MAX_SAFE_INTEGER, exact in every client and in the OpenAPI document
@@ -19,3 +22,11 @@ From = Annotated[str | None, QueryParameter(name="from", schema_extra=RFC3339,
                                             description="Start of the range (RFC 3339)")]
 To = Annotated[str | None, QueryParameter(name="to", schema_extra=RFC3339,
                                           description="End of the range, exclusive (RFC 3339)")]
+
+
+def next_page_link(request: Request[Any, Any, Any], next_from: datetime | None) -> dict[str, str]:
+    """The `Link: <…>; rel="next"` header (RFC 8288) of a schedule read cut short: the same read from `next_from`."""
+    if next_from is None:
+        return {}
+    query = {**dict(request.query_params.items()), "from": next_from.isoformat().replace("+00:00", "Z")}
+    return {"Link": f'<{request.url.path}?{urlencode(query)}>; rel="next"'}

@@ -10,22 +10,23 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from service.core import faults
+from service.core.availability import DoctorTime, Taken
 from service.core.db import RETRYABLE_ERRORS, Connection, Database, mysql_error_code
 from service.core.queue import Decided, Decision
-from service.core.times import overlaps, utcnow
+from service.core.times import utcnow
 
 log = logging.getLogger("service.booking")
 
-# Machine-readable reasons a request is rejected or failed.
-SLOT_TAKEN = "slot_taken"
-OUTSIDE_AVAILABILITY = "outside_availability"
+# Machine-readable reasons a request is rejected or failed, beyond availability's (IN_PAST, ...).
 PATIENT_BUSY = "patient_busy"
 DOCTOR_NOT_FOUND = "doctor_not_found"
-IN_PAST = "in_past"
 RETRIES_EXHAUSTED = "retries_exhausted"
+# Requests of a batch whose times lie closer than this are read from MySQL in one range; farther ones in another,
+# so a batch never reads a doctor's whole calendar between two far-apart requests.
+NEARBY = timedelta(days=1)
 
 
 @dataclass(slots=True)
@@ -38,31 +39,34 @@ class PendingRequest:
 
 
 def decide(
-    requests: list[PendingRequest],
-    windows: list[tuple[datetime, datetime]],
-    doctor_busy: list[tuple[datetime, datetime]],
-    patient_busy: dict[int, list[tuple[datetime, datetime]]],
-    now: datetime,
+    requests: list[PendingRequest], doctor: DoctorTime, patients: dict[int, Taken], now: datetime
 ) -> list[Decision]:
     """Decide requests in order, each seeing the ones confirmed before it. Pure: no I/O."""
     decisions = []
     for request in requests:
-        slot = (request.start_time, request.end_time)
-        if request.start_time <= now:
-            reason = IN_PAST
-        elif not any(start <= slot[0] and slot[1] <= end for start, end in windows):
-            reason = OUTSIDE_AVAILABILITY
-        elif any(overlaps(*slot, *busy) for busy in doctor_busy):
-            reason = SLOT_TAKEN
-        elif any(overlaps(*slot, *busy) for busy in patient_busy[request.patient_id]):
+        start, end = request.start_time, request.end_time
+        patient = patients.setdefault(request.patient_id, Taken())
+        reason = doctor.why_not(start, end, now)
+        if reason is None and patient.clash(start, end) is not None:
             reason = PATIENT_BUSY
-        else:
-            doctor_busy.append(slot)
-            patient_busy[request.patient_id].append(slot)
+        if reason is None:
+            doctor.taken.take(start, end)
+            patient.take(start, end)
             decisions.append(Decision(request.id, "confirmed"))
-            continue
-        decisions.append(Decision(request.id, "rejected", reason))
+        else:
+            decisions.append(Decision(request.id, "rejected", reason))
     return decisions
+
+
+def ranges_to_read(requests: list[PendingRequest]) -> list[tuple[datetime, datetime]]:
+    """The time ranges a batch's decision must read: one per cluster of nearby requests."""
+    ranges: list[tuple[datetime, datetime]] = []
+    for request in sorted(requests, key=lambda r: r.start_time):
+        if ranges and request.start_time <= ranges[-1][1] + NEARBY:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], request.end_time))
+        else:
+            ranges.append((request.start_time, request.end_time))
+    return ranges
 
 
 async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: int) -> Decided:
@@ -87,20 +91,20 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
     else:
         patient_ids = tuple(sorted({r.patient_id for r in requests}))
         await tx.fetch_all("lock_patients", {"patient_ids": patient_ids})
-        span = {"from": min(r.start_time for r in requests), "to": max(r.end_time for r in requests)}
-        schedule = await tx.fetch_all("list_schedule_between",
-                                      {"doctor_id": doctor_id, "patient_ids": patient_ids, **span})
-        windows, doctor_busy = [], []
-        patient_busy: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
-        for row in schedule:
-            interval = (row["start_time"], row["end_time"])
-            if row["kind"] == "window":
-                windows.append(interval)
-            elif row["kind"] == "doctor":
-                doctor_busy.append(interval)
-            else:
-                patient_busy[row["patient_id"]].append(interval)
-        decisions = decide(requests, windows, doctor_busy, patient_busy, now)
+        windows, doctor_taken = [], []
+        patient_taken: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+        for start, end in ranges_to_read(requests):
+            for row in await tx.fetch_all("list_schedule_between", {
+                    "doctor_id": doctor_id, "patient_ids": patient_ids, "from": start, "to": end}):
+                span = (row["start_time"], row["end_time"])
+                if row["kind"] == "window":
+                    windows.append((*span, row["id"]))
+                elif row["kind"] == "doctor":
+                    doctor_taken.append(span)
+                else:
+                    patient_taken[row["patient_id"]].append(span)
+        doctor = DoctorTime(set(windows), doctor_taken)
+        decisions = decide(requests, doctor, {p: Taken(spans) for p, spans in patient_taken.items()}, now)
     await record_decisions(tx, doctor_id, requests, decisions, now)
     if faults.armed:
         faults.hit("before_commit")

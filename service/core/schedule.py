@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
 
 import msgspec
 
+from service.core.availability import DoctorTime
 from service.core.db import Connection, Database, Row
 from service.core.doctors import find_doctor
 from service.core.errors import Conflict, InvalidInput, NotFound
-from service.core.times import from_row, overlaps, time_range, to_db, utcnow
+from service.core.times import from_row, on_grid, overlaps, time_range, to_db, utcnow
+
+T = TypeVar("T")
 
 MAX_WINDOW = timedelta(hours=24)
 MAX_RANGE = timedelta(days=62)
 DEFAULT_RANGE = timedelta(days=14)
 MAX_WINDOWS_PER_REQUEST = 100
+# Windows not yet over, per doctor: a year of two sessions a day, with room to spare; anyone can register as a
+# doctor, so what one doctor can store is bounded.
+MAX_UPCOMING_WINDOWS = 1000
+# Items in one answer of a schedule read (slots, windows); more come by following its `Link: rel="next"`.
+DEFAULT_PAGE = 500
+MAX_PAGE = 1000
 
 
 class Interval(msgspec.Struct):
@@ -31,9 +41,10 @@ class Slot(msgspec.Struct):
 def check_window(
     start_time: datetime, end_time: datetime, field_prefix: str, now: datetime
 ) -> tuple[datetime, datetime]:
-    """A window to publish, as naive UTC: after now, ending after it starts, at most 24 hours."""
-    start = to_db(start_time, field_prefix + "start_time")
-    end = to_db(end_time, field_prefix + "end_time")
+    """A window to publish, as naive UTC: on the 5-minute grid, after now, ending after it starts, at most 24
+    hours."""
+    start = on_grid(to_db(start_time, field_prefix + "start_time"), field_prefix + "start_time")
+    end = on_grid(to_db(end_time, field_prefix + "end_time"), field_prefix + "end_time")
     if end <= start:
         raise InvalidInput("must be after start_time", field=field_prefix + "end_time")
     if start <= now:
@@ -45,13 +56,18 @@ def check_window(
 
 async def add_windows(tx: Connection, doctor_id: int, windows: list[tuple[datetime, datetime]],
                       now: datetime) -> list[Row]:
-    """Publish checked windows, all or none, under the doctor's row lock; 409 if one overlaps another."""
+    """Publish checked windows, all or none, under the doctor's row lock; 409 if one overlaps another or the
+    doctor would have more than MAX_UPCOMING_WINDOWS."""
     for i, (start, end) in enumerate(windows):
         for other_start, other_end in windows[:i]:
             if overlaps(start, end, other_start, other_end):
                 raise Conflict("two of the windows sent overlap each other")
     # Same row lock as booking: a window cannot change while a booking into it is being decided.
     await tx.fetch_one("lock_doctor", {"doctor_id": doctor_id})
+    upcoming = await tx.fetch_value("count_upcoming_windows", {"doctor_id": doctor_id, "now": now})
+    if upcoming + len(windows) > MAX_UPCOMING_WINDOWS:
+        raise Conflict(f"a doctor has at most {MAX_UPCOMING_WINDOWS} upcoming windows; you have {upcoming}",
+                       upcoming_windows=upcoming, limit=MAX_UPCOMING_WINDOWS)
     created = []
     for start, end in windows:
         params = {"doctor_id": doctor_id, "start_time": start, "end_time": end}
@@ -88,71 +104,41 @@ def resolve_range(start: str | None, end: str | None) -> tuple[datetime, datetim
     return range_start, range_end
 
 
-async def windows_and_busy(
-    db: Database, doctor_id: int, range_start: datetime, range_end: datetime
-) -> tuple[list[Row], list[tuple[datetime, datetime]]]:
-    """The doctor's windows in the range and the confirmed appointments among them, in one query."""
+async def doctor_time(db: Database, doctor_id: int, range_start: datetime, range_end: datetime) -> DoctorTime:
+    """The doctor's windows in the range and the time taken in them, read in one query; 404 for no doctor."""
     rows = await db.fetch_all("list_windows_and_busy_in_range",
                               {"doctor_id": doctor_id, "from": range_start, "to": range_end})
-    windows = [row for row in rows if row["kind"] == "window"]
+    windows = [(row["start_time"], row["end_time"], row["id"]) for row in rows if row["kind"] == "window"]
     if not windows:
-        await find_doctor(db, doctor_id)  # 404 for an unknown doctor, [] for one with no windows
-    busy = [(row["start_time"], row["end_time"]) for row in rows if row["kind"] == "busy"]
-    return windows, busy
+        await find_doctor(db, doctor_id)  # 404 for an unknown doctor, nothing for one with no windows
+    return DoctorTime(windows, [(row["start_time"], row["end_time"]) for row in rows if row["kind"] == "busy"])
 
 
-def free_intervals(window: Row, busy: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
-    """The window less the (sorted, non-overlapping) busy intervals."""
-    free = []
-    cursor = window["start_time"]
-    for busy_start, busy_end in busy:
-        if busy_end <= cursor or busy_start >= window["end_time"]:
-            continue
-        if busy_start > cursor:
-            free.append((cursor, busy_start))
-        cursor = max(cursor, busy_end)
-    if cursor < window["end_time"]:
-        free.append((cursor, window["end_time"]))
-    return free
+class Page(msgspec.Struct, Generic[T]):
+    """Some items of a schedule read, and where the next page starts (`from` of the next read) if there is one."""
+
+    items: list[T]
+    next_from: datetime | None
 
 
-def bookable_slots(
-    windows: list[Row], busy: list[tuple[datetime, datetime]], step: timedelta, earliest: datetime,
-    latest: datetime,
-) -> list[Slot]:
-    """Slots of `step` from each window's start that overlap no busy interval and lie in [earliest, latest).
-
-    The hottest read of the API: one datetime addition per slot, and times made UTC-aware once per interval.
-    """
-    earliest, latest = earliest.replace(tzinfo=UTC), latest.replace(tzinfo=UTC)
-    slots = []
-    for window in windows:
-        grid_start = window["start_time"].replace(tzinfo=UTC)
-        for free_start, free_end in free_intervals(window, busy):
-            free_start, free_end = free_start.replace(tzinfo=UTC), free_end.replace(tzinfo=UTC)
-            try:
-                # Keep the window's grid: the first grid point at or after the free interval's start.
-                start = grid_start + -((grid_start - free_start) // step) * step
-                end = start + step
-                while end <= free_end:
-                    if start >= earliest and end <= latest:
-                        slots.append(Slot(start_time=start, end_time=end, availability_id=window["id"]))
-                    start, end = end, end + step
-            except OverflowError:  # the next slot would end after 9999-12-31: there is none
-                pass
-    return slots
-
-
-async def availability(db: Database, doctor_id: int, start: str | None, end: str | None) -> list[Row]:
-    """The doctor's windows in the range, each with its free intervals (`free`)."""
+async def availability(db: Database, doctor_id: int, start: str | None, end: str | None,
+                       limit: int = DEFAULT_PAGE) -> Page[Row]:
+    """The doctor's windows in the range, each with its free intervals (`free`), at most `limit` of them."""
     range_start, range_end = resolve_range(start, end)
-    windows, busy = await windows_and_busy(db, doctor_id, range_start, range_end)
-    return [{**w, "free": [Interval(s.replace(tzinfo=UTC), e.replace(tzinfo=UTC))
-                           for s, e in free_intervals(w, busy)]} for w in windows]
+    time = await doctor_time(db, doctor_id, range_start, range_end)
+    windows = time.windows[:limit + 1]
+    items = [{"id": window_id, "doctor_id": doctor_id, "start_time": window_start, "end_time": window_end,
+              "free": [Interval(s.replace(tzinfo=UTC), e.replace(tzinfo=UTC))
+                       for s, e in time.free_in(window_start, window_end)]}
+             for window_start, window_end, window_id in windows[:limit]]
+    return Page(items, windows[limit][0].replace(tzinfo=UTC) if len(windows) > limit else None)
 
 
-async def slots(db: Database, doctor_id: int, start: str | None, end: str | None, duration_minutes: int) -> list[Slot]:
-    """The doctor's bookable slots of `duration_minutes` in the range, none in the past."""
+async def slots(db: Database, doctor_id: int, start: str | None, end: str | None, duration_minutes: int,
+                limit: int = DEFAULT_PAGE) -> Page[Slot]:
+    """The doctor's bookable slots of `duration_minutes` in the range (none in the past), at most `limit`."""
     range_start, range_end = resolve_range(start, end)
-    windows, busy = await windows_and_busy(db, doctor_id, range_start, range_end)
-    return bookable_slots(windows, busy, timedelta(minutes=duration_minutes), max(range_start, utcnow()), range_end)
+    time = await doctor_time(db, doctor_id, range_start, range_end)
+    found, next_start = time.slots(timedelta(minutes=duration_minutes), range_start, range_end, utcnow(), limit)
+    return Page([Slot(s.replace(tzinfo=UTC), e.replace(tzinfo=UTC), window_id) for s, e, window_id in found],
+                next_start.replace(tzinfo=UTC) if next_start else None)

@@ -7,14 +7,15 @@ from functools import partial
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.datastructures import ResponseHeader
 from litestar.pagination import OffsetPagination
 from litestar.params import Body, FromQuery, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
-from service.api.params import From, Id, Limit, Offset, To
+from service.api.params import From, Id, Limit, Offset, To, next_page_link
 from service.api.problems import problem_responses
 from service.api.schedule_cache import CACHE_SECONDS, announce_schedule_change
 from service.api.schemas import AppointmentOut, Specialty, page
@@ -62,6 +63,14 @@ class SlotsOut(msgspec.Struct):
     doctor_id: int
     duration: int
     slots: list[Slot]
+    next_from: datetime | None = msgspec.field(default=None)
+
+
+PageSize = Annotated[int, QueryParameter(ge=1, le=schedule.MAX_PAGE, description=(
+    f"Items in one answer (at most {schedule.MAX_PAGE}); when there are more, the `Link` header's rel=\"next\" "
+    "URL reads on from the next one"))]
+NEXT_PAGE_HEADER = [ResponseHeader(name="Link", required=False, documentation_only=True, description=(
+    'RFC 8288 `<url>; rel="next"` when the answer was cut at `limit`: the same read from the next item'))]
 
 
 WindowsIn = Annotated[list[WindowIn], Meta(min_length=1, max_length=MAX_WINDOWS_PER_REQUEST)]
@@ -127,25 +136,32 @@ class DoctorController(Controller):
 
     @get("/{doctor_id:int}/availability", **PUBLIC, cache=CACHE_SECONDS, operation_id="getDoctorAvailability",
          summary="A doctor's windows in a range, each with its free intervals",
-         responses=problem_responses(400, 404, 503))
+         response_headers=NEXT_PAGE_HEADER, responses=problem_responses(400, 404, 503))
     async def get_availability(
-        self, doctor_id: Id, db: DatabaseDep, start: From = None, end: To = None
-    ) -> list[AvailabilityOut]:
-        return [from_row(AvailabilityOut, w) for w in await schedule.availability(db, doctor_id, start, end)]
+        self, request: Request, doctor_id: Id, db: DatabaseDep, start: From = None, end: To = None,
+        limit: PageSize = schedule.DEFAULT_PAGE,
+    ) -> Response[list[AvailabilityOut]]:
+        found = await schedule.availability(db, doctor_id, start, end, limit)
+        return Response([from_row(AvailabilityOut, w) for w in found.items],
+                        headers=next_page_link(request, found.next_from))
 
     @get("/{doctor_id:int}/slots", **PUBLIC, cache=CACHE_SECONDS, operation_id="getDoctorSlots",
          summary="Bookable slots of a given length, aligned to each window's start",
-         responses=problem_responses(400, 404, 503))
+         response_headers=NEXT_PAGE_HEADER, responses=problem_responses(400, 404, 503))
     async def get_slots(
         self,
+        request: Request,
         doctor_id: Id,
         db: DatabaseDep,
         start: From = None,
         end: To = None,
-        duration: Annotated[int, QueryParameter(ge=5, le=480, description="Slot length in minutes")] = 30,
-    ) -> SlotsOut:
-        return SlotsOut(doctor_id=doctor_id, duration=duration,
-                        slots=await schedule.slots(db, doctor_id, start, end, duration))
+        duration: Annotated[int, QueryParameter(ge=5, le=480, multiple_of=5,
+                                                description="Slot length in minutes, a multiple of 5")] = 30,
+        limit: PageSize = schedule.DEFAULT_PAGE,
+    ) -> Response[SlotsOut]:
+        found = await schedule.slots(db, doctor_id, start, end, duration, limit)
+        return Response(SlotsOut(doctor_id=doctor_id, duration=duration, slots=found.items,
+                                 next_from=found.next_from), headers=next_page_link(request, found.next_from))
 
     @get("/my-appointments", guards=[requires_doctor], operation_id="listMyDoctorAppointments",
          summary="Your schedule, with each patient's name", responses=problem_responses(400, 401, 403, 503))
