@@ -25,21 +25,6 @@ SELECT id, doctor_id, start_time, end_time FROM availabilities WHERE id = %(id)s
 -- name: delete_availability
 DELETE FROM availabilities WHERE id = %(id)s;
 
--- name: list_windows_and_busy_in_range
--- One round trip for the hottest read: the doctor's windows touching [from, to), then the confirmed
--- appointments that could lie inside them. Windows are at most 24 hours and appointments at most 8, so the
--- start-time bounds keep both scans on the (doctor_id, start_time) indexes.
-SELECT 'window' AS kind, id, doctor_id, start_time, end_time
-FROM availabilities
-WHERE doctor_id = %(doctor_id)s
-  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s
-UNION ALL
-SELECT 'busy', id, doctor_id, start_time, end_time
-FROM appointments
-WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
-  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 2 DAY AND end_time > %(from)s - INTERVAL 1 DAY
-ORDER BY start_time;
-
 -- name: find_confirmed_appointment_in_window
 -- Appointments are at most 8 hours: the scan starts a day before the window, not at the doctor's first one.
 SELECT id FROM appointments

@@ -2,9 +2,10 @@
 -- Inserts nothing when there is no such doctor: the existence check and the insert are one round trip.
 -- Under READ COMMITTED the SELECT is a consistent read, so it never waits on a worker's lock of that row.
 INSERT INTO booking_requests
-    (patient_id, doctor_id, start_time, end_time, notes, idempotency_key, request_fingerprint, created_at)
-SELECT %(patient_id)s, id, %(start_time)s, %(end_time)s, %(notes)s, %(idempotency_key)s, %(fingerprint)s,
-       %(created_at)s
+    (patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, idempotency_key, request_fingerprint,
+     created_at)
+SELECT %(patient_id)s, id, %(appointment_type_id)s, %(start_time)s, %(end_time)s, %(notes)s, %(idempotency_key)s,
+       %(fingerprint)s, %(created_at)s
 FROM users WHERE id = %(doctor_id)s AND role = 'Doctor';
 
 -- name: find_booking_request_by_idempotency_key
@@ -12,12 +13,12 @@ SELECT id, request_fingerprint FROM booking_requests
 WHERE patient_id = %(patient_id)s AND idempotency_key = %(idempotency_key)s;
 
 -- name: find_booking_request_for_patient
-SELECT id, patient_id, doctor_id, start_time, end_time, notes, status, reason, appointment_id,
+SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, status, reason, appointment_id,
        created_at, decided_at
 FROM booking_requests WHERE id = %(id)s AND patient_id = %(patient_id)s;
 
 -- name: list_booking_requests_for_patient
-SELECT id, patient_id, doctor_id, start_time, end_time, notes, status, reason, appointment_id,
+SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, status, reason, appointment_id,
        created_at, decided_at
 FROM booking_requests
 WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s)
@@ -31,7 +32,8 @@ WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s
 -- name: lock_doctor_and_pending_requests
 -- The doctor's row lock (lock_doctor) and the doctor's pending requests, oldest first, in one round trip: one
 -- row with NULL request columns when nothing is pending, none when there is no such doctor.
-SELECT d.id AS doctor_id, br.id, br.patient_id, br.start_time, br.end_time, br.notes
+SELECT d.id AS doctor_id, d.timezone, br.id, br.patient_id, br.appointment_type_id, br.start_time, br.end_time,
+       br.notes
 FROM users d
 LEFT JOIN booking_requests br ON br.doctor_id = d.id AND br.status = 'pending'
 WHERE d.id = %(doctor_id)s AND d.role = 'Doctor'
@@ -41,7 +43,7 @@ FOR UPDATE;
 
 -- name: lock_pending_requests_of_doctor
 -- Oldest first, so a contested slot goes to whoever asked first.
-SELECT id, patient_id, doctor_id, start_time, end_time, notes
+SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes
 FROM booking_requests
 WHERE doctor_id = %(doctor_id)s AND status = 'pending'
 ORDER BY id
@@ -53,24 +55,34 @@ FOR UPDATE;
 SELECT id FROM users WHERE id IN %(patient_ids)s ORDER BY id FOR UPDATE;
 
 -- name: list_schedule_between
--- Everything a decision reads for one range of a batch, in one round trip: the doctor's windows, the doctor's
--- confirmed appointments, and the confirmed appointments of the batch's patients (with any doctor). Windows are at
--- most 24 hours and appointments at most 8, so the start-time bounds keep every scan on a (…, start_time) index.
-SELECT 'window' AS kind, id, NULL AS patient_id, start_time, end_time FROM availabilities
+-- Everything a decision reads for one range of a batch, in one round trip: the doctor's weekly hours, windows,
+-- time off and confirmed appointments (as list_schedule_in_range), and the confirmed appointments of the batch's
+-- patients (with any doctor). Each scan is bounded by time on a (…, start_time) index (margins: read_bounds).
+SELECT 'hours' AS kind, id, NULL AS patient_id, NULL AS start_time, NULL AS end_time, weekday AS a,
+       start_minute AS b, end_minute AS c
+FROM weekly_hours WHERE doctor_id = %(doctor_id)s
+UNION ALL
+SELECT 'window', id, NULL, start_time, end_time, NULL, NULL, NULL FROM availabilities
 WHERE doctor_id = %(doctor_id)s
-  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s
+  AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s
 UNION ALL
-SELECT 'doctor', id, NULL, start_time, end_time FROM appointments
+SELECT 'off', id, NULL, start_time, end_time, NULL, NULL, NULL FROM time_off
+WHERE doctor_id = %(doctor_id)s
+  AND start_time < %(to)s AND start_time > %(year_before)s AND end_time > %(from)s
+UNION ALL
+SELECT 'busy', id, NULL, start_time, end_time, buffer_before_minutes, buffer_after_minutes, NULL FROM appointments
 WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
-  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s
+  AND start_time < %(day_after)s AND start_time > %(day_before)s
 UNION ALL
-SELECT 'patient', id, patient_id, start_time, end_time FROM appointments
+SELECT 'patient', id, patient_id, start_time, end_time, NULL, NULL, NULL FROM appointments
 WHERE patient_id IN %(patient_ids)s AND status = 'confirmed'
-  AND start_time < %(to)s AND start_time > %(from)s - INTERVAL 1 DAY AND end_time > %(from)s;
+  AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s;
 
 -- name: insert_appointment
-INSERT INTO appointments (booking_request_id, doctor_id, patient_id, start_time, end_time, notes, created_at)
-VALUES (%(booking_request_id)s, %(doctor_id)s, %(patient_id)s, %(start_time)s, %(end_time)s, %(notes)s, %(now)s);
+INSERT INTO appointments (booking_request_id, doctor_id, patient_id, appointment_type_id, start_time, end_time,
+                          buffer_before_minutes, buffer_after_minutes, notes, created_at)
+VALUES (%(booking_request_id)s, %(doctor_id)s, %(patient_id)s, %(appointment_type_id)s, %(start_time)s,
+        %(end_time)s, %(buffer_before_minutes)s, %(buffer_after_minutes)s, %(notes)s, %(now)s);
 
 -- name: confirm_booking_requests
 UPDATE booking_requests br

@@ -7,8 +7,8 @@ SELECT id, email, name, role, specialty, token_version, password_hash, created_a
 FROM users WHERE email = %(email)s;
 
 -- name: insert_user
-INSERT INTO users (email, name, role, specialty, password_hash, created_at)
-VALUES (%(email)s, %(name)s, %(role)s, %(specialty)s, %(password_hash)s, %(created_at)s);
+INSERT INTO users (email, name, role, specialty, timezone, password_hash, created_at)
+VALUES (%(email)s, %(name)s, %(role)s, %(specialty)s, %(timezone)s, %(password_hash)s, %(created_at)s);
 
 -- name: change_password
 -- Bumping token_version retires every token issued before the change.

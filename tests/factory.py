@@ -88,3 +88,21 @@ class Factory:
         response = await self.book(patient, doctor_id, start, end, wait=10, client=client)
         assert response.status_code == 201, response.text
         return response.json()
+
+    async def appointment_type(self, doctor: User, **fields: Any) -> dict[str, Any]:
+        body = {"name": f"Visit {next(_counter)}", "duration_minutes": 30, **fields}
+        response = await self.client.post("/doctors/me/appointment-types", headers=doctor.headers, json=body)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def time_off(self, doctor: User, start: datetime, end: datetime, **fields: Any) -> dict[str, Any]:
+        response = await self.client.post("/doctors/me/time-off", headers=doctor.headers,
+                                          json={"start_time": iso(start), "end_time": iso(end), **fields})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def weekly_hours(self, doctor: User, hours: list[tuple[int, str, str]]) -> dict[str, Any]:
+        response = await self.client.put("/doctors/me/weekly-hours", headers=doctor.headers, json={
+            "hours": [{"weekday": d, "start": s, "end": e} for d, s, e in hours]})
+        assert response.status_code == 200, response.text
+        return response.json()

@@ -68,7 +68,9 @@ def bearer(token: str) -> dict[str, str]:
 # --- 1. schemathesis: every operation, every check ---------------------------------------------------------------
 
 # Operations only a doctor may call; every other operation that needs a token is called with a patient's.
-DOCTOR_OPERATIONS = ["updateMyDoctorProfile", "addAvailability", "deleteAvailability", "listMyDoctorAppointments"]
+DOCTOR_OPERATIONS = ["updateMyDoctorProfile", "addAvailability", "deleteAvailability", "listMyDoctorAppointments",
+                     "replaceMyWeeklyHours", "addTimeOff", "listMyTimeOff", "deleteTimeOff", "createAppointmentType",
+                     "updateAppointmentType", "deactivateAppointmentType"]
 PATIENT_OPERATIONS = ["bookAppointment", "listBookingRequests", "getBookingRequest", "getCurrentUser",
                       "listMyAppointments", "getAppointment", "cancelAppointment"]
 # Operations with rules a JSON Schema cannot state, which schema-valid data can break (a 400 naming the field):
@@ -76,7 +78,8 @@ PATIENT_OPERATIONS = ["bookAppointment", "listBookingRequests", "getBookingReque
 # 62 days), a password's 8 to 72 bytes (the schema counts characters), a doctor's cancel needs a reason, a reset
 # token must exist. Only here may the positive_data_acceptance check see a 400.
 SEMANTIC_400 = ["register", "resetPassword", "addAvailability", "bookAppointment", "cancelAppointment",
-                "listMyAppointments", "listMyDoctorAppointments", "getDoctorAvailability", "getDoctorSlots"]
+                "listMyAppointments", "listMyDoctorAppointments", "getDoctorAvailability", "getDoctorSlots",
+                "replaceMyWeeklyHours", "addTimeOff", "createAppointmentType", "updateAppointmentType"]
 # Strings that break naive SQL, LIKE patterns, logs, terminals and UTF-8 handling.
 NASTY_STRINGS = [
     "'; DROP TABLE users; --", '" OR 1=1 --', "%_\\", "Robert'); DELETE FROM appointments;--", "\\'\\\"\\\\",
@@ -97,8 +100,11 @@ async def seed(factory: Factory) -> dict[str, Any]:
     doctor, patient = await factory.doctor(specialty="Cardiology"), await factory.patient()
     window = await factory.window(doctor, at(9), at(17))
     appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
+    appointment_type = await factory.appointment_type(doctor, duration_minutes=30, buffer_after_minutes=10)
+    time_off = await factory.time_off(doctor, at(9, offset=20), at(17, offset=20))
     return {"doctor": doctor, "patient": patient, "dictionaries": {
         "doctor_id": [doctor["id"]], "availability_id": [window["id"]], "appointment_id": [appointment["id"]],
+        "type_id": [appointment_type["id"]], "time_off_id": [time_off["id"]],
         "request_id": [appointment["booking_request_id"]],
         "times": [iso(at(hour, offset=3)) for hour in (0, 8, 9, 9.5, 10, 12, 17, 23.75, 24)],
         "emails": [doctor["email"], patient["email"]], "passwords": [PASSWORD, "'; DROP TABLE users; --"],
@@ -116,8 +122,10 @@ def schemathesis_config(seeded: dict[str, Any], with_tokens: bool) -> str:
              f"with-security-parameters = {toml(not with_tokens)}"]
     for name, values in seeded["dictionaries"].items():
         lines += [f"[dictionaries.{name}]", f"values = {toml(values)}"]
-    bindings = {f"path.{name}": name for name in ("doctor_id", "availability_id", "appointment_id", "request_id")}
-    bindings |= {"body.doctor_id": "doctor_id", "body.email": "emails", "body.password": "passwords"}
+    bindings = {f"path.{name}": name for name in ("doctor_id", "availability_id", "appointment_id", "request_id",
+                                                   "type_id", "time_off_id")}
+    bindings |= {"body.doctor_id": "doctor_id", "body.email": "emails", "body.password": "passwords",
+                 "body.appointment_type_id": "type_id", "query.appointment_type_id": "type_id"}
     bindings |= {f"body.{items}{field}": "times" for items in ("", "[*].") for field in ("start_time", "end_time")}
     bindings |= dict.fromkeys(STRING_FIELDS, "nasty")
     lines += ["[parameters]"]

@@ -19,7 +19,7 @@ from arq.jobs import deserialize_job
 from service.api.notifications import Notifications
 from service.api.schedule_cache import ScheduleVersions
 from service.api.security import UserCache
-from service.core.availability import IN_PAST, OUTSIDE_AVAILABILITY, SLOT_TAKEN, DoctorTime, Taken
+from service.core.availability import IN_PAST, OUTSIDE_AVAILABILITY, SLOT_TAKEN, Available, DoctorTime, Taken
 from service.core.booking import PATIENT_BUSY, PendingRequest, decide
 from service.core.db import Database
 from service.core.queue import (
@@ -85,7 +85,7 @@ def test_decide_checks_past_window_doctor_then_patient_in_request_order() -> Non
     ]
     decisions = decide(
         requests,
-        DoctorTime(windows=[(t, t + 4 * h, 1), (t - 10 * h, t - 7 * h, 2)], taken=[]),
+        DoctorTime([Available(t - 10 * h, t - 7 * h, 2), Available(t, t + 4 * h, 1)], taken=[]),
         patients={7: Taken([(t + 2.5 * h, t + 3.5 * h)])},
         now=t - h,
     )

@@ -80,7 +80,7 @@ async def test_list_doctors_is_paginated_50_by_default_at_most_200_and_leaves_ou
     assert set(page) == {"items", "total", "limit", "offset"}
     assert (page["total"], page["limit"], page["offset"], len(page["items"])) == (55, 50, 0, 50)
     assert [d["name"] for d in page["items"]] == [f"Bulk {n:02}" for n in range(50)]
-    assert set(page["items"][0]) == {"id", "name", "email", "specialty", "created_at"}
+    assert set(page["items"][0]) == {"id", "name", "email", "specialty", "timezone", "created_at"}
     assert page["items"][0]["created_at"].endswith("Z")
 
     rest = (await client.get("/doctors", params={"offset": 50})).json()
@@ -199,7 +199,7 @@ async def test_get_doctor_is_the_profile_and_404_for_unknown_ids_and_patients(
     response = await client.get(f"/doctors/{doctor['id']}")
     assert response.status_code == 200, response.text
     assert response.json() == {"id": doctor["id"], "name": doctor["name"], "email": doctor["email"],
-                               "specialty": "Pediatrics", "created_at": doctor["created_at"]}
+                               "specialty": "Pediatrics", "timezone": "UTC", "created_at": doctor["created_at"]}
     assert response.json()["created_at"].endswith("Z")
     problem(await client.get(f"/doctors/{doctor['id'] + 10_000}"), 404)
     problem(await client.get(f"/doctors/{patient['id']}"), 404)
@@ -361,10 +361,14 @@ async def test_availability_lists_windows_with_free_intervals_that_cancelling_fr
         assert response.status_code == 200, response.text
         return response.json()
 
+    def local(start: datetime, end: datetime) -> dict[str, str]:  # a doctor in UTC: the same instants
+        return {"local_start_time": iso(start), "local_end_time": iso(end)}
+
     assert await availability() == [
-        {"id": window["id"], "doctor_id": doctor["id"], **interval(at(9), at(12)),
+        {"id": window["id"], "doctor_id": doctor["id"], **interval(at(9), at(12)), **local(at(9), at(12)),
          "free": [interval(at(9), at(10)), interval(at(10.5), at(11)), interval(at(11.5), at(12))]},
-        {"id": late["id"], "doctor_id": doctor["id"], **interval(at(14), at(15)), "free": []},
+        {"id": late["id"], "doctor_id": doctor["id"], **interval(at(14), at(15)), **local(at(14), at(15)),
+         "free": []},
     ]
 
     await cancel(client, ada, ten)

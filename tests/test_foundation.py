@@ -19,7 +19,8 @@ from service.core.db import MIGRATIONS_DIR, QUERIES, load_queries, migrate
 from service.core.settings import Settings, SettingsError
 from tests.support import Processes
 
-TABLES = {"users", "availabilities", "booking_requests", "appointments", "password_reset_tokens"}
+TABLES = {"users", "availabilities", "booking_requests", "appointments", "password_reset_tokens", "weekly_hours",
+          "time_off", "appointment_types"}
 
 
 # --- settings -------------------------------------------------------------------------------------------------

@@ -22,10 +22,13 @@ from litestar.stores.redis import RedisStore
 from redis.asyncio import ConnectionPool, Redis
 
 from service.api.controllers.accounts import AuthController
+from service.api.controllers.appointment_types import AppointmentTypeController
 from service.api.controllers.appointments import AppointmentController
 from service.api.controllers.booking_requests import BookingRequestController
 from service.api.controllers.doctors import DoctorController
 from service.api.controllers.health import HealthController
+from service.api.controllers.time_off import TimeOffController
+from service.api.controllers.weekly_hours import WeeklyHoursController
 from service.api.dependencies import DatabaseDep
 from service.api.extensions import ClosedStructSchemaPlugin, JsonRequest, before_request, resolve_dependencies_in_turn
 from service.api.notifications import Notifications
@@ -51,6 +54,7 @@ Errors are RFC 9457 `application/problem+json`. Times are RFC 3339; a time witho
 TAGS = [
     Tag(name="accounts", description="Register, log in, reset a forgotten password"),
     Tag(name="doctors", description="The directory, availability windows and bookable slots"),
+    Tag(name="schedules", description="Weekly hours in the doctor's time zone, time off, appointment types"),
     Tag(name="appointments", description="Book, read and cancel appointments"),
     Tag(name="booking requests", description="Follow a booking until it is decided"),
     Tag(name="health", description="Liveness of the service and what it depends on"),
@@ -116,7 +120,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             # The address limiter guards only the endpoints that guess passwords; no other request pays for it.
             Router("/", route_handlers=[AuthController], middleware=[per_address_limit(settings).middleware]),
-            DoctorController, AppointmentController, BookingRequestController, HealthController,
+            DoctorController, WeeklyHoursController, TimeOffController, AppointmentTypeController,
+            AppointmentController, BookingRequestController, HealthController,
         ],
         dependencies={
             "settings": value(settings),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, TypeVar
@@ -13,6 +14,7 @@ from msgspec import Meta
 from service.core.appointments import AppointmentStatus, RequestStatus
 from service.core.db import Row
 from service.core.times import from_row
+from service.core.zones import known_zones
 
 T = TypeVar("T")
 
@@ -24,6 +26,9 @@ WS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u20
 # reads a lone `\S` as "no whitespace at all" and would call "Dr House" invalid.
 NOT_BLANK = rf"^[\s\S]*[^{WS}][\s\S]*$"
 Specialty = Annotated[str, Meta(min_length=1, max_length=100, pattern=NOT_BLANK)]
+# Every IANA time zone name the zoneinfo database knows (e.g. Europe/Berlin): the document lists exactly what the
+# API takes.
+TimeZoneName = enum.StrEnum("TimeZoneName", {name: name for name in sorted(known_zones())})
 
 
 class AppointmentOut(msgspec.Struct):
@@ -33,6 +38,7 @@ class AppointmentOut(msgspec.Struct):
     doctor_name: str
     patient_id: int
     patient_name: str
+    appointment_type_id: int | None
     start_time: datetime
     end_time: datetime
     notes: str | None
@@ -52,6 +58,7 @@ class BookingRequestOut(msgspec.Struct):
     request_id: int
     status: RequestStatus
     doctor_id: int
+    appointment_type_id: int | None
     start_time: datetime
     end_time: datetime
     notes: str | None

@@ -13,7 +13,7 @@ from litestar.security.jwt import JWTAuth, Token
 from service.api.extensions import BearerAuthenticationMiddleware
 from service.core.accounts import JWT_ALGORITHM, REQUIRED_CLAIMS, CurrentUser, Role, user_from_row
 from service.core.db import Database
-from service.core.errors import Forbidden
+from service.core.errors import Forbidden, NotAuthenticated
 from service.core.settings import Settings
 
 # Route handler kwargs (`@get(..., **PUBLIC)`) of an endpoint that needs no token: the auth middleware skips it, and
@@ -84,6 +84,8 @@ def jwt_auth(settings: Settings) -> JWTAuth[CurrentUser]:
 def _require_role(role: Role):  # noqa: ANN202 - a guard factory
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         # async, so Litestar calls it inline instead of in a thread
+        if "user" not in connection.scope:  # a request the auth middleware let through (OPTIONS): no one
+            raise NotAuthenticated()
         if connection.user.role != role:
             raise Forbidden(f"Only a {role.lower()} may do this")
 

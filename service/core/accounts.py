@@ -21,6 +21,7 @@ from service.core.queue import enqueue_email, publish_user_changed
 from service.core.ratelimit import limit_per_account
 from service.core.settings import Settings
 from service.core.times import utcnow
+from service.core.zones import check_timezone
 
 log = logging.getLogger("service.accounts")
 
@@ -102,16 +103,19 @@ def check_password_bytes(password: str, field: str) -> None:
 
 
 async def register(db: Database, passwords: Passwords, *, email: str, name: str, role: Role, password: str,
-                   specialty: str | None) -> Row:
+                   specialty: str | None, timezone: str | None = None) -> Row:
     """A new account; 409 if the email has one already."""
     check_password_bytes(password, "password")
     if specialty is not None and role != "Doctor":
         raise InvalidInput("only doctors have a specialty", field="specialty")
+    if timezone is not None and role != "Doctor":
+        raise InvalidInput("only doctors have a time zone of their own", field="timezone")
     row = {
         "email": normalize_email(email),
         "name": name.strip(),
         "role": role,
         "specialty": specialty.strip() if specialty else None,
+        "timezone": check_timezone(timezone) if timezone is not None else "UTC",
         "password_hash": await passwords.hash(password),
         "created_at": utcnow(),
     }

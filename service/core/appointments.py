@@ -8,7 +8,9 @@ from typing import Literal
 
 from service.core.accounts import CurrentUser
 from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
+from service.core.doctors import lock_doctor
 from service.core.errors import Conflict, InvalidInput, NotFound
+from service.core.schedule import bookable_type
 from service.core.times import on_grid, time_range, to_db, utcnow
 
 AppointmentStatus = Literal["confirmed", "cancelled"]
@@ -34,28 +36,47 @@ def check_booking(start_time: datetime, end_time: datetime) -> tuple[datetime, d
     return start, end
 
 
-def fingerprint(doctor_id: int, start: datetime, end: datetime, notes: str | None) -> str:
+def fingerprint(doctor_id: int, type_id: int | None, start: datetime, end: datetime, notes: str | None) -> str:
     """What makes two bodies "the same request" for an Idempotency-Key."""
-    canonical = f"{doctor_id}|{start.isoformat()}|{end.isoformat()}|{notes or ''}"
+    canonical = f"{doctor_id}|{type_id or ''}|{start.isoformat()}|{end.isoformat()}|{notes or ''}"
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+async def requested_span(db: Database, doctor_id: int, start_time: datetime, end_time: datetime | None,
+                         type_id: int | None) -> tuple[datetime, datetime]:
+    """The span a booking asks for: from its start and end, or from its start and its type's length (one of the
+    doctor's active types)."""
+    if type_id is None:
+        if end_time is None:
+            raise InvalidInput("give end_time, or an appointment_type_id", field="end_time")
+        return check_booking(start_time, end_time)
+    if end_time is not None:
+        raise InvalidInput("give either end_time or appointment_type_id, not both", field="end_time")
+    appointment_type = await bookable_type(db, doctor_id, type_id)
+    start = on_grid(to_db(start_time, "start_time"), "start_time")
+    try:
+        end = start + timedelta(minutes=appointment_type["duration_minutes"])
+    except OverflowError:
+        raise InvalidInput("the appointment would end after the year 9999", field="start_time") from None
+    return check_booking(start, end)
+
+
 async def store_request(
-    db: Database, patient_id: int, doctor_id: int, start_time: datetime, end_time: datetime, notes: str | None,
-    idempotency_key: str | None,
+    db: Database, patient_id: int, doctor_id: int, start_time: datetime, end_time: datetime | None,
+    notes: str | None, idempotency_key: str | None, type_id: int | None = None,
 ) -> tuple[int, Row | None]:
     """Store the pending request, or find the one this Idempotency-Key already made.
 
     Returns the request id and, if it is new, its row as stored.
     """
-    start, end = check_booking(start_time, end_time)
-    digest = fingerprint(doctor_id, start, end, notes) if idempotency_key else None
+    start, end = await requested_span(db, doctor_id, start_time, end_time, type_id)
+    digest = fingerprint(doctor_id, type_id, start, end, notes) if idempotency_key else None
     if idempotency_key:
         first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
         if first is not None:
             return first, None
-    stored = {"patient_id": patient_id, "doctor_id": doctor_id, "start_time": start, "end_time": end,
-              "notes": notes, "created_at": utcnow()}
+    stored = {"patient_id": patient_id, "doctor_id": doctor_id, "appointment_type_id": type_id, "start_time": start,
+              "end_time": end, "notes": notes, "created_at": utcnow()}
     try:
         inserted, request_id = await db.execute(
             "insert_booking_request", {**stored, "idempotency_key": idempotency_key, "fingerprint": digest})
@@ -135,8 +156,7 @@ async def cancel_appointment(tx: Connection, appointment_id: int, user: CurrentU
         raise InvalidInput("a doctor must say why the appointment is cancelled", field="reason")
     if appointment["start_time"] <= utcnow():
         raise Conflict("the appointment has already started")
-    # Every writer of a doctor's appointments takes the doctor's row lock first (see booking.py).
-    await tx.fetch_one("lock_doctor", {"doctor_id": appointment["doctor_id"]})
+    await lock_doctor(tx, appointment["doctor_id"])
     await tx.execute("cancel_appointment", {"id": appointment_id, "user_id": user.id, "now": utcnow(),
                                             "reason": reason.strip() if reason else None})
     return await find_appointment(tx, appointment_id, user), True

@@ -1,24 +1,67 @@
 """Whether a span of a doctor's time can be booked: the one answer for slot reads and the worker's decision.
 
-Both build a `DoctorTime` from what they read (windows and the time already taken) and ask it: a slot read for each
-point of each window's grid, the decision for each request in turn. Every question is a binary search over sorted
-spans, so the work grows as n log n in what a doctor (or an attacker) has stored, never as windows × appointments.
+Both build a `DoctorTime` from what they read (weekly hours in the doctor's zone, one-off windows, time off, the
+time already taken) and ask it `why_not`: a slot read for each point of each available interval's grid, the
+decision for each request in turn. Every question is a binary search over sorted spans, so the work grows as
+n log n in what a doctor (or an attacker) has stored, never as windows × appointments.
 
-Times are naive UTC, spans half-open: [start, end).
+Instants are naive UTC, spans half-open: [start, end). Weekly hours are wall-clock times in the doctor's zone: a
+local time that does not exist (the hour skipped in spring) offers nothing, and the hour repeated in autumn is
+offered twice, as the two instants it names.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 Span = tuple[datetime, datetime]
 
 # Machine-readable reasons a span cannot be booked.
 IN_PAST = "in_past"
+TOO_SOON = "too_soon"
+TOO_FAR_AHEAD = "too_far_ahead"
 OUTSIDE_AVAILABILITY = "outside_availability"
 SLOT_TAKEN = "slot_taken"
+
+ZERO = timedelta(0)
+MINUTE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a booking of one kind must respect (an appointment type's, or none for a plain start and end)."""
+
+    buffer_before: timedelta = ZERO
+    buffer_after: timedelta = ZERO
+    min_notice: timedelta = ZERO
+    max_ahead: timedelta | None = None
+
+    def blocked(self, start: datetime, end: datetime) -> Span:
+        """The doctor's time an appointment [start, end) of this kind blocks: itself and its buffers."""
+        return start - self.buffer_before, end + self.buffer_after
+
+
+NO_RULES = Rules()
+
+
+@dataclass(frozen=True, slots=True)
+class WeeklyInterval:
+    weekday: int  # ISO: 1 Monday … 7 Sunday
+    start_minute: int  # after local midnight
+    end_minute: int  # 1440: the midnight that ends the day
+
+
+@dataclass(frozen=True, slots=True)
+class Available:
+    """One available interval: slots step from its start. `window_id` names the one-off window it came from."""
+
+    start: datetime
+    end: datetime
+    window_id: int | None = None
 
 
 class Taken:
@@ -53,71 +96,159 @@ class Taken:
         self.starts[first:last] = [start]
         self.ends[first:last] = [end]
 
-
-class DoctorTime:
-    """A doctor's windows and taken time, as the booking rules see them."""
-
-    __slots__ = ("taken", "window_ends", "window_starts", "windows")
-
-    def __init__(self, windows: Iterable[tuple[datetime, datetime, int]], taken: Iterable[Span]) -> None:
-        self.windows = sorted(windows)  # published windows never overlap (refused under the doctor's lock)
-        self.window_starts = [w[0] for w in self.windows]
-        self.window_ends = [w[1] for w in self.windows]
-        self.taken = Taken(taken)
-
-    def window_holding(self, start: datetime, end: datetime) -> tuple[datetime, datetime, int] | None:
-        i = bisect_right(self.window_starts, start) - 1
-        if i >= 0 and self.window_ends[i] >= end:
-            return self.windows[i]
-        return None
-
     def free_in(self, start: datetime, end: datetime) -> list[Span]:
         """[start, end) less the time taken: a walk over the taken spans inside it only."""
         free = []
-        taken = self.taken
-        i = bisect_right(taken.ends, start)  # the first taken span ending after `start`
+        i = bisect_right(self.ends, start)  # the first taken span ending after `start`
         cursor = start
-        while i < len(taken.starts) and taken.starts[i] < end:
-            if taken.starts[i] > cursor:
-                free.append((cursor, taken.starts[i]))
-            cursor = max(cursor, taken.ends[i])
+        while i < len(self.starts) and self.starts[i] < end:
+            if self.starts[i] > cursor:
+                free.append((cursor, self.starts[i]))
+            cursor = max(cursor, self.ends[i])
             i += 1
         if cursor < end:
             free.append((cursor, end))
         return free
 
-    def why_not(self, start: datetime, end: datetime, now: datetime) -> str | None:
-        """Why [start, end) cannot be booked at `now`, or None if it can: THE booking rule."""
+
+# --- weekly hours on the wall clock, as instants -----------------------------------------------------------------
+
+def wall_to_utc(day: date, minute: int, zone: ZoneInfo, *, is_end: bool) -> datetime:
+    """The instant (naive UTC) of `minute` after local midnight of `day` in `zone`.
+
+    A wall time that occurs twice (autumn) is its first occurrence as a start and its second as an end, so an
+    interval spanning the repeated hour holds both. One that does not occur (spring) is the instant the clocks
+    jump, so an interval loses exactly the skipped time and no slot names a time that does not exist.
+    """
+    local = datetime.combine(day, time()) + timedelta(minutes=minute)
+    earlier = local.replace(tzinfo=zone, fold=0).astimezone(UTC).replace(tzinfo=None)
+    later = local.replace(tzinfo=zone, fold=1).astimezone(UTC).replace(tzinfo=None)
+    if earlier == later:
+        return earlier
+    if earlier < later:  # repeated: fold 0 is the first occurrence
+        return later if is_end else earlier
+    return _jump_instant(zone, later, earlier)  # skipped: fold 0 read it with the offset before the jump
+
+
+def _jump_instant(zone: ZoneInfo, before: datetime, after: datetime) -> datetime:
+    """The instant the offset changes, between `before` (old offset) and `after` (new), to the minute."""
+    old = _offset_at(zone, before)
+    while after - before > MINUTE:
+        middle = before + (after - before) // MINUTE // 2 * MINUTE
+        if _offset_at(zone, middle) == old:
+            before = middle
+        else:
+            after = middle
+    return after
+
+
+def _offset_at(zone: ZoneInfo, instant: datetime) -> timedelta | None:
+    return instant.replace(tzinfo=UTC).astimezone(zone).utcoffset()
+
+
+def weekly_spans(hours: Iterable[WeeklyInterval], zone: ZoneInfo, start: datetime, end: datetime) -> list[Span]:
+    """Every occurrence of the weekly hours that touches [start, end), as UTC spans."""
+    by_weekday: dict[int, list[WeeklyInterval]] = {}
+    for interval in hours:
+        by_weekday.setdefault(interval.weekday, []).append(interval)
+    if not by_weekday:
+        return []
+    spans = []
+    day = (start.replace(tzinfo=UTC).astimezone(zone).date() - timedelta(days=1))
+    last_day = end.replace(tzinfo=UTC).astimezone(zone).date() + timedelta(days=1)
+    while day <= last_day:
+        for interval in by_weekday.get(day.isoweekday(), ()):
+            span_start = wall_to_utc(day, interval.start_minute, zone, is_end=False)
+            span_end = wall_to_utc(day, interval.end_minute, zone, is_end=True)
+            if span_start < span_end and span_start < end and span_end > start:
+                spans.append((span_start, span_end))
+        day += timedelta(days=1)
+    return spans
+
+
+def available_intervals(weekly: Iterable[Span], windows: Iterable[tuple[datetime, datetime, int]],
+                        time_off: Iterable[Span]) -> list[Available]:
+    """(weekly hours ∪ windows) − time off, sorted. Overlapping intervals merge; touching ones stay apart (each
+    keeps its own grid, as two windows back to back do)."""
+    merged: list[Available] = []
+    sources = sorted([Available(s, e) for s, e in weekly] + [Available(s, e, i) for s, e, i in windows],
+                     key=lambda a: (a.start, a.end))
+    for source in sources:
+        if merged and source.start < merged[-1].end:
+            last = merged[-1]
+            merged[-1] = Available(last.start, max(last.end, source.end), None)
+        else:
+            merged.append(source)
+    off = Taken(time_off)
+    return [Available(s, e, interval.window_id if (s, e) == (interval.start, interval.end) else None)
+            for interval in merged for s, e in off.free_in(interval.start, interval.end)]
+
+
+# --- the rule -----------------------------------------------------------------------------------------------------
+
+class DoctorTime:
+    """A doctor's available intervals and blocked time, as the booking rules see them."""
+
+    __slots__ = ("available", "available_ends", "available_starts", "taken")
+
+    def __init__(self, available: list[Available], taken: Iterable[Span]) -> None:
+        self.available = available  # sorted by start; overlapping ones were merged
+        self.available_starts = [a.start for a in available]
+        self.available_ends = [a.end for a in available]
+        self.taken = Taken(taken)
+
+    def interval_holding(self, start: datetime, end: datetime) -> Available | None:
+        i = bisect_right(self.available_starts, start) - 1
+        # Touching intervals may hold `start`, the one before ending exactly there: either holds it wholly or none.
+        if i >= 0 and self.available[i].end >= end:
+            return self.available[i]
+        return None
+
+    def why_not(self, start: datetime, end: datetime, now: datetime, rules: Rules = NO_RULES) -> str | None:
+        """Why [start, end) of this kind cannot be booked at `now`, or None if it can: THE booking rule."""
         if start <= now:
             return IN_PAST
-        if self.window_holding(start, end) is None:
+        if start < now + rules.min_notice:
+            return TOO_SOON
+        if rules.max_ahead is not None and start > now + rules.max_ahead:
+            return TOO_FAR_AHEAD
+        if self.interval_holding(start, end) is None:
             return OUTSIDE_AVAILABILITY
-        if self.taken.clash(start, end) is not None:
+        if self.taken.clash(*rules.blocked(start, end)) is not None:
             return SLOT_TAKEN
         return None
 
-    def slots(self, step: timedelta, earliest: datetime, latest: datetime, now: datetime,
-              limit: int) -> tuple[list[tuple[datetime, datetime, int]], datetime | None]:
-        """Bookable slots of length `step` on each window's grid (from its start), within [earliest, latest):
-        at most `limit` of them, and the start of the next one if there are more."""
-        found: list[tuple[datetime, datetime, int]] = []
-        first = max(bisect_right(self.window_ends, earliest) - 1, 0)
-        for window_start, window_end, window_id in self.windows[first:]:
-            if window_start >= latest:
+    def take(self, start: datetime, end: datetime, rules: Rules = NO_RULES) -> None:
+        self.taken.take(*rules.blocked(start, end))
+
+    def slots(self, length: timedelta, earliest: datetime, latest: datetime, now: datetime, limit: int,
+              rules: Rules = NO_RULES) -> tuple[list[tuple[datetime, datetime, Available]], datetime | None]:
+        """Bookable slots of `length` on each available interval's grid (from its start), within
+        [earliest, latest): at most `limit` of them, and the start of the next one if there are more."""
+        found: list[tuple[datetime, datetime, Available]] = []
+        first = max(bisect_right(self.available_ends, earliest) - 1, 0)
+        for interval in self.available[first:]:
+            if interval.start >= latest:
                 break
-            start: datetime | None = _grid_point_at_or_after(window_start, step, max(earliest, window_start))
-            stop = min(window_end, latest)
-            while start is not None and (end := _plus(start, step)) is not None and end <= stop:
-                reason = self.why_not(start, end, now)
+            start: datetime | None = _grid_point_at_or_after(interval.start, length, max(earliest, interval.start))
+            stop = min(interval.end, latest)
+            while start is not None and (end := _plus(start, length)) is not None and end <= stop:
+                reason = self.why_not(start, end, now, rules)
                 if reason is None:
                     if len(found) == limit:
                         return found, start
-                    found.append((start, end, window_id))
+                    found.append((start, end, interval))
                     start = end
-                elif (clash := self.taken.clash(start, end)) is not None:  # jump past it, staying on the grid
-                    start = _grid_point_at_or_after(window_start, step, clash[1])
-                else:  # in the past: the first grid point after now
-                    start = _grid_point_at_or_after(window_start, step, now + timedelta(microseconds=1))
+                    continue
+                if reason == TOO_FAR_AHEAD:  # so is every later slot
+                    return found, None
+                if reason == SLOT_TAKEN:  # the first start whose buffer clears what it ran into
+                    resume = self.taken.clash(*rules.blocked(start, end))[1] + rules.buffer_before  # type: ignore[index]
+                elif reason in (IN_PAST, TOO_SOON):
+                    resume = max(now + rules.min_notice, now + timedelta(microseconds=1))
+                else:  # outside: cannot happen on an interval's own grid
+                    break
+                start = _grid_point_at_or_after(interval.start, length, max(resume, start + timedelta.resolution))
         return found, None
 
 

@@ -13,16 +13,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from service.core import faults
-from service.core.availability import DoctorTime, Taken
-from service.core.db import RETRYABLE_ERRORS, Connection, Database, mysql_error_code
+from service.core.availability import NO_RULES, DoctorTime, Taken
+from service.core.db import RETRYABLE_ERRORS, Connection, Database, Row, mysql_error_code
 from service.core.queue import Decided, Decision
+from service.core.schedule import doctor_time_from_rows, read_bounds, rules_of
 from service.core.times import utcnow
+from service.core.zones import zone_named
 
 log = logging.getLogger("service.booking")
 
-# Machine-readable reasons a request is rejected or failed, beyond availability's (IN_PAST, ...).
+# Machine-readable reasons a request is rejected or failed, beyond availability's (IN_PAST, TOO_SOON, ...).
 PATIENT_BUSY = "patient_busy"
 DOCTOR_NOT_FOUND = "doctor_not_found"
+TYPE_UNAVAILABLE = "appointment_type_unavailable"  # deactivated between the request and its decision
 RETRIES_EXHAUSTED = "retries_exhausted"
 # Requests of a batch whose times lie closer than this are read from MySQL in one range; farther ones in another,
 # so a batch never reads a doctor's whole calendar between two far-apart requests.
@@ -36,21 +39,29 @@ class PendingRequest:
     start_time: datetime
     end_time: datetime
     notes: str | None
+    appointment_type_id: int | None = None
 
 
 def decide(
-    requests: list[PendingRequest], doctor: DoctorTime, patients: dict[int, Taken], now: datetime
+    requests: list[PendingRequest], doctor: DoctorTime, patients: dict[int, Taken], now: datetime,
+    types: dict[int, Row] | None = None,
 ) -> list[Decision]:
-    """Decide requests in order, each seeing the ones confirmed before it. Pure: no I/O."""
+    """Decide requests in order, each seeing the ones confirmed before it, with the rules of its appointment type
+    (`types`: the doctor's active ones, by id). Pure: no I/O."""
+    types = types or {}
     decisions = []
     for request in requests:
-        start, end = request.start_time, request.end_time
+        start, end, type_id = request.start_time, request.end_time, request.appointment_type_id
         patient = patients.setdefault(request.patient_id, Taken())
-        reason = doctor.why_not(start, end, now)
+        rules = rules_of(types.get(type_id)) if type_id is not None else NO_RULES
+        if type_id is not None and type_id not in types:
+            reason: str | None = TYPE_UNAVAILABLE
+        else:
+            reason = doctor.why_not(start, end, now, rules)
         if reason is None and patient.clash(start, end) is not None:
             reason = PATIENT_BUSY
         if reason is None:
-            doctor.taken.take(start, end)
+            doctor.take(start, end, rules)
             patient.take(start, end)
             decisions.append(Decision(request.id, "confirmed"))
         else:
@@ -72,9 +83,10 @@ def ranges_to_read(requests: list[PendingRequest]) -> list[tuple[datetime, datet
 async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: int) -> Decided:
     """Decide up to `batch_size` pending requests of one doctor inside the caller's transaction.
 
-    The doctor's row lock serializes every writer of this doctor's schedule; the patients' row locks
-    serialize bookings of one patient with different doctors. Reads come after the locks, and the session
-    runs READ COMMITTED, so they see everything committed before.
+    The doctor's row lock serializes every writer of this doctor's schedule (bookings, cancellations, windows,
+    weekly hours, time off, types); the patients' row locks serialize bookings of one patient with different
+    doctors. Reads come after the locks, and the session runs READ COMMITTED, so they see everything committed
+    before.
     """
     params = {"doctor_id": doctor_id, "limit": batch_size}
     rows = await tx.fetch_all("lock_doctor_and_pending_requests", params)
@@ -82,8 +94,9 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
     if not doctor_exists:
         rows = await tx.fetch_all("lock_pending_requests_of_doctor", params)
     now = utcnow()
-    requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"])
-                for r in rows if r["id"] is not None]
+    requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"],
+                               r["appointment_type_id"]) for r in rows if r["id"] is not None]
+    types: dict[int, Row] = {}
     if not requests:
         return Decided(doctor_id, now, [])
     if not doctor_exists:
@@ -91,34 +104,40 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
     else:
         patient_ids = tuple(sorted({r.patient_id for r in requests}))
         await tx.fetch_all("lock_patients", {"patient_ids": patient_ids})
-        windows, doctor_taken = [], []
+        if type_ids := tuple({r.appointment_type_id for r in requests if r.appointment_type_id is not None}):
+            types = {t["id"]: t for t in await tx.fetch_all("list_appointment_types_by_id", {"ids": type_ids})
+                     if t["doctor_id"] == doctor_id and t["active"]}
+        ranges = ranges_to_read(requests)
+        schedule_rows: list[Row] = []
         patient_taken: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
-        for start, end in ranges_to_read(requests):
+        for start, end in ranges:
             for row in await tx.fetch_all("list_schedule_between", {
-                    "doctor_id": doctor_id, "patient_ids": patient_ids, "from": start, "to": end}):
-                span = (row["start_time"], row["end_time"])
-                if row["kind"] == "window":
-                    windows.append((*span, row["id"]))
-                elif row["kind"] == "doctor":
-                    doctor_taken.append(span)
+                    "doctor_id": doctor_id, "patient_ids": patient_ids, **read_bounds(start, end)}):
+                if row["kind"] == "patient":
+                    patient_taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
                 else:
-                    patient_taken[row["patient_id"]].append(span)
-        doctor = DoctorTime(set(windows), doctor_taken)
-        decisions = decide(requests, doctor, {p: Taken(spans) for p, spans in patient_taken.items()}, now)
-    await record_decisions(tx, doctor_id, requests, decisions, now)
+                    schedule_rows.append(row)
+        doctor = doctor_time_from_rows(schedule_rows, zone_named(rows[0]["timezone"]), ranges)
+        decisions = decide(requests, doctor, {p: Taken(spans) for p, spans in patient_taken.items()}, now, types)
+    await record_decisions(tx, doctor_id, requests, decisions, now, types)
     if faults.armed:
         faults.hit("before_commit")
     return Decided(doctor_id, now, decisions)
 
 
 async def record_decisions(
-    tx: Connection, doctor_id: int, requests: list[PendingRequest], decisions: list[Decision], now: datetime
+    tx: Connection, doctor_id: int, requests: list[PendingRequest], decisions: list[Decision], now: datetime,
+    types: dict[int, Row],
 ) -> None:
     by_id = {r.id: r for r in requests}
     confirmed = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
     if confirmed:
+        no_type = {"buffer_before_minutes": 0, "buffer_after_minutes": 0}
         appointments = [{"booking_request_id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id,
-                         "start_time": r.start_time, "end_time": r.end_time, "notes": r.notes, "now": now}
+                         "appointment_type_id": r.appointment_type_id, "start_time": r.start_time,
+                         "end_time": r.end_time, "notes": r.notes, "now": now,
+                         "buffer_before_minutes": types.get(r.appointment_type_id, no_type)["buffer_before_minutes"],
+                         "buffer_after_minutes": types.get(r.appointment_type_id, no_type)["buffer_after_minutes"]}
                         for r in confirmed]
         confirmed_ids = tuple(r.id for r in confirmed)
         if len(appointments) == 1:  # the usual batch: the insert itself says the new id

@@ -29,7 +29,12 @@ async def find_doctor(db: Database | Connection, doctor_id: int) -> Row:
     return doctor
 
 
-async def update_specialty(tx: Connection, doctor_id: int, specialty: str | None) -> Row:
+async def update_specialty(tx: Connection, doctor_id: int, specialty: str | None) -> None:
     specialty = specialty.strip() if specialty else None
     await tx.execute("update_doctor_specialty", {"id": doctor_id, "specialty": specialty})
-    return await find_doctor(tx, doctor_id)
+
+
+async def lock_doctor(tx: Connection, doctor_id: int) -> None:
+    """The doctor's row lock: every writer of a doctor's schedule (windows, hours, time off, types, bookings,
+    cancellations) takes it first, so a booking is decided against a schedule no one is changing."""
+    await tx.fetch_one("lock_doctor", {"doctor_id": doctor_id})

@@ -1,29 +1,31 @@
-"""A doctor's schedule: availability windows, their free intervals, and the bookable slots in a range."""
+"""Reading a doctor's schedule: the available intervals in a range, their free parts, the bookable slots, and the
+next available time from now. The rules themselves live in availability.py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
+from zoneinfo import ZoneInfo
 
 import msgspec
 
-from service.core.availability import DoctorTime
-from service.core.db import Connection, Database, Row
-from service.core.doctors import find_doctor
-from service.core.errors import Conflict, InvalidInput, NotFound
-from service.core.times import from_row, on_grid, overlaps, time_range, to_db, utcnow
+from service.core.availability import NO_RULES, ZERO, Available, DoctorTime, Rules, WeeklyInterval, available_intervals
+from service.core.availability import weekly_spans as expand_weekly
+from service.core.db import Database, Row
+from service.core.errors import InvalidInput, NotFound
+from service.core.times import time_range, utcnow
+from service.core.zones import zone_named
 
 T = TypeVar("T")
 
-MAX_WINDOW = timedelta(hours=24)
 MAX_RANGE = timedelta(days=62)
 DEFAULT_RANGE = timedelta(days=14)
-MAX_WINDOWS_PER_REQUEST = 100
-# Windows not yet over, per doctor: a year of two sessions a day, with room to spare; anyone can register as a
-# doctor, so what one doctor can store is bounded.
-MAX_UPCOMING_WINDOWS = 1000
+# How far "the next available time" is looked for, from now (the longest horizon an appointment type may have).
+MAX_LOOKAHEAD = timedelta(days=730)
 # Items in one answer of a schedule read (slots, windows); more come by following its `Link: rel="next"`.
 DEFAULT_PAGE = 500
+DEFAULT_NEXT_AVAILABLE = 20
 MAX_PAGE = 1000
 
 
@@ -35,61 +37,62 @@ class Interval(msgspec.Struct):
 class Slot(msgspec.Struct):
     start_time: datetime
     end_time: datetime
-    availability_id: int
+    local_start_time: datetime
+    local_end_time: datetime
+    availability_id: int | None
 
 
-def check_window(
-    start_time: datetime, end_time: datetime, field_prefix: str, now: datetime
-) -> tuple[datetime, datetime]:
-    """A window to publish, as naive UTC: on the 5-minute grid, after now, ending after it starts, at most 24
-    hours."""
-    start = on_grid(to_db(start_time, field_prefix + "start_time"), field_prefix + "start_time")
-    end = on_grid(to_db(end_time, field_prefix + "end_time"), field_prefix + "end_time")
-    if end <= start:
-        raise InvalidInput("must be after start_time", field=field_prefix + "end_time")
-    if start <= now:
-        raise InvalidInput("must be in the future", field=field_prefix + "start_time")
-    if end - start > MAX_WINDOW:
-        raise InvalidInput("a window is at most 24 hours long", field=field_prefix + "end_time")
-    return start, end
+class Page(msgspec.Struct, Generic[T]):
+    """Some items of a schedule read, and where the next page starts (`from` of the next read) if there is one."""
+
+    items: list[T]
+    next_from: datetime | None
 
 
-async def add_windows(tx: Connection, doctor_id: int, windows: list[tuple[datetime, datetime]],
-                      now: datetime) -> list[Row]:
-    """Publish checked windows, all or none, under the doctor's row lock; 409 if one overlaps another or the
-    doctor would have more than MAX_UPCOMING_WINDOWS."""
-    for i, (start, end) in enumerate(windows):
-        for other_start, other_end in windows[:i]:
-            if overlaps(start, end, other_start, other_end):
-                raise Conflict("two of the windows sent overlap each other")
-    # Same row lock as booking: a window cannot change while a booking into it is being decided.
-    await tx.fetch_one("lock_doctor", {"doctor_id": doctor_id})
-    upcoming = await tx.fetch_value("count_upcoming_windows", {"doctor_id": doctor_id, "now": now})
-    if upcoming + len(windows) > MAX_UPCOMING_WINDOWS:
-        raise Conflict(f"a doctor has at most {MAX_UPCOMING_WINDOWS} upcoming windows; you have {upcoming}",
-                       upcoming_windows=upcoming, limit=MAX_UPCOMING_WINDOWS)
-    created = []
-    for start, end in windows:
-        params = {"doctor_id": doctor_id, "start_time": start, "end_time": end}
-        in_the_way = await tx.fetch_one("find_overlapping_availability", params)
-        if in_the_way:
-            raise Conflict("the window overlaps one you already published",
-                           conflicting_window=msgspec.to_builtins(from_row(Interval, in_the_way)) | {
-                               "id": in_the_way["id"]})
-        _, window_id = await tx.execute("insert_availability", {**params, "created_at": now})
-        created.append({**params, "id": window_id})
-    return created
+def rules_of(appointment_type: Row | None) -> Rules:
+    """The booking rules of an appointment type (none without one: any start in the future)."""
+    if appointment_type is None:
+        return NO_RULES
+    return Rules(buffer_before=timedelta(minutes=appointment_type["buffer_before_minutes"]),
+                 buffer_after=timedelta(minutes=appointment_type["buffer_after_minutes"]),
+                 min_notice=timedelta(minutes=appointment_type["min_notice_minutes"]),
+                 max_ahead=timedelta(days=appointment_type["max_days_ahead"]))
 
 
-async def delete_window(tx: Connection, doctor_id: int, window_id: int) -> None:
-    """Withdraw a window of this doctor's, under the doctor's row lock; 409 if an appointment lies inside."""
-    await tx.fetch_one("lock_doctor", {"doctor_id": doctor_id})
-    window = await tx.fetch_one("find_availability", {"id": window_id})
-    if window is None or window["doctor_id"] != doctor_id:
-        raise NotFound("no such availability window of yours")
-    if await tx.fetch_one("find_confirmed_appointment_in_window", window):
-        raise Conflict("a confirmed appointment lies inside this window; cancel it first")
-    await tx.execute("delete_availability", {"id": window_id})
+def blocked_span(row: Row) -> tuple[datetime, datetime]:
+    """An appointment's blocked span: itself and the buffers it was booked with."""
+    return (row["start_time"] - timedelta(minutes=row["a"] or 0), row["end_time"] + timedelta(minutes=row["b"] or 0))
+
+
+def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo,
+                          ranges: Iterable[tuple[datetime, datetime]]) -> DoctorTime:
+    """A DoctorTime from the rows of list_schedule_in_range / list_schedule_between (kinds hours, window, off,
+    busy), with the weekly hours laid out over each range read."""
+    hours, windows, time_off, blocked = [], set(), [], []
+    for row in rows:
+        kind = row["kind"]
+        if kind == "hours":
+            hours.append(WeeklyInterval(row["a"], row["b"], row["c"]))
+        elif kind == "window":
+            windows.add((row["start_time"], row["end_time"], row["id"]))
+        elif kind == "off":
+            time_off.append((row["start_time"], row["end_time"]))
+        elif kind == "busy":
+            blocked.append(blocked_span(row))
+    weekly = {span for start, end in ranges for span in expand_weekly(hours, zone, start, end)}
+    return DoctorTime(available_intervals(weekly, windows, time_off), blocked)
+
+
+def read_bounds(start: datetime, end: datetime) -> dict[str, datetime]:
+    """[from, to) and the margins the schedule queries scan around it, clamped to the years 1-9999 (MySQL's own
+    date arithmetic past them gives NULL, which would silently match nothing)."""
+    def shifted(moment: datetime, delta: timedelta) -> datetime:
+        try:
+            return moment + delta
+        except OverflowError:
+            return datetime.max if delta > ZERO else datetime.min
+    return {"from": start, "to": end, "day_before": shifted(start, -timedelta(days=1)),
+            "day_after": shifted(end, timedelta(days=1)), "year_before": shifted(start, -timedelta(days=366))}
 
 
 def resolve_range(start: str | None, end: str | None) -> tuple[datetime, datetime]:
@@ -104,41 +107,86 @@ def resolve_range(start: str | None, end: str | None) -> tuple[datetime, datetim
     return range_start, range_end
 
 
-async def doctor_time(db: Database, doctor_id: int, range_start: datetime, range_end: datetime) -> DoctorTime:
-    """The doctor's windows in the range and the time taken in them, read in one query; 404 for no doctor."""
-    rows = await db.fetch_all("list_windows_and_busy_in_range",
-                              {"doctor_id": doctor_id, "from": range_start, "to": range_end})
-    windows = [(row["start_time"], row["end_time"], row["id"]) for row in rows if row["kind"] == "window"]
-    if not windows:
-        await find_doctor(db, doctor_id)  # 404 for an unknown doctor, nothing for one with no windows
-    return DoctorTime(windows, [(row["start_time"], row["end_time"]) for row in rows if row["kind"] == "busy"])
+async def doctor_time(db: Database, doctor_id: int, range_start: datetime,
+                      range_end: datetime) -> tuple[DoctorTime, ZoneInfo]:
+    """The doctor's schedule over the range, read in one query, and the doctor's zone; 404 for no doctor."""
+    rows = await db.fetch_all("list_schedule_in_range", {"doctor_id": doctor_id,
+                                                         **read_bounds(range_start, range_end)})
+    doctor = next((row for row in rows if row["kind"] == "doctor"), None)
+    if doctor is None:
+        raise NotFound(f"no doctor with id {doctor_id}")
+    zone = zone_named(doctor["label"])
+    return doctor_time_from_rows(rows, zone, [(range_start, range_end)]), zone
 
 
-class Page(msgspec.Struct, Generic[T]):
-    """Some items of a schedule read, and where the next page starts (`from` of the next read) if there is one."""
+async def bookable_type(db: Database, doctor_id: int, type_id: int, field: str = "appointment_type_id") -> Row:
+    """One of the doctor's active appointment types; 404 naming `field` otherwise."""
+    found = await db.fetch_one("find_appointment_type", {"id": type_id})
+    if found is None or found["doctor_id"] != doctor_id or not found["active"]:
+        raise NotFound(f"doctor {doctor_id} has no active appointment type {type_id}",
+                       errors=[{"field": field, "message": "no such active type of this doctor"}])
+    return found
 
-    items: list[T]
-    next_from: datetime | None
 
-
-async def availability(db: Database, doctor_id: int, start: str | None, end: str | None,
-                       limit: int = DEFAULT_PAGE) -> Page[Row]:
-    """The doctor's windows in the range, each with its free intervals (`free`), at most `limit` of them."""
-    range_start, range_end = resolve_range(start, end)
-    time = await doctor_time(db, doctor_id, range_start, range_end)
-    windows = time.windows[:limit + 1]
-    items = [{"id": window_id, "doctor_id": doctor_id, "start_time": window_start, "end_time": window_end,
-              "free": [Interval(s.replace(tzinfo=UTC), e.replace(tzinfo=UTC))
-                       for s, e in time.free_in(window_start, window_end)]}
-             for window_start, window_end, window_id in windows[:limit]]
-    return Page(items, windows[limit][0].replace(tzinfo=UTC) if len(windows) > limit else None)
+def in_zone(moment: datetime, zone: ZoneInfo) -> datetime:
+    return moment.replace(tzinfo=UTC).astimezone(zone)
 
 
 async def slots(db: Database, doctor_id: int, start: str | None, end: str | None, duration_minutes: int,
-                limit: int = DEFAULT_PAGE) -> Page[Slot]:
-    """The doctor's bookable slots of `duration_minutes` in the range (none in the past), at most `limit`."""
+                type_id: int | None = None, limit: int = DEFAULT_PAGE) -> tuple[Page[Slot], int]:
+    """The doctor's bookable slots in the range, of an appointment type's length and rules or of
+    `duration_minutes` without one: at most `limit`, and the slots' length in minutes."""
     range_start, range_end = resolve_range(start, end)
-    time = await doctor_time(db, doctor_id, range_start, range_end)
-    found, next_start = time.slots(timedelta(minutes=duration_minutes), range_start, range_end, utcnow(), limit)
-    return Page([Slot(s.replace(tzinfo=UTC), e.replace(tzinfo=UTC), window_id) for s, e, window_id in found],
-                next_start.replace(tzinfo=UTC) if next_start else None)
+    appointment_type = await bookable_type(db, doctor_id, type_id) if type_id is not None else None
+    if appointment_type is not None:
+        duration_minutes = appointment_type["duration_minutes"]
+    time, zone = await doctor_time(db, doctor_id, range_start, range_end)
+    found, next_start = time.slots(timedelta(minutes=duration_minutes), range_start, range_end, utcnow(), limit,
+                                   rules_of(appointment_type))
+    items = [Slot(s.replace(tzinfo=UTC), e.replace(tzinfo=UTC), in_zone(s, zone), in_zone(e, zone), a.window_id)
+             for s, e, a in found]
+    return Page(items, next_start.replace(tzinfo=UTC) if next_start else None), duration_minutes
+
+
+def interval_row(doctor_id: int, interval: Available, free: list[tuple[datetime, datetime]], zone: ZoneInfo) -> Row:
+    return {"id": interval.window_id, "doctor_id": doctor_id, "start_time": interval.start,
+            "end_time": interval.end, "local_start_time": in_zone(interval.start, zone),
+            "local_end_time": in_zone(interval.end, zone),
+            "free": [Interval(s.replace(tzinfo=UTC), e.replace(tzinfo=UTC)) for s, e in free]}
+
+
+async def availability(db: Database, doctor_id: int, start: str | None, end: str | None,
+                       limit: int | None = None) -> Page[Row]:
+    """The doctor's available intervals in the range, each with its free parts, at most `limit` of them.
+
+    Without a range: the next intervals with free time from now, however far ahead the first one is (up to
+    MAX_LOOKAHEAD), at most `limit` (DEFAULT_NEXT_AVAILABLE) of them.
+    """
+    if start is None and end is None:
+        return await next_available(db, doctor_id, limit or DEFAULT_NEXT_AVAILABLE)
+    limit = limit or DEFAULT_PAGE
+    range_start, range_end = resolve_range(start, end)
+    time, zone = await doctor_time(db, doctor_id, range_start, range_end)
+    intervals = [a for a in time.available if a.end > range_start and a.start < range_end][:limit + 1]
+    items = [interval_row(doctor_id, a, time.taken.free_in(a.start, a.end), zone) for a in intervals[:limit]]
+    return Page(items, intervals[limit].start.replace(tzinfo=UTC) if len(intervals) > limit else None)
+
+
+async def next_available(db: Database, doctor_id: int, limit: int) -> Page[Row]:
+    """From now on, read 62 days at a time, the available intervals that still have free time."""
+    now = utcnow()
+    items: list[Row] = []
+    chunk_start = now
+    while chunk_start < now + MAX_LOOKAHEAD:
+        chunk_end = chunk_start + MAX_RANGE
+        time, zone = await doctor_time(db, doctor_id, chunk_start, chunk_end)
+        for interval in time.available:
+            if not chunk_start <= interval.start < chunk_end and not (interval.start < now < interval.end):
+                continue  # an interval straddling two chunks is listed once, by the chunk it starts in
+            free = [(s, e) for s, e in time.taken.free_in(interval.start, interval.end) if e > now]
+            if free:
+                if len(items) == limit:
+                    return Page(items, interval.start.replace(tzinfo=UTC))
+                items.append(interval_row(doctor_id, interval, free, zone))
+        chunk_start = chunk_end
+    return Page(items, None)

@@ -13,7 +13,7 @@ from msgspec import Meta
 
 from service.api.dependencies import DatabaseDep, PasswordsDep, RedisDep, SettingsDep, UserCacheDep, UserDep
 from service.api.problems import problem_responses
-from service.api.schemas import NOT_BLANK, WS, Specialty
+from service.api.schemas import NOT_BLANK, WS, Specialty, TimeZoneName
 from service.api.security import PUBLIC
 from service.core import accounts
 from service.core.accounts import Role
@@ -33,6 +33,7 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
     role: Role
     password: Password
     specialty: Specialty | None = None
+    timezone: TimeZoneName | None = msgspec.field(default=None)
 
 
 class LoginIn(msgspec.Struct):
@@ -76,7 +77,8 @@ class AuthController(Controller):
           summary="Register a doctor or a patient", responses=problem_responses(400, 409, 413, 415, 503))
     async def register(self, data: Annotated[RegisterIn, Body()], db: DatabaseDep, passwords: PasswordsDep) -> UserOut:
         row = await accounts.register(db, passwords, email=data.email, name=data.name, role=data.role,
-                                      password=data.password, specialty=data.specialty)
+                                      password=data.password, specialty=data.specialty,
+                                      timezone=data.timezone.value if data.timezone else None)
         return from_row(UserOut, row)
 
     @post("/login", **PUBLIC, status_code=200, operation_id="login", summary="Exchange credentials for a token",

@@ -34,9 +34,12 @@ PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A start and an end, or a start and one of the doctor's appointment types (its length and rules)."""
+
     doctor_id: Annotated[int, Meta(ge=1, le=MAX_ID)]
     start_time: datetime
-    end_time: datetime
+    end_time: datetime | None = None
+    appointment_type_id: Annotated[int, Meta(ge=1, le=MAX_ID)] | None = None
     notes: Annotated[str, Meta(max_length=2000)] | None = None
 
 
@@ -79,7 +82,8 @@ class AppointmentController(Controller):
         prefer: Annotated[str | None, HeaderParameter(name="Prefer", max_length=200)] = None,
     ) -> Response[BookingAccepted]:
         request_id, stored = await appointments.store_request(
-            db, user.id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key)
+            db, user.id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
+            data.appointment_type_id)
         if stored is not None:
             listener.remember(stored)  # before the job is queued: see Notifications.remember
             status = "pending"

@@ -15,16 +15,18 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
-from service.api.params import From, Id, Limit, Offset, To, next_page_link
+from service.api.params import MAX_ID, From, Id, Limit, Offset, To, next_page_link
 from service.api.problems import problem_responses
 from service.api.schedule_cache import CACHE_SECONDS, announce_schedule_change
-from service.api.schemas import AppointmentOut, Specialty, page
+from service.api.schemas import AppointmentOut, Specialty, TimeZoneName, page
 from service.api.security import PUBLIC, requires_doctor
-from service.core import appointments, doctors, schedule
+from service.core import appointments, doctors, hours, schedule
+from service.core import windows as windows_
 from service.core.appointments import AppointmentStatus
 from service.core.errors import InvalidInput
-from service.core.schedule import MAX_WINDOWS_PER_REQUEST, Interval, Slot
+from service.core.schedule import Interval, Slot
 from service.core.times import from_row, utcnow
+from service.core.windows import MAX_WINDOWS_PER_REQUEST
 
 
 class DoctorOut(msgspec.Struct):
@@ -32,11 +34,15 @@ class DoctorOut(msgspec.Struct):
     name: str
     email: str
     specialty: str | None
+    timezone: str
     created_at: datetime
 
 
 class DoctorPatch(msgspec.Struct, forbid_unknown_fields=True):
-    specialty: Specialty | None
+    """The fields to change; a field left out stays as it is."""
+
+    specialty: Specialty | None | msgspec.UnsetType = msgspec.UNSET
+    timezone: TimeZoneName | msgspec.UnsetType = msgspec.UNSET
 
 
 class WindowIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,10 +58,15 @@ class WindowOut(msgspec.Struct):
 
 
 class AvailabilityOut(msgspec.Struct):
-    id: int
+    """An available interval (weekly hours ∪ windows − time off) and its free parts. `id` is the one-off window it
+    comes from, if it comes from one alone."""
+
+    id: int | None
     doctor_id: int
     start_time: datetime
     end_time: datetime
+    local_start_time: datetime
+    local_end_time: datetime
     free: list[Interval]
 
 
@@ -100,10 +111,18 @@ class DoctorController(Controller):
     async def get_doctor(self, doctor_id: Id, db: DatabaseDep) -> DoctorOut:
         return from_row(DoctorOut, await doctors.find_doctor(db, doctor_id))
 
-    @patch("/me", guards=[requires_doctor], operation_id="updateMyDoctorProfile", summary="Change your specialty",
-           responses=problem_responses(400, 401, 403, 413, 415, 503))
-    async def update_me(self, data: Annotated[DoctorPatch, Body()], user: UserDep, tx: TransactionDep) -> DoctorOut:
-        return from_row(DoctorOut, await doctors.update_specialty(tx, user.id, data.specialty))
+    @patch("/me", guards=[requires_doctor], operation_id="updateMyDoctorProfile",
+           summary="Change your specialty or time zone", responses=problem_responses(400, 401, 403, 413, 415, 503))
+    async def update_me(
+        self, data: Annotated[DoctorPatch, Body()], user: UserDep, tx: TransactionDep, redis: RedisDep,
+        schedule_versions: ScheduleDep,
+    ) -> DoctorOut:
+        if data.timezone is not msgspec.UNSET:  # weekly hours now mean other instants
+            await hours.set_timezone(tx, user.id, data.timezone.value)
+            tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        if data.specialty is not msgspec.UNSET:
+            await doctors.update_specialty(tx, user.id, data.specialty)
+        return from_row(DoctorOut, await doctors.find_doctor(tx, user.id))
 
     @post("/availability", guards=[requires_doctor], status_code=HTTP_201_CREATED,
           operation_id="addAvailability", summary="Publish one window, or several all-or-none",
@@ -118,10 +137,10 @@ class DoctorController(Controller):
         if not 1 <= len(windows) <= MAX_WINDOWS_PER_REQUEST:
             raise InvalidInput(f"send 1 to {MAX_WINDOWS_PER_REQUEST} windows", field="body")
         now = utcnow()
-        checked = [schedule.check_window(w.start_time, w.end_time, "" if one else f"[{i}].", now)
+        checked = [windows_.check_window(w.start_time, w.end_time, "" if one else f"[{i}].", now)
                    for i, w in enumerate(windows)]
         tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
-        created = [from_row(WindowOut, row) for row in await schedule.add_windows(tx, user.id, checked, now)]
+        created = [from_row(WindowOut, row) for row in await windows_.add_windows(tx, user.id, checked, now)]
         return created[0] if one else created
 
     @delete("/availability/{availability_id:int}", guards=[requires_doctor], status_code=HTTP_204_NO_CONTENT,
@@ -131,22 +150,32 @@ class DoctorController(Controller):
         self, availability_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep, schedule_versions: ScheduleDep
     ) -> None:
         tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
-        await schedule.delete_window(tx, user.id, availability_id)
+        await windows_.delete_window(tx, user.id, availability_id)
         return None
 
     @get("/{doctor_id:int}/availability", **PUBLIC, cache=CACHE_SECONDS, operation_id="getDoctorAvailability",
-         summary="A doctor's windows in a range, each with its free intervals",
+         summary="A doctor's available intervals in a range, each with its free parts",
+         description=("Available intervals are weekly hours ∪ one-off windows − time off. Without `from` and `to`: "
+                      f"the next intervals with free time from now, however far ahead (`limit`, default "
+                      f"{schedule.DEFAULT_NEXT_AVAILABLE}); with a range, all of it (`limit`, default "
+                      f"{schedule.DEFAULT_PAGE})."),
          response_headers=NEXT_PAGE_HEADER, responses=problem_responses(400, 404, 503))
     async def get_availability(
         self, request: Request, doctor_id: Id, db: DatabaseDep, start: From = None, end: To = None,
-        limit: PageSize = schedule.DEFAULT_PAGE,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=schedule.MAX_PAGE, description=(
+            f"Items in one answer (at most {schedule.MAX_PAGE}); when there are more, the `Link` header's "
+            "rel=\"next\" URL reads on from the next one"))] = None,
     ) -> Response[list[AvailabilityOut]]:
         found = await schedule.availability(db, doctor_id, start, end, limit)
         return Response([from_row(AvailabilityOut, w) for w in found.items],
                         headers=next_page_link(request, found.next_from))
 
     @get("/{doctor_id:int}/slots", **PUBLIC, cache=CACHE_SECONDS, operation_id="getDoctorSlots",
-         summary="Bookable slots of a given length, aligned to each window's start",
+         summary="Bookable slots, of an appointment type or of a given length",
+         description=("Slots step by their length from the start of each available interval (weekly hours ∪ "
+                      "windows − time off), leaving out what conflicts with confirmed appointments (buffers "
+                      "included), past starts, and, for a type, starts inside its notice period or beyond its "
+                      "horizon. Times in UTC and on the doctor's wall clock (`local_*`)."),
          response_headers=NEXT_PAGE_HEADER, responses=problem_responses(400, 404, 503))
     async def get_slots(
         self,
@@ -155,13 +184,17 @@ class DoctorController(Controller):
         db: DatabaseDep,
         start: From = None,
         end: To = None,
-        duration: Annotated[int, QueryParameter(ge=5, le=480, multiple_of=5,
-                                                description="Slot length in minutes, a multiple of 5")] = 30,
+        appointment_type_id: Annotated[int | None, QueryParameter(
+            ge=1, le=MAX_ID, description="One of the doctor's appointment types: its length and rules")] = None,
+        duration: Annotated[int | None, QueryParameter(ge=5, le=480, multiple_of=5, description=(
+            "Without a type: slot length in minutes, a multiple of 5 (default 30)"))] = None,
         limit: PageSize = schedule.DEFAULT_PAGE,
     ) -> Response[SlotsOut]:
-        found = await schedule.slots(db, doctor_id, start, end, duration, limit)
-        return Response(SlotsOut(doctor_id=doctor_id, duration=duration, slots=found.items,
-                                 next_from=found.next_from), headers=next_page_link(request, found.next_from))
+        if appointment_type_id is not None and duration is not None:
+            raise InvalidInput("give either duration or appointment_type_id", field="duration")
+        found, length = await schedule.slots(db, doctor_id, start, end, duration or 30, appointment_type_id, limit)
+        return Response(SlotsOut(doctor_id=doctor_id, duration=length, slots=found.items, next_from=found.next_from),
+                        headers=next_page_link(request, found.next_from))
 
     @get("/my-appointments", guards=[requires_doctor], operation_id="listMyDoctorAppointments",
          summary="Your schedule, with each patient's name", responses=problem_responses(400, 401, 403, 503))

@@ -1,0 +1,105 @@
+"""Appointment types: what a patient can book with a doctor."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.params import Body
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from msgspec import Meta
+
+from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
+from service.api.params import Id
+from service.api.problems import problem_responses
+from service.api.schedule_cache import announce_schedule_change
+from service.api.schemas import NOT_BLANK
+from service.api.security import PUBLIC, requires_doctor
+from service.core import appointment_types
+from service.core.times import from_row, utcnow
+
+TypeName = Annotated[str, Meta(min_length=1, max_length=100, pattern=NOT_BLANK, examples=["First visit"])]
+# Multiples of 5 (the grid) are checked by the core: a JSON Schema `multipleOf` would call 215.0 an integer.
+Duration = Annotated[int, Meta(ge=5, le=480, description="5 to 480 minutes, a multiple of 5")]
+Buffer = Annotated[int, Meta(ge=0, le=240, description="0 to 240 minutes, a multiple of 5")]
+Notice = Annotated[int, Meta(ge=0, le=30 * 24 * 60, description="0 to 43,200 minutes (30 days)")]
+Horizon = Annotated[int, Meta(ge=1, le=730, description="1 to 730 days")]
+
+
+class AppointmentTypeIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: TypeName
+    duration_minutes: Duration
+    buffer_before_minutes: Buffer = 0
+    buffer_after_minutes: Buffer = 0
+    min_notice_minutes: Notice = 0
+    max_days_ahead: Horizon = 365
+
+
+class AppointmentTypePatch(msgspec.Struct, forbid_unknown_fields=True):
+    """The fields to change; a field left out stays as it is."""
+
+    name: TypeName | msgspec.UnsetType = msgspec.UNSET
+    duration_minutes: Duration | msgspec.UnsetType = msgspec.UNSET
+    buffer_before_minutes: Buffer | msgspec.UnsetType = msgspec.UNSET
+    buffer_after_minutes: Buffer | msgspec.UnsetType = msgspec.UNSET
+    min_notice_minutes: Notice | msgspec.UnsetType = msgspec.UNSET
+    max_days_ahead: Horizon | msgspec.UnsetType = msgspec.UNSET
+
+
+class AppointmentTypeOut(msgspec.Struct):
+    id: int
+    doctor_id: int
+    name: str
+    duration_minutes: int
+    buffer_before_minutes: int
+    buffer_after_minutes: int
+    min_notice_minutes: int
+    max_days_ahead: int
+    active: bool
+
+
+class AppointmentTypeController(Controller):
+    path = "/doctors"
+    tags = ["schedules"]
+
+    @post("/me/appointment-types", guards=[requires_doctor], status_code=HTTP_201_CREATED,
+          operation_id="createAppointmentType", summary="Offer a kind of appointment",
+          description=("An appointment blocks `[start − buffer_before, end + buffer_after)` of your time; it must "
+                       "start at least `min_notice_minutes` after it is decided and at most `max_days_ahead` days "
+                       "ahead."), responses=problem_responses(400, 401, 403, 409, 413, 415, 503))
+    async def create(
+        self, data: Annotated[AppointmentTypeIn, Body()], user: UserDep, tx: TransactionDep,
+    ) -> AppointmentTypeOut:
+        values = msgspec.structs.asdict(data) | {"name": data.name.strip()}
+        return from_row(AppointmentTypeOut, await appointment_types.create(tx, user.id, values, utcnow()))
+
+    @patch("/me/appointment-types/{type_id:int}", guards=[requires_doctor], operation_id="updateAppointmentType",
+           summary="Change an appointment type: later bookings follow the new rules",
+           responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 503))
+    async def update(
+        self, type_id: Id, data: Annotated[AppointmentTypePatch, Body()], user: UserDep, tx: TransactionDep,
+        redis: RedisDep, schedule_versions: ScheduleDep,
+    ) -> AppointmentTypeOut:
+        changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not msgspec.UNSET}
+        if "name" in changes:
+            changes["name"] = changes["name"].strip()
+        row = await appointment_types.update(tx, user.id, type_id, changes, utcnow())
+        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        return from_row(AppointmentTypeOut, row)
+
+    @delete("/me/appointment-types/{type_id:int}", guards=[requires_doctor], status_code=HTTP_204_NO_CONTENT,
+            operation_id="deactivateAppointmentType",
+            summary="Stop offering an appointment type (appointments made keep it)",
+            responses=problem_responses(400, 401, 403, 404, 503))
+    async def deactivate(
+        self, type_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep, schedule_versions: ScheduleDep,
+    ) -> None:
+        await appointment_types.deactivate(tx, user.id, type_id, utcnow())
+        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+
+    @get("/{doctor_id:int}/appointment-types", **PUBLIC, operation_id="listAppointmentTypes",
+         summary="A doctor's bookable appointment types", responses=problem_responses(400, 404, 503))
+    async def list_active(self, doctor_id: Id, db: DatabaseDep) -> list[AppointmentTypeOut]:
+        return [from_row(AppointmentTypeOut, row) for row in await appointment_types.list_active(db, doctor_id)]

@@ -1,0 +1,82 @@
+"""Time off: periods a doctor is away; nothing inside them is offered or booked."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.params import Body
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from msgspec import Meta
+
+from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
+from service.api.params import Id, Limit, Offset
+from service.api.problems import problem_responses
+from service.api.schedule_cache import announce_schedule_change
+from service.api.security import requires_doctor
+from service.core import hours
+from service.core.times import from_row, utcnow
+
+
+class TimeOffIn(msgspec.Struct, forbid_unknown_fields=True):
+    start_time: datetime
+    end_time: datetime
+    reason: Annotated[str, Meta(max_length=500)] | None = None
+    cancel_appointments: bool = msgspec.field(default=False)
+
+
+class TimeOffOut(msgspec.Struct):
+    id: int
+    doctor_id: int
+    start_time: datetime
+    end_time: datetime
+    reason: str | None
+    created_at: datetime
+
+
+class TimeOffCreated(TimeOffOut):
+    cancelled_appointment_ids: list[int] = msgspec.field(default_factory=list)
+
+
+class TimeOffController(Controller):
+    path = "/doctors/me/time-off"
+    tags = ["schedules"]
+
+    @post("/", guards=[requires_doctor], status_code=HTTP_201_CREATED, operation_id="addTimeOff",
+          summary="Take time off",
+          description=("No slot inside it is offered or booked. Confirmed appointments inside it are a 409 listing "
+                       "them, unless `cancel_appointments` is true and a `reason` is given: then they are cancelled "
+                       "with that reason, in the same transaction."),
+          responses=problem_responses(400, 401, 403, 409, 413, 415, 503))
+    async def add(
+        self, data: Annotated[TimeOffIn, Body()], user: UserDep, tx: TransactionDep, redis: RedisDep,
+        schedule_versions: ScheduleDep,
+    ) -> TimeOffCreated:
+        now = utcnow()
+        start, end = hours.check_time_off(data.start_time, data.end_time, now)
+        row, cancelled = await hours.add_time_off(tx, user.id, user, start, end, data.reason,
+                                                  data.cancel_appointments, now)
+        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        return from_row(TimeOffCreated, {**row, "cancelled_appointment_ids": [a["id"] for a in cancelled]})
+
+    @get("/", guards=[requires_doctor], operation_id="listMyTimeOff",
+         summary="Your time off that is not over yet, soonest first",
+         responses=problem_responses(400, 401, 403, 503))
+    async def list_mine(
+        self, user: UserDep, db: DatabaseDep, limit: Limit = 50, offset: Offset = 0
+    ) -> list[TimeOffOut]:
+        rows = await hours.list_time_off(db, user.id, utcnow(), limit, offset)
+        return [from_row(TimeOffOut, row) for row in rows]
+
+    @delete("/{time_off_id:int}", guards=[requires_doctor], status_code=HTTP_204_NO_CONTENT,
+            operation_id="deleteTimeOff",
+            summary="Withdraw time off: its time becomes bookable again",
+            responses=problem_responses(400, 401, 403, 404, 503))
+    async def withdraw(
+        self, time_off_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep, schedule_versions: ScheduleDep,
+    ) -> None:
+        await hours.delete_time_off(tx, user.id, time_off_id)
+        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))

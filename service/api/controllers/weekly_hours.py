@@ -1,0 +1,64 @@
+"""Weekly hours: a doctor's recurring hours on their own wall clock."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, get, put
+from litestar.params import Body
+from msgspec import Meta
+
+from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
+from service.api.params import Id
+from service.api.problems import problem_responses
+from service.api.schedule_cache import announce_schedule_change
+from service.api.security import PUBLIC, requires_doctor
+from service.core import hours
+from service.core.hours import MAX_WEEKLY_INTERVALS
+
+WallClock = Annotated[str, Meta(min_length=5, max_length=5, examples=["09:00"],
+                                description="HH:MM on the doctor's wall clock, on the 5-minute grid")]
+
+
+class WeeklyInterval(msgspec.Struct, forbid_unknown_fields=True):
+    weekday: Annotated[int, Meta(ge=1, le=7, description="ISO weekday: 1 Monday … 7 Sunday")]
+    start: WallClock
+    end: Annotated[str, Meta(min_length=5, max_length=5, examples=["12:00"],
+                             description="HH:MM after start on the same day; 24:00 is the midnight ending it")]
+
+
+class WeeklyHoursIn(msgspec.Struct, forbid_unknown_fields=True):
+    hours: Annotated[list[WeeklyInterval], Meta(max_length=MAX_WEEKLY_INTERVALS)]
+
+
+class WeeklyHoursOut(msgspec.Struct):
+    timezone: str
+    hours: list[WeeklyInterval]
+
+
+class WeeklyHoursController(Controller):
+    path = "/doctors"
+    tags = ["schedules"]
+
+    @put("/me/weekly-hours", guards=[requires_doctor], operation_id="replaceMyWeeklyHours",
+         summary="Replace your weekly hours (on your own wall clock) from now on",
+         description=("Several intervals a day are fine (a gap is a break); they may not overlap. Appointments "
+                      "already confirmed stay as they are. An empty list closes the week."),
+         responses=problem_responses(400, 401, 403, 413, 415, 503))
+    async def replace(
+        self, data: Annotated[WeeklyHoursIn, Body()], user: UserDep, tx: TransactionDep, db: DatabaseDep,
+        redis: RedisDep, schedule_versions: ScheduleDep,
+    ) -> WeeklyHoursOut:
+        checked = hours.check_weekly_hours([(h.weekday, h.start, h.end) for h in data.hours])
+        await hours.replace_weekly_hours(tx, user.id, checked)
+        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        timezone, rows = await hours.weekly_hours(tx, user.id)
+        return WeeklyHoursOut(timezone, [WeeklyInterval(**row) for row in rows])
+
+    @get("/{doctor_id:int}/weekly-hours", **PUBLIC, operation_id="getWeeklyHours",
+         summary="A doctor's weekly hours and time zone", responses=problem_responses(400, 404, 503))
+    async def read(self, doctor_id: Id, db: DatabaseDep) -> WeeklyHoursOut:
+        timezone, rows = await hours.weekly_hours(db, doctor_id)
+        return WeeklyHoursOut(timezone, [WeeklyInterval(**row) for row in rows])

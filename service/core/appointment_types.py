@@ -1,0 +1,65 @@
+"""Appointment types: what a patient can book with a doctor (length, buffers, notice, horizon)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from service.core.db import Connection, Database, Row
+from service.core.doctors import find_doctor, lock_doctor
+from service.core.errors import Conflict, InvalidInput, NotFound
+from service.core.times import GRID_MINUTES
+
+MAX_ACTIVE_TYPES = 50
+FIELDS = ("name", "duration_minutes", "buffer_before_minutes", "buffer_after_minutes", "min_notice_minutes",
+          "max_days_ahead")
+ON_THE_GRID = ("duration_minutes", "buffer_before_minutes", "buffer_after_minutes")
+
+
+def check_grid(values: dict[str, object]) -> None:
+    """Lengths and buffers keep appointments on the 5-minute grid."""
+    for field in ON_THE_GRID:
+        if field in values and values[field] % GRID_MINUTES:  # type: ignore[operator]
+            raise InvalidInput(f"must be a multiple of {GRID_MINUTES} minutes", field=field)
+
+
+async def create(tx: Connection, doctor_id: int, values: dict[str, object], now: datetime) -> Row:
+    """A new active type, under the doctor's lock (`values`: FIELDS, in range by the caller's schema)."""
+    check_grid(values)
+    await lock_doctor(tx, doctor_id)
+    if await tx.fetch_value("count_active_appointment_types", {"doctor_id": doctor_id}) >= MAX_ACTIVE_TYPES:
+        raise Conflict(f"a doctor has at most {MAX_ACTIVE_TYPES} active appointment types")
+    row = {"doctor_id": doctor_id, **values, "now": now}
+    _, type_id = await tx.execute("insert_appointment_type", row)
+    return await find_own(tx, doctor_id, type_id)
+
+
+async def find_own(db: Database | Connection, doctor_id: int, type_id: int) -> Row:
+    found = await db.fetch_one("find_appointment_type", {"id": type_id})
+    if found is None or found["doctor_id"] != doctor_id:
+        raise NotFound(f"no appointment type {type_id} of yours")
+    return found
+
+
+async def update(tx: Connection, doctor_id: int, type_id: int, changes: dict[str, object], now: datetime) -> Row:
+    """Change some fields of an active type, under the doctor's lock: later bookings follow the new rules."""
+    check_grid(changes)
+    await lock_doctor(tx, doctor_id)
+    current = await find_own(tx, doctor_id, type_id)
+    if not current["active"]:
+        raise Conflict("this appointment type was deactivated; create a new one")
+    await tx.execute("update_appointment_type", {**{f: current[f] for f in FIELDS}, **changes, "id": type_id,
+                                                 "now": now})
+    return await find_own(tx, doctor_id, type_id)
+
+
+async def deactivate(tx: Connection, doctor_id: int, type_id: int, now: datetime) -> None:
+    """No longer bookable; appointments already made keep their type."""
+    await lock_doctor(tx, doctor_id)
+    await find_own(tx, doctor_id, type_id)
+    await tx.execute("deactivate_appointment_type", {"id": type_id, "now": now})
+
+
+async def list_active(db: Database, doctor_id: int) -> list[Row]:
+    """A doctor's bookable types; 404 for no doctor."""
+    await find_doctor(db, doctor_id)
+    return await db.fetch_all("list_active_appointment_types", {"doctor_id": doctor_id})
