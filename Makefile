@@ -7,7 +7,7 @@ API_WORKERS ?= 1
 export DATABASE_URL ?= mysql://root@127.0.0.1:3306/doctor_appointments
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run migrate test bench lint check-services clean
+.PHONY: install run migrate test bench lint check-services docker-secrets clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ test: check-services  ## the whole suite against the local MariaDB/MySQL and Red
 
 bench: check-services  ## the booking benchmark; writes tests/bench/results/latest.json
 	$(BIN)/python -m tests.bench.run
+
+docker-secrets:  ## random JWT_SECRET, MYSQL_PASSWORD and REDIS_PASSWORD into .env for docker compose (kept if set)
+	@$(PYTHON) scripts/docker_secrets.py
 
 lint: install
 	$(BIN)/ruff check service worker tests scripts
