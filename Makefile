@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
 PORT ?= 8000
 API_WORKERS ?= 1
 export DATABASE_URL ?= mysql://root@127.0.0.1:3306/doctor_appointments
@@ -30,7 +31,7 @@ run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
 	@echo "Health:   http://127.0.0.1:$(PORT)/health"
 	@trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/python -m worker & \
-	$(BIN)/uvicorn service.api.app:app --host 0.0.0.0 --port $(PORT) --workers $(API_WORKERS) & \
+	$(BIN)/uvicorn service.api.app:app --host $(HOST) --port $(PORT) --workers $(API_WORKERS) --no-server-header & \
 	wait
 
 test: check-services  ## the whole suite against the local MariaDB/MySQL and Redis

@@ -15,7 +15,6 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Tag
 from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
@@ -27,7 +26,15 @@ from service.api.controllers.booking_requests import BookingRequestController
 from service.api.controllers.doctors import DoctorController
 from service.api.controllers.health import HealthController
 from service.api.dependencies import DatabaseDep
-from service.api.extensions import ClosedStructSchemaPlugin, JsonRequest, before_request, resolve_dependencies_in_turn
+from service.api.extensions import (
+    ClosedStructSchemaPlugin,
+    JsonRequest,
+    RedocPage,
+    SwaggerPage,
+    before_request,
+    resolve_dependencies_in_turn,
+)
+from service.api.headers import add_security_headers
 from service.api.notifications import Notifications
 from service.api.problems import EXCEPTION_HANDLERS, problem_details_plugin
 from service.api.ratelimit import per_address_limit
@@ -138,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,
         before_request=before_request,
+        before_send=[add_security_headers],
         plugins=[ClosedStructSchemaPlugin(), problem_details_plugin()],
         openapi_config=OpenAPIConfig(
             title="Doctor Appointments API",
@@ -145,7 +153,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description=API_DESCRIPTION,
             tags=TAGS,
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/swagger"), RedocRenderPlugin(path="/redoc")],
+            render_plugins=[SwaggerPage(path="/swagger"), RedocPage(path="/redoc")],
         ),
         logging_config=LoggingConfig(
             root={"level": "INFO", "handlers": ["queue_listener"]},
