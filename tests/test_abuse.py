@@ -27,6 +27,7 @@ from service.api.app import create_app
 from service.api.security import PUBLIC
 from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, day, iso
+from tests.support import Processes
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 PROBLEM = "application/problem+json"
@@ -803,3 +804,38 @@ async def test_a_docs_page_may_load_exactly_what_it_uses_and_run_only_its_own_in
     again = csp(await client.get(path))
     assert again["script-src"] != policy["script-src"]  # a fresh nonce for every response
 
+
+def preflight(origin: str) -> dict[str, str]:
+    return {"Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"}
+
+
+async def test_without_cors_allow_origins_no_other_origin_is_let_in(client: httpx.AsyncClient) -> None:
+    asked = await client.options("/appointments", headers=preflight("https://app.clinic.example"))
+    assert "access-control-allow-origin" not in asked.headers
+    strict(asked)
+    read = await client.get("/doctors", headers={"Origin": "https://app.clinic.example"})
+    assert read.status_code == 200
+    assert not [name for name in read.headers if name.startswith("access-control-")]
+
+
+def test_cors_allow_origins_lets_in_exactly_those_origins(processes: Processes) -> None:
+    api = processes.start_api({"CORS_ALLOW_ORIGINS": "https://app.clinic.example, http://localhost:3000"})
+    for allowed in ("https://app.clinic.example", "http://localhost:3000"):
+        asked = httpx.options(f"{api}/appointments", headers=preflight(allowed))
+        assert asked.status_code == 204
+        assert asked.headers["access-control-allow-origin"] == allowed
+        assert {"authorization", "content-type"} <= set(asked.headers["access-control-allow-headers"].split(", "))
+        assert "POST" in asked.headers["access-control-allow-methods"]
+        strict(asked)
+        read = httpx.get(f"{api}/doctors", headers={"Origin": allowed})
+        assert read.headers["access-control-allow-origin"] == allowed
+        assert "Origin" in read.headers["vary"]
+        # A browser shows a page only the headers it is told it may: the status URL of a 202, Retry-After.
+        assert {"location", "retry-after"} <= set(read.headers["access-control-expose-headers"].lower().split(", "))
+        strict(read)
+    for stranger in ("https://evil.example", "https://app.clinic.example.evil.example", "http://app.clinic.example"):
+        asked = httpx.options(f"{api}/appointments", headers=preflight(stranger))
+        assert "access-control-allow-origin" not in asked.headers
+        read = httpx.get(f"{api}/doctors", headers={"Origin": stranger})
+        assert read.status_code == 200 and "access-control-allow-origin" not in read.headers

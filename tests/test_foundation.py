@@ -168,6 +168,22 @@ def test_a_database_url_with_reserved_characters_survives_the_round_trip() -> No
     assert MySQLAddress.parse(address.url("other")).database == "other"
 
 
+@pytest.mark.parametrize(("given", "origins"), [
+    ("", []),
+    ("https://app.clinic.example", ["https://app.clinic.example"]),
+    (" https://app.clinic.example , http://localhost:3000 ", ["https://app.clinic.example", "http://localhost:3000"]),
+])
+def test_cors_origins_are_read_from_a_comma_separated_list(given: str, origins: list[str]) -> None:
+    assert Settings.from_env({"CORS_ALLOW_ORIGINS": given}).cors_origins == origins
+
+
+@pytest.mark.parametrize("given", ["*", "https://app.clinic.example/", "app.clinic.example",
+                                   "https://app.clinic.example/path", "https://a.example,,https://b.example"])
+def test_cors_origins_that_would_never_match_or_match_everyone_are_refused(given: str) -> None:
+    with pytest.raises(SettingsError, match="CORS_ALLOW_ORIGINS"):
+        Settings.from_env({"CORS_ALLOW_ORIGINS": given})
+
+
 def test_every_named_query_is_loaded_once() -> None:
     assert load_queries() == QUERIES
     assert {"lock_doctor", "insert_booking_request", "ping"} <= QUERIES.keys()

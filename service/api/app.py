@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from functools import cache
 
 from litestar import Litestar, Request, Router
+from litestar.config.cors import CORSConfig
 from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -84,6 +85,16 @@ def provide_user(request: Request[CurrentUser, object, State]) -> CurrentUser:
     return request.user
 
 
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """Browsers' pages from CORS_ALLOW_ORIGINS may call the API (tokens travel in a header, never a cookie, so no
+    credentials); with none configured there are no CORS headers at all."""
+    if not settings.cors_origins:
+        return None
+    # What a page's script may read of a response: the status URL of a 202, how long to wait after a 429 or 503.
+    return CORSConfig(allow_origins=settings.cors_origins,
+                      expose_headers=["Location", "Preference-Applied", "Retry-After"])
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     resolve_dependencies_in_turn()
@@ -146,6 +157,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_class=JsonRequest,
         before_request=before_request,
         before_send=[add_security_headers],
+        cors_config=cors_config(settings),
         plugins=[ClosedStructSchemaPlugin(), problem_details_plugin()],
         openapi_config=OpenAPIConfig(
             title="Doctor Appointments API",

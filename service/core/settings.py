@@ -108,6 +108,8 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     login_rate_limit_per_minute: Annotated[int, _between(1, 100_000)] = 10
     access_log: bool = True
     max_body_bytes: Annotated[int, _between(1024, 10 * 1024 * 1024)] = 64 * 1024
+    # Web origins whose pages may call the API from a browser, comma-separated; empty: no CORS headers at all.
+    cors_allow_origins: str = ""
 
     def __repr__(self) -> str:
         """Every setting but the secrets, which must never reach a log: the JWT secret and the URLs' passwords."""
@@ -118,6 +120,10 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     @property
     def mysql(self) -> MySQLAddress:
         return MySQLAddress.parse(self.database_url)
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allow_origins.split(",")] if self.cors_allow_origins else []
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -132,6 +138,7 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
         except msgspec.ValidationError as exc:
             raise SettingsError(_explain(exc, given)) from None
         settings.mysql  # noqa: B018 - validates DATABASE_URL now rather than at first use
+        _check_origins(settings.cors_origins)
         if settings.app_env == "production":
             _check_production(settings)
         return msgspec.structs.replace(settings, jwt_secret=_checked_secret(settings))
@@ -145,6 +152,17 @@ def _explain(exc: msgspec.ValidationError, given: Mapping[str, str]) -> str:
     message, _, path = str(exc).rpartition(" - at `$.")
     name = path.rstrip("`")
     return f"{name} is invalid ({message[0].lower() + message[1:]}), got {redacted(given.get(name, ''))!r}"
+
+
+def _check_origins(origins: list[str]) -> None:
+    """Each origin exactly as a browser sends it (scheme://host[:port]): one with a path or a trailing slash would
+    never match, and `*` would let every site's pages call the API."""
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^\s/:,]+(:\d{1,5})?", origin):
+            raise SettingsError(
+                f"CORS_ALLOW_ORIGINS takes origins like https://app.clinic.example or http://localhost:3000, "
+                f"comma-separated, without a path or a trailing slash; got {origin!r}"
+            )
 
 
 def _check_production(settings: Settings) -> None:
