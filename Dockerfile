@@ -25,4 +25,4 @@ USER app
 
 EXPOSE 8000
 
-CMD ["sh", "-c", "exec uvicorn service.api.app:app --host 0.0.0.0 --port 8000 --no-access-log --workers ${API_WORKERS:-1}"]
+CMD ["sh", "-c", "exec uvicorn service.api.app:app --host 0.0.0.0 --port 8000 --no-access-log --no-server-header --workers ${API_WORKERS:-1}"]

@@ -2,12 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
 PORT ?= 8000
 API_WORKERS ?= 1
 export DATABASE_URL ?= mysql://root@127.0.0.1:3306/doctor_appointments
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run migrate test bench lint check-services clean
+.PHONY: install run migrate test bench lint check-services docker-secrets clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,7 @@ run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
 	@echo "Health:   http://127.0.0.1:$(PORT)/health"
 	@trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/python -m worker & \
-	$(BIN)/uvicorn service.api.app:app --host 0.0.0.0 --port $(PORT) --workers $(API_WORKERS) & \
+	$(BIN)/uvicorn service.api.app:app --host $(HOST) --port $(PORT) --workers $(API_WORKERS) --no-server-header & \
 	wait
 
 test: check-services  ## the whole suite against the local MariaDB/MySQL and Redis
@@ -38,6 +39,9 @@ test: check-services  ## the whole suite against the local MariaDB/MySQL and Red
 
 bench: check-services  ## the booking benchmark; writes tests/bench/results/latest.json
 	$(BIN)/python -m tests.bench.run
+
+docker-secrets:  ## random JWT_SECRET, MYSQL_PASSWORD and REDIS_PASSWORD into .env for docker compose (kept if set)
+	@$(PYTHON) scripts/docker_secrets.py
 
 lint: install
 	$(BIN)/ruff check service worker tests scripts

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 from service.core.settings import Settings, SettingsError
 
 HINTS = {
-    "MySQL": "start MariaDB/MySQL (e.g. `docker compose up -d mysql`, or "
-             "`start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`)",
-    "Redis": "start Redis (e.g. `docker compose up -d redis`, or "
-             "`redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no`)",
+    "MySQL": "start MariaDB/MySQL (e.g. `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`, "
+             "or `docker compose up -d mysql` with the DATABASE_URL the README's Docker section gives)",
+    "Redis": "start Redis (e.g. `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no`, "
+             "or `docker compose up -d redis` with the REDIS_URL the README's Docker section gives)",
 }
 
 

@@ -59,7 +59,7 @@ class Processes:
         """An API process; returns its base URL once it answers."""
         port = port or free_port()
         self._spawn("api", [str(BIN / "uvicorn"), "service.api.app:app", "--port", str(port), "--no-access-log",
-                            "--log-level", "warning"], extra_env)
+                            "--no-server-header", "--log-level", "warning"], extra_env)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

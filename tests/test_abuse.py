@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,14 @@ import httpx
 import jwt
 import pymysql
 import pytest
+from litestar import get
+from litestar.exceptions import ImproperlyConfiguredException
 
+from service.api.app import create_app
+from service.api.security import PUBLIC
 from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, day, iso
+from tests.support import Processes
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 PROBLEM = "application/problem+json"
@@ -669,3 +675,177 @@ async def test_offsets_leap_days_missing_offsets_and_fractions_are_read_right(
         "doctor_id": doctor["id"], "start_time": f"{date}T15:45:00+05:45", "end_time": f"{date}T16:15:00+05:45"})
     assert booked.status_code == 201, booked.text
     assert (booked.json()["start_time"], booked.json()["end_time"]) == (f"{date}T10:00:00Z", f"{date}T10:30:00Z")
+
+
+# --- 8. security headers on every response; CORS only where configured ----------------------------------------------
+
+def csp(response: httpx.Response) -> dict[str, list[str]]:
+    """The response's Content-Security-Policy as {directive: sources}."""
+    directives = (part.split() for part in response.headers["content-security-policy"].split(";") if part.strip())
+    return {name: sources for name, *sources in directives}
+
+
+def security_headers(response: httpx.Response) -> dict[str, list[str]]:
+    """Assert the headers every response carries, whatever it is; return its Content-Security-Policy."""
+    headers = response.headers
+    assert headers["x-content-type-options"] == "nosniff", response.request.url
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["x-frame-options"] == "DENY"
+    assert "server" not in headers  # uvicorn names itself unless told not to
+    policy = csp(response)
+    assert policy["default-src"] == ["'none'"] and policy["frame-ancestors"] == ["'none'"], policy
+    return policy
+
+
+def strict(response: httpx.Response) -> None:
+    """The API's policy: the response may load, run and frame nothing."""
+    assert set(security_headers(response)) == {"default-src", "frame-ancestors", "base-uri", "form-action"}
+
+
+async def test_every_kind_of_response_has_the_security_headers_and_names_no_server(
+    client: httpx.AsyncClient, factory: Factory, booking: dict[str, Any], settings: Settings
+) -> None:
+    patient = booking["patient"]
+    doctor = await factory.doctor()
+    answers = {
+        200: await client.get("/doctors"),
+        202: await client.post("/appointments", json=booking["body"], headers=patient.headers),
+        204: await client.options("/appointments/1"),
+        400: await client.get("/doctors", params={"limit": "lots"}),
+        401: await client.get("/auth/me"),
+        403: await client.patch("/doctors/me", json={"specialty": "Optics"}, headers=patient.headers),
+        404: await client.get("/appointments/999999999", headers=doctor.headers),
+        405: await client.put("/health"),
+        413: await client.post("/appointments", content=b"[" + b" " * settings.max_body_bytes + b"]",
+                               headers={**JSON, **patient.headers}),
+        415: await client.post("/appointments", content=b"{}", headers=patient.headers),
+    }
+    for status, response in answers.items():
+        assert response.status_code == status, (status, response.text)
+        strict(response)
+    for path in ("/health", "/no-such-route", "/schema/openapi.json", "/schema/no-such-page"):
+        strict(await client.get(path))
+
+
+async def test_an_unexpected_error_is_a_bare_500_with_the_security_headers(settings: Settings) -> None:
+    """Nothing of the error reaches the client: not the exception's text, not a framework exception's detail."""
+
+    @get("/raises", **PUBLIC, sync_to_thread=False)
+    def raises() -> None:
+        raise RuntimeError("stack detail: /srv/app/service/core/booking.py line 42")
+
+    @get("/misconfigured", **PUBLIC, sync_to_thread=False)
+    def misconfigured() -> None:  # Litestar's own 500s are HTTPExceptions with a detail meant for developers
+        raise ImproperlyConfiguredException("stack detail: dependency 'tx' is not provided")
+
+    app = create_app(settings)
+    app.register(raises)
+    app.register(misconfigured)
+    # In this process, without the lifespan: neither route needs MySQL or Redis.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
+        for path in ("/raises", "/misconfigured"):
+            response = await http.get(path)
+            body = problem(response, 500)
+            assert body["detail"] == "Something went wrong on our side"
+            assert "stack detail" not in response.text
+            strict(response)
+
+
+class PageAssets(HTMLParser):
+    """What an HTML page loads and runs: external scripts, stylesheets and icons, inline scripts and styles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+        self.stylesheets: list[str] = []
+        self.icons: list[str] = []
+        self.inline_script_nonces: list[str | None] = []
+        self.inline_styles = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "script" and attributes.get("src"):
+            self.scripts.append(attributes["src"] or "")
+        elif tag == "script":
+            self.inline_script_nonces.append(attributes.get("nonce"))
+        elif tag == "link" and attributes.get("rel") == "stylesheet":
+            self.stylesheets.append(attributes["href"] or "")
+        elif tag == "link" and attributes.get("rel") == "icon":
+            self.icons.append(attributes["href"] or "")
+        elif tag == "style":
+            self.inline_styles += 1
+
+
+def origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.partition('/')[0]}"
+
+
+# What each viewer fetches once running, beyond what its page names: Swagger UI's icons are data: URLs and its "Try it
+# out" calls the API; ReDoc's search runs in a worker made from a blob: URL (Redocly/redoc#764), the Google fonts
+# its page links come from gstatic, and its icons may be data: URLs too.
+SWAGGER_UI_RUNTIME = {"img-src": {"data:"}, "connect-src": {"'self'"}}
+REDOC_RUNTIME = {"img-src": {"data:"}, "font-src": {"https://fonts.gstatic.com"}, "worker-src": {"blob:"}}
+
+
+@pytest.mark.parametrize(("path", "runtime"), [("/schema", SWAGGER_UI_RUNTIME), ("/schema/swagger", SWAGGER_UI_RUNTIME),
+                                               ("/schema/redoc", REDOC_RUNTIME)])
+async def test_a_docs_page_may_load_exactly_what_it_uses_and_run_only_its_own_inline_script(
+    client: httpx.AsyncClient, path: str, runtime: dict[str, set[str]]
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == 200
+    policy = security_headers(response)
+    page = PageAssets()
+    page.feed(response.text)
+    # The inline script that starts the viewer carries this response's nonce; no other inline script may run.
+    nonces = set(page.inline_script_nonces)
+    assert len(nonces) == 1 and None not in nonces
+    expected = {
+        "default-src": {"'none'"}, "frame-ancestors": {"'none'"}, "base-uri": {"'none'"}, "form-action": {"'none'"},
+        "script-src": {f"'nonce-{nonces.pop()}'"} | {origin(url) for url in page.scripts},
+        "style-src": {"'unsafe-inline'"} | {origin(url) for url in page.stylesheets},
+        "img-src": {origin(url) for url in page.icons},
+    }
+    assert page.inline_styles  # what 'unsafe-inline' in style-src is for
+    for directive, sources in runtime.items():
+        expected[directive] = expected.get(directive, set()) | sources
+    assert {directive: set(sources) for directive, sources in policy.items()} == expected
+    again = csp(await client.get(path))
+    assert again["script-src"] != policy["script-src"]  # a fresh nonce for every response
+
+
+def preflight(origin: str) -> dict[str, str]:
+    return {"Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"}
+
+
+async def test_without_cors_allow_origins_no_other_origin_is_let_in(client: httpx.AsyncClient) -> None:
+    asked = await client.options("/appointments", headers=preflight("https://app.clinic.example"))
+    assert "access-control-allow-origin" not in asked.headers
+    strict(asked)
+    read = await client.get("/doctors", headers={"Origin": "https://app.clinic.example"})
+    assert read.status_code == 200
+    assert not [name for name in read.headers if name.startswith("access-control-")]
+
+
+def test_cors_allow_origins_lets_in_exactly_those_origins(processes: Processes) -> None:
+    api = processes.start_api({"CORS_ALLOW_ORIGINS": "https://app.clinic.example, http://localhost:3000"})
+    for allowed in ("https://app.clinic.example", "http://localhost:3000"):
+        asked = httpx.options(f"{api}/appointments", headers=preflight(allowed))
+        assert asked.status_code == 204
+        assert asked.headers["access-control-allow-origin"] == allowed
+        assert {"authorization", "content-type"} <= set(asked.headers["access-control-allow-headers"].split(", "))
+        assert "POST" in asked.headers["access-control-allow-methods"]
+        strict(asked)
+        read = httpx.get(f"{api}/doctors", headers={"Origin": allowed})
+        assert read.headers["access-control-allow-origin"] == allowed
+        assert "Origin" in read.headers["vary"]
+        # A browser shows a page only the headers it is told it may: the status URL of a 202, Retry-After.
+        assert {"location", "retry-after"} <= set(read.headers["access-control-expose-headers"].lower().split(", "))
+        strict(read)
+    for stranger in ("https://evil.example", "https://app.clinic.example.evil.example", "http://app.clinic.example"):
+        asked = httpx.options(f"{api}/appointments", headers=preflight(stranger))
+        assert "access-control-allow-origin" not in asked.headers
+        read = httpx.get(f"{api}/doctors", headers={"Origin": stranger})
+        assert read.status_code == 200 and "access-control-allow-origin" not in read.headers

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import secrets
+import shutil
+import subprocess
 import warnings
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pymysql
 import pytest
+import yaml
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 from litestar.testing import AsyncTestClient
 
+from scripts.docker_secrets import with_secrets
 from service.api.app import create_app
 from service.api.extensions import resolve_dependencies_in_turn
 from service.core.db import MIGRATIONS_DIR, QUERIES, load_queries, migrate
-from service.core.settings import Settings, SettingsError
+from service.core.settings import MySQLAddress, Settings, SettingsError
 from tests.support import Processes
 
 TABLES = {"users", "availabilities", "booking_requests", "appointments", "password_reset_tokens", "weekly_hours",
@@ -41,9 +49,92 @@ def test_production_refuses_a_missing_or_short_secret(secret: str | None) -> Non
         Settings.from_env(env)
 
 
-def test_production_accepts_a_long_secret() -> None:
-    settings = Settings.from_env({"APP_ENV": "production", "JWT_SECRET": "s" * 32})
-    assert settings.jwt_secret == "s" * 32
+PRODUCTION = {"APP_ENV": "production", "DATABASE_URL": "mysql://appointments:db-pass-4711@db:3306/clinic",
+              "REDIS_URL": "redis://:redis-pass-4711@cache:6379/0", "SMTP_URL": "smtp://mail.clinic.example:587"}
+
+
+@pytest.mark.parametrize("secret", [secrets.token_urlsafe(48), secrets.token_hex(32), secrets.token_urlsafe(24)])
+def test_production_accepts_a_random_secret(secret: str) -> None:
+    settings = Settings.from_env(PRODUCTION | {"JWT_SECRET": secret})
+    assert settings.jwt_secret == secret
+
+
+@pytest.mark.parametrize("secret", [
+    "change-me-to-a-long-random-secret-of-32-bytes-or-more",  # docker-compose.yml's default until it had none
+    "test-secret-that-is-long-enough-for-hs256-0123456789",  # the test suite's, published in tests/conftest.py
+    "CHANGE_ME_PLEASE_0123456789abcdefghijklmnop",
+    "changeme-changeme-changeme-changeme",
+    "my-super-secret-jwt-signing-key-for-production",
+    "your-jwt-signing-key-goes-here-please-replace",
+    "replace-with-the-output-of-token-urlsafe-48",
+    "s" * 64,
+    "abababababababababababababababab",
+    "0123456789" * 4,
+])
+def test_production_refuses_published_and_guessable_secrets(secret: str) -> None:
+    with pytest.raises(SettingsError, match="JWT_SECRET") as refused:
+        Settings.from_env(PRODUCTION | {"JWT_SECRET": secret})
+    assert secret not in str(refused.value)
+    assert "secrets.token_urlsafe" in str(refused.value)  # says how to make a good one
+
+
+def test_development_and_tests_may_use_a_made_up_secret() -> None:
+    for app_env in ("development", "test"):
+        assert Settings.from_env({"APP_ENV": app_env, "JWT_SECRET": "s" * 32}).jwt_secret == "s" * 32
+
+
+def test_production_refuses_to_send_reset_tokens_to_the_log() -> None:
+    """Without SMTP_URL the worker writes each email, reset token included, to its log."""
+    with pytest.raises(SettingsError, match="SMTP_URL"):
+        Settings.from_env(PRODUCTION | {"JWT_SECRET": secrets.token_urlsafe(48), "SMTP_URL": ""})
+
+
+def test_production_refuses_a_database_account_without_a_password() -> None:
+    env = PRODUCTION | {"JWT_SECRET": secrets.token_urlsafe(48), "DATABASE_URL": "mysql://app@db:3306/clinic"}
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"DATABASE_URL": "mysql://root:db-pass-4711@db:3306/clinic"}, "DATABASE_URL"),
+    ({"REDIS_URL": "redis://cache:6379/0"}, "REDIS_URL"),
+])
+def test_production_warns_of_root_and_of_redis_without_a_password(
+    changes: dict[str, str], named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="service"):
+        Settings.from_env(PRODUCTION | {"JWT_SECRET": secrets.token_urlsafe(48)})
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="service"):
+        Settings.from_env(PRODUCTION | {"JWT_SECRET": secrets.token_urlsafe(48)} | changes)
+    assert [record.levelno for record in caplog.records] == [logging.WARNING]
+    assert named in caplog.text
+
+
+def test_no_password_or_secret_reaches_a_repr() -> None:
+    jwt_secret = secrets.token_urlsafe(48)
+    settings = Settings.from_env({
+        "JWT_SECRET": jwt_secret, "DATABASE_URL": "mysql://app:db-pass-4711@db:3306/clinic",
+        "REDIS_URL": "redis://:redis-pass-4711@cache:6379/0", "SMTP_URL": "smtp://mailer:smtp-pass-4711@mail:587",
+    })
+    shown = repr(settings) + repr(settings.mysql) + str(settings.mysql)
+    for hidden in (jwt_secret, "db-pass-4711", "redis-pass-4711", "smtp-pass-4711"):
+        assert hidden not in shown
+    assert "mysql://app:***@db:3306/clinic" in shown  # still says which account and server
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"DATABASE_URL": "postgres://app:db-pass-4711@db/clinic"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "mysql://app:db-pass-4711@db:99999/clinic"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "mysql://app:db-pass-4711@db:3306/bad-name"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "mysql://app:db-pass-4711@db:3306/"}, "DATABASE_URL"),
+    ({"REDIS_URL": "http://:db-pass-4711@cache:6379/0"}, "REDIS_URL"),
+    ({"SMTP_URL": "smtpx://mailer:db-pass-4711@mail:587"}, "SMTP_URL"),
+])
+def test_no_password_reaches_an_error_message(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named) as refused:
+        Settings.from_env(env)
+    assert "db-pass-4711" not in str(refused.value)
 
 
 @pytest.mark.parametrize(
@@ -70,10 +161,134 @@ def test_database_url_is_parsed() -> None:
         "db.internal", 3307, "app", "p@ss", "clinic")
 
 
+def test_a_database_url_with_reserved_characters_survives_the_round_trip() -> None:
+    """migrate() hands yoyo the URL again: a password holding @, : or / must come back as it went in."""
+    address = Settings.from_env({"DATABASE_URL": "mysql://app%3A1:p%40s%3As%2F@db.internal:3307/clinic"}).mysql
+    assert (address.user, address.password) == ("app:1", "p@s:s/")
+    assert MySQLAddress.parse(address.url()) == address
+    assert MySQLAddress.parse(address.url("other")).database == "other"
+
+
+@pytest.mark.parametrize(("given", "origins"), [
+    ("", []),
+    ("https://app.clinic.example", ["https://app.clinic.example"]),
+    (" https://app.clinic.example , http://localhost:3000 ", ["https://app.clinic.example", "http://localhost:3000"]),
+])
+def test_cors_origins_are_read_from_a_comma_separated_list(given: str, origins: list[str]) -> None:
+    assert Settings.from_env({"CORS_ALLOW_ORIGINS": given}).cors_origins == origins
+
+
+@pytest.mark.parametrize("given", ["*", "https://app.clinic.example/", "app.clinic.example",
+                                   "https://app.clinic.example/path", "https://a.example,,https://b.example"])
+def test_cors_origins_that_would_never_match_or_match_everyone_are_refused(given: str) -> None:
+    with pytest.raises(SettingsError, match="CORS_ALLOW_ORIGINS"):
+        Settings.from_env({"CORS_ALLOW_ORIGINS": given})
+
+
 def test_every_named_query_is_loaded_once() -> None:
     assert load_queries() == QUERIES
     assert {"lock_doctor", "insert_booking_request", "ping"} <= QUERIES.keys()
     assert all(sql and not sql.endswith(";") for sql in QUERIES.values())
+
+
+# --- docker-compose.yml ---------------------------------------------------------------------------------------
+
+COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+APP_SERVICES = ("migrate", "api", "worker")
+COMPOSE_SECRETS = {"JWT_SECRET": secrets.token_urlsafe(48), "MYSQL_PASSWORD": secrets.token_urlsafe(24),
+                   "REDIS_PASSWORD": secrets.token_urlsafe(24)}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def required(variable: str) -> str:
+    """How compose spells a variable that must be set: no default, a message if it is missing."""
+    return "${" + variable + ":?"
+
+
+def test_compose_has_no_default_secret_and_runs_production(compose: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["JWT_SECRET"].startswith(required("JWT_SECRET")), env["JWT_SECRET"]
+        assert env["APP_ENV"] == "${APP_ENV:-production}"
+        assert env["SMTP_URL"], "production refuses an empty SMTP_URL"
+
+
+def test_compose_publishes_mysql_redis_and_mailpit_on_the_loopback_only(compose: dict[str, Any]) -> None:
+    for name in ("mysql", "redis", "mailpit"):
+        for port in compose["services"][name].get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_compose_mysql_has_no_default_password_and_the_service_does_not_use_root(compose: dict[str, Any]) -> None:
+    mysql = compose["services"]["mysql"]["environment"]
+    assert mysql["MYSQL_PASSWORD"].startswith(required("MYSQL_PASSWORD"))
+    assert mysql["MYSQL_RANDOM_ROOT_PASSWORD"] == "yes" and "MYSQL_ROOT_PASSWORD" not in mysql
+    database_url = compose["services"]["api"]["environment"]["DATABASE_URL"]
+    assert database_url.startswith("mysql://${MYSQL_USER:-appointments}:${MYSQL_PASSWORD}@mysql:3306/")
+
+
+def test_compose_redis_requires_a_password_which_the_service_and_the_healthcheck_use(
+    compose: dict[str, Any],
+) -> None:
+    redis = compose["services"]["redis"]
+    assert redis["environment"]["REDIS_PASSWORD"].startswith(required("REDIS_PASSWORD"))
+    assert '--requirepass "$$REDIS_PASSWORD"' in " ".join(redis["command"])
+    assert "$$REDIS_PASSWORD" in " ".join(redis["healthcheck"]["test"])
+    for name in APP_SERVICES:
+        assert compose["services"][name]["environment"]["REDIS_URL"] == "redis://:${REDIS_PASSWORD}@redis:6379/0"
+
+
+def compose_config(env: dict[str, str], tmp_path: Path, env_file: str = "") -> subprocess.CompletedProcess[str]:
+    """`docker compose config` (or docker-compose's) with `env_file` as its .env and `env` around it."""
+    if shutil.which("docker-compose"):
+        command = ["docker-compose"]
+    elif subprocess.run("docker compose version", shell=True, capture_output=True).returncode == 0:
+        command = ["docker", "compose"]
+    else:
+        pytest.skip("neither docker compose nor docker-compose is installed")
+    (tmp_path / "compose.env").write_text(env_file)
+    kept = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME", "LANG")}
+    return subprocess.run([*command, "--env-file", str(tmp_path / "compose.env"), "-f", str(COMPOSE_FILE), "config"],
+                          env=kept | env, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+
+
+def api_environment(config: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    assert config.returncode == 0, config.stderr
+    environment = yaml.safe_load(config.stdout)["services"]["api"]["environment"]
+    return {name: str(value) for name, value in environment.items()}
+
+
+@pytest.mark.parametrize("missing", sorted(COMPOSE_SECRETS))
+def test_compose_refuses_to_start_without_each_secret_and_says_how_to_make_one(
+    missing: str, tmp_path: Path
+) -> None:
+    result = compose_config({name: value for name, value in COMPOSE_SECRETS.items() if name != missing}, tmp_path)
+    assert result.returncode != 0
+    assert f"{missing} is not set - run make docker-secrets" in result.stderr, result.stderr
+
+
+def test_compose_with_the_secrets_gives_production_settings_the_service_accepts(tmp_path: Path) -> None:
+    api_env = api_environment(compose_config(COMPOSE_SECRETS, tmp_path))
+    assert api_env["JWT_SECRET"] == COMPOSE_SECRETS["JWT_SECRET"]
+    assert api_env["APP_ENV"] == "production"
+    settings = Settings.from_env(api_env)
+    assert settings.mysql.password == COMPOSE_SECRETS["MYSQL_PASSWORD"]
+    assert settings.redis_url == f"redis://:{COMPOSE_SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+
+
+def test_env_example_refused_by_compose_until_make_docker_secrets_fills_it_in(tmp_path: Path) -> None:
+    """A newcomer's `cp .env.example .env`: compose refuses it; after `make docker-secrets`, it runs production."""
+    example = (COMPOSE_FILE.parent / ".env.example").read_text()
+    assert compose_config({}, tmp_path, example).returncode != 0
+    lines, made = with_secrets(example.splitlines())
+    assert sorted(made) == sorted(COMPOSE_SECRETS)
+    settings = Settings.from_env(api_environment(compose_config({}, tmp_path, "\n".join(lines))))
+    assert settings.app_env == "production"
+    assert with_secrets(lines) == (lines, [])  # run again, it changes nothing
 
 
 # --- migrations -----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 from collections.abc import Callable
 from datetime import datetime
 from importlib.metadata import version
@@ -21,6 +22,8 @@ from litestar._kwargs.kwargs_model import KwargsModel
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
 from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.params import Body, FromPath, FromQuery
 from litestar.security.jwt import JWTAuth, Token
 from litestar.testing import AsyncTestClient, create_test_client
@@ -233,3 +236,19 @@ async def test_dependencies_of_one_level_are_resolved_each_in_a_task_of_its_own(
     tasks = [seen["first"], seen["second"], seen["handler"]]
     assert None not in tasks
     assert len({id(task) for task in tasks}) == 3  # three tasks: one per dependency, besides the handler's
+
+
+# 8. SwaggerPage, RedocPage: a nonce for the docs pages' inline script.
+
+
+@pytest.mark.parametrize("plugin", [SwaggerRenderPlugin, RedocRenderPlugin])
+def test_the_docs_pages_start_their_viewer_with_an_inline_script_that_has_no_nonce(plugin: type[Any]) -> None:
+    """If this fails, Litestar changed how its docs pages start (a nonce of its own, or no inline script): remove
+    SwaggerPage and RedocPage from service/api/extensions.py, and let the docs pages' policy in headers.py follow."""
+    config = OpenAPIConfig(title="Docs", version="1", render_plugins=[plugin(path="/page")])
+    with create_test_client([], openapi_config=config) as http:
+        response = http.get("/schema/page")
+    assert response.status_code == 200
+    inline_scripts = re.findall(r"<script(?![^>]*\ssrc=)[^>]*>", response.text)
+    assert inline_scripts
+    assert not any("nonce" in tag for tag in inline_scripts)

@@ -10,12 +10,12 @@ from contextlib import asynccontextmanager
 from functools import cache
 
 from litestar import Litestar, Request, Router
+from litestar.config.cors import CORSConfig
 from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Tag
 from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
@@ -30,7 +30,15 @@ from service.api.controllers.health import HealthController
 from service.api.controllers.time_off import TimeOffController
 from service.api.controllers.weekly_hours import WeeklyHoursController
 from service.api.dependencies import DatabaseDep
-from service.api.extensions import ClosedStructSchemaPlugin, JsonRequest, before_request, resolve_dependencies_in_turn
+from service.api.extensions import (
+    ClosedStructSchemaPlugin,
+    JsonRequest,
+    RedocPage,
+    SwaggerPage,
+    before_request,
+    resolve_dependencies_in_turn,
+)
+from service.api.headers import add_security_headers
 from service.api.notifications import Notifications
 from service.api.problems import EXCEPTION_HANDLERS, problem_details_plugin
 from service.api.ratelimit import per_address_limit
@@ -79,6 +87,16 @@ async def provide_transaction(db: DatabaseDep) -> AsyncIterator[Connection]:
 
 def provide_user(request: Request[CurrentUser, object, State]) -> CurrentUser:
     return request.user
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """Browsers' pages from CORS_ALLOW_ORIGINS may call the API (tokens travel in a header, never a cookie, so no
+    credentials); with none configured there are no CORS headers at all."""
+    if not settings.cors_origins:
+        return None
+    # What a page's script may read of a response: the status URL of a 202, how long to wait after a 429 or 503.
+    return CORSConfig(allow_origins=settings.cors_origins,
+                      expose_headers=["Location", "Preference-Applied", "Retry-After"])
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -143,6 +161,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,
         before_request=before_request,
+        before_send=[add_security_headers],
+        cors_config=cors_config(settings),
         plugins=[ClosedStructSchemaPlugin(), problem_details_plugin()],
         openapi_config=OpenAPIConfig(
             title="Doctor Appointments API",
@@ -150,7 +170,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description=API_DESCRIPTION,
             tags=TAGS,
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/swagger"), RedocRenderPlugin(path="/redoc")],
+            render_plugins=[SwaggerPage(path="/swagger"), RedocPage(path="/redoc")],
         ),
         logging_config=LoggingConfig(
             root={"level": "INFO", "handlers": ["queue_listener"]},

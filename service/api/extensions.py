@@ -10,11 +10,14 @@ override can go; the service's own tests fail if one stops working underneath.
 - `BearerAuthenticationMiddleware`: only the Bearer scheme; a verified token's signature is not checked again.
 - `RetryAfterRateLimitMiddleware`: Litestar's 429 with a Retry-After header.
 - `resolve_dependencies_in_turn`: a handler's dependencies resolved one after another, not a task each.
+- `SwaggerPage`, `RedocPage`: the docs pages' inline script carries a nonce, so the page's CSP can admit it alone.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -32,12 +35,14 @@ from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.middleware.rate_limit import RateLimitMiddleware
+from litestar.openapi.plugins import OpenAPIRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Schema
 from litestar.security.jwt import JWTAuthenticationMiddleware, Token
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Receive, Scope, Send
 from litestar.typing import FieldDefinition
 
+from service.api.headers import CSP_STATE_KEY, REDOC_SOURCES, SWAGGER_UI_SOURCES, docs_page_policy
 from service.core.accounts import CurrentUser
 from service.core.errors import InvalidInput, UnsupportedMediaType
 
@@ -130,6 +135,34 @@ class ClosedStructSchemaPlugin(StructSchemaPlugin):
         schema = super().to_openapi_schema(field_definition, schema_creator)
         schema.additional_properties = False
         return schema
+
+
+# --- the docs pages' inline script -------------------------------------------------------------------------------
+
+INLINE_SCRIPT_TAG = re.compile(rb"<script(?![^>]*\ssrc=)")
+
+
+class NoncedDocsPage(OpenAPIRenderPlugin):
+    """Litestar's Swagger UI and ReDoc pages start their viewer with an inline script (the OpenAPI document and the
+    viewer's options), which a Content-Security-Policy blocks unless it names it; Litestar has no way to. Give that
+    script a nonce made for this response, and leave the page's policy, with that nonce, for add_security_headers
+    (headers.py): that script runs, no other inline one could."""
+
+    csp_sources: dict[str, str]
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        nonce = secrets.token_urlsafe(18)
+        request.state[CSP_STATE_KEY] = docs_page_policy(self.csp_sources, nonce)
+        page = super().render(request, openapi_schema)
+        return INLINE_SCRIPT_TAG.sub(b'<script nonce="' + nonce.encode() + b'"', page)
+
+
+class SwaggerPage(NoncedDocsPage, SwaggerRenderPlugin):
+    csp_sources = SWAGGER_UI_SOURCES
+
+
+class RedocPage(NoncedDocsPage, RedocRenderPlugin):
+    csp_sources = REDOC_SOURCES
 
 
 # --- bearer tokens ----------------------------------------------------------------------------------------------

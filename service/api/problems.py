@@ -79,9 +79,17 @@ def from_app_error(exc: AppError) -> ProblemDetailsException:
     return problem(exc.status_code, exc.title, exc.detail, exc.slug, exc.headers, **exc.extra)
 
 
+def internal_error() -> ProblemDetailsException:
+    """A bug, answered without a word of what went wrong (that is for the log)."""
+    return problem(500, "Internal server error", "Something went wrong on our side", "internal")
+
+
 def from_http_exception(exc: HTTPException) -> ProblemDetailsException:
     """Litestar's own exceptions (validation, 404 route, 405, guards, rate limit) in the same shape."""
     status = exc.status_code
+    if status >= 500:  # Litestar's own (ImproperlyConfiguredException, say) carry a detail meant for developers
+        log.error("unhandled %s: %s", type(exc).__name__, exc.detail, exc_info=exc)
+        return internal_error()
     headers = dict(exc.headers or {})
     extra: dict[str, Any] = {}
     if isinstance(exc, ValidationException):
@@ -104,7 +112,7 @@ def unexpected_error_handler(request: Request, exc: Exception) -> Response[Any]:
                          "service-unavailable", {"Retry-After": "2"})
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        answer = problem(500, "Internal server error", "Something went wrong on our side", "internal")
+        answer = internal_error()
     return answer.to_response(request)
 
 

@@ -7,9 +7,9 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -18,10 +18,25 @@ log = logging.getLogger("service")
 
 Environment = Literal["development", "test", "production"]
 MIN_SECRET_BYTES = 32
+MAKE_A_SECRET = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+# Words of the placeholders people paste from examples ("change-me", "your-secret-here", ...). Six letters and more:
+# a random secret holds one by chance about once in ten million.
+PLACEHOLDER_WORDS = ("changeme", "secret", "password", "example", "placeholder", "replace")
+MIN_SECRET_VARIETY = 8  # different characters; 32 random hex digits hold fewer about once in ten million
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def redacted(text: str) -> str:
+    """`text` with the password of a URL in it (scheme://user:password@host) replaced by ***, for logs and errors."""
+    scheme, separator, rest = text.partition("://")
+    credentials, at, place = rest.rpartition("@")  # the last @: a password may hold an unescaped one
+    user, colon, _ = credentials.partition(":")
+    if not (separator and at and colon):
+        return text
+    return f"{scheme}://{user}:***@{place}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +44,7 @@ class MySQLAddress:
     host: str
     port: int
     user: str
-    password: str
+    password: str = field(repr=False)
     database: str
 
     @classmethod
@@ -38,14 +53,14 @@ class MySQLAddress:
         database = parts.path.lstrip("/")
         if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not database:
             raise SettingsError(
-                f"DATABASE_URL must look like mysql://user:pass@host:3306/database, got {url!r}"
+                f"DATABASE_URL must look like mysql://user:pass@host:3306/database, got {redacted(url)!r}"
             )
         if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", database):
             raise SettingsError(f"DATABASE_URL's database name may hold only letters, digits and _: {database!r}")
         try:
             port = parts.port or 3306
-        except ValueError as exc:
-            raise SettingsError(f"DATABASE_URL has a bad port: {url!r}") from exc
+        except ValueError:
+            raise SettingsError(f"DATABASE_URL has a bad port: {redacted(url)!r}") from None
         return cls(
             host=parts.hostname,
             port=port,
@@ -56,7 +71,7 @@ class MySQLAddress:
 
     def url(self, database: str | None = None) -> str:
         """The URL again (yoyo wants one), optionally naming another database."""
-        credentials = self.user + (f":{self.password}" if self.password else "")
+        credentials = quote(self.user, safe="") + (f":{quote(self.password, safe='')}" if self.password else "")
         return f"mysql://{credentials}@{self.host}:{self.port}/{database or self.database}"
 
 
@@ -93,15 +108,22 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     login_rate_limit_per_minute: Annotated[int, _between(1, 100_000)] = 10
     access_log: bool = True
     max_body_bytes: Annotated[int, _between(1024, 10 * 1024 * 1024)] = 64 * 1024
+    # Web origins whose pages may call the API from a browser, comma-separated; empty: no CORS headers at all.
+    cors_allow_origins: str = ""
 
     def __repr__(self) -> str:
-        """Every setting but the secrets, which must never reach a log."""
+        """Every setting but the secrets, which must never reach a log: the JWT secret and the URLs' passwords."""
         shown = {name: getattr(self, name) for name in self.__struct_fields__ if name != "jwt_secret"}
-        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())}, jwt_secret=<hidden>)"
+        return "Settings({}, jwt_secret=<hidden>)".format(", ".join(
+            f"{name}={(redacted(value) if isinstance(value, str) else value)!r}" for name, value in shown.items()))
 
     @property
     def mysql(self) -> MySQLAddress:
         return MySQLAddress.parse(self.database_url)
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allow_origins.split(",")] if self.cors_allow_origins else []
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +138,9 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
         except msgspec.ValidationError as exc:
             raise SettingsError(_explain(exc, given)) from None
         settings.mysql  # noqa: B018 - validates DATABASE_URL now rather than at first use
+        _check_origins(settings.cors_origins)
+        if settings.app_env == "production":
+            _check_production(settings)
         return msgspec.structs.replace(settings, jwt_secret=_checked_secret(settings))
 
 
@@ -126,20 +151,60 @@ def _explain(exc: msgspec.ValidationError, given: Mapping[str, str]) -> str:
     """msgspec's message ("Expected `int` >= 4 - at `$.BCRYPT_ROUNDS`") as "BCRYPT_ROUNDS must be ..."."""
     message, _, path = str(exc).rpartition(" - at `$.")
     name = path.rstrip("`")
-    return f"{name} is invalid ({message[0].lower() + message[1:]}), got {given.get(name)!r}"
+    return f"{name} is invalid ({message[0].lower() + message[1:]}), got {redacted(given.get(name, ''))!r}"
+
+
+def _check_origins(origins: list[str]) -> None:
+    """Each origin exactly as a browser sends it (scheme://host[:port]): one with a path or a trailing slash would
+    never match, and `*` would let every site's pages call the API."""
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^\s/:,]+(:\d{1,5})?", origin):
+            raise SettingsError(
+                f"CORS_ALLOW_ORIGINS takes origins like https://app.clinic.example or http://localhost:3000, "
+                f"comma-separated, without a path or a trailing slash; got {origin!r}"
+            )
+
+
+def _check_production(settings: Settings) -> None:
+    """What production must not run with: a guessable JWT secret, mail to the log, a database without a password."""
+    _check_secret_is_random(settings.jwt_secret)
+    if not settings.smtp_url:
+        raise SettingsError("SMTP_URL must be set in production: without it the worker writes every email, "
+                            "password-reset tokens included, to its log")
+    mysql = settings.mysql
+    if not mysql.password:
+        raise SettingsError(f"DATABASE_URL names MySQL user {mysql.user!r} without a password; production needs one")
+    if mysql.user == "root":
+        log.warning("DATABASE_URL connects as root: the service needs only its own database; give it a user of its "
+                    "own (see SECURITY.md)")
+    if settings.redis_url.startswith("redis") and urlsplit(settings.redis_url).password is None:
+        log.warning("REDIS_URL has no password: anyone who reaches Redis can read and change the queue and the "
+                    "rate limits (see SECURITY.md)")
+
+
+def _check_secret_is_random(secret: str) -> None:
+    """Refuse a JWT secret that anyone could guess: one short enough to search, or made of an example's words or a
+    pattern. Anyone holding it can sign a token for any user."""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(f"JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes in production; "
+                            + MAKE_A_SECRET)
+    letters = re.sub(r"[^a-z0-9]", "", secret.lower())
+    if any(word in letters for word in PLACEHOLDER_WORDS) or len(set(secret)) < MIN_SECRET_VARIETY or _repeats(secret):
+        raise SettingsError("JWT_SECRET looks made up (an example's words, too few different characters, or a "
+                            "repeated piece) and anyone could guess it; " + MAKE_A_SECRET)
+
+
+def _repeats(text: str) -> bool:
+    """Whether `text` is its first few characters over and over ("0123456789012345...")."""
+    return any(text == (text[:size] * (len(text) // size + 1))[:len(text)] for size in range(1, len(text) // 2 + 1))
 
 
 def _checked_secret(settings: Settings) -> str:
     secret = settings.jwt_secret
     if len(secret.encode()) >= MIN_SECRET_BYTES:
         return secret
-    if settings.app_env == "production":
-        raise SettingsError(
-            f"JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes in production; "
-            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-        )
     if secret:
-        raise SettingsError(f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
+        raise SettingsError(f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; " + MAKE_A_SECRET)
     if settings.app_env == "development":
         log.warning("JWT_SECRET is not set: using a random one, so tokens die with this process")
     return secrets.token_urlsafe(48)

@@ -109,7 +109,8 @@ async def raw_booking_baseline(settings: Settings, bookings: int, concurrency: i
 
 def start_uvicorn(processes: Processes, app: str, port: int, api_workers: int) -> tuple[str, int]:
     proc = processes._spawn("uvicorn", [str(BIN / "uvicorn"), app, "--port", str(port), "--workers",
-                                        str(api_workers), "--no-access-log", "--log-level", "warning"], None)
+                                        str(api_workers), "--no-access-log", "--no-server-header",
+                                        "--log-level", "warning"], None)
     url = f"http://127.0.0.1:{port}"
     for _ in range(400):
         try:
