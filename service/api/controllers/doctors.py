@@ -28,9 +28,10 @@ from service.core.times import from_row, utcnow
 
 
 class DoctorOut(msgspec.Struct):
+    """A doctor's public profile: no login email (a doctor sees their own at /auth/me)."""
+
     id: int
     name: str
-    email: str
     specialty: str | None
     created_at: datetime
 
