@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,9 +30,10 @@ import redis
 from aiosmtpd.controller import Controller
 from jwt.warnings import InsecureKeyLengthWarning
 
+from service.core.accounts import PrioritySlots
 from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, iso
-from tests.support import Processes, claim_redis_db, free_port, release_redis_db
+from tests.support import ROOT, Processes, claim_redis_db, free_port, release_redis_db
 
 PROBLEM = "application/problem+json"
 USER_KEYS = {"id", "email", "name", "role", "specialty", "created_at"}
@@ -660,8 +662,10 @@ LIMIT = 3
 
 @pytest.fixture(scope="module")
 def limited_apis(processes: Processes) -> Iterator[list[str]]:
-    """Two API processes allowing 3 logins (and 3 forgot-password) a minute, sharing the test Redis DB."""
-    env = {"LOGIN_RATE_LIMIT_PER_MINUTE": str(LIMIT)}
+    """Two API processes allowing 3 of each limited action a minute (login, forgot-password, reset-password,
+    register), sharing the test Redis DB, trusting X-Forwarded-For from 127.0.0.1 only."""
+    env = {"LOGIN_RATE_LIMIT_PER_MINUTE": str(LIMIT), "REGISTER_RATE_LIMIT_PER_MINUTE": str(LIMIT),
+           "FORWARDED_ALLOW_IPS": "127.0.0.1"}
     with extra_api(processes, env) as first, extra_api(processes, env) as second:
         yield [first, second]
 
@@ -686,7 +690,7 @@ async def test_logins_from_one_address_are_limited_per_path(
         # the address limit counts per path: asking for a reset from the same address still works
         assert (await api.post("/auth/forgot-password", json={"email": "u9@x.example"})).status_code == 202
     keys = {key.decode() for key in redis_client.keys("rate-limit:*")}
-    assert any("127.0.0.1" in key and key.endswith("/auth/login") for key in keys), keys
+    assert {"rate-limit:login:address:127.0.0.1", "rate-limit:forgot-password:address:127.0.0.1"} <= keys, keys
 
 
 async def test_logins_for_one_account_are_limited_whatever_the_address(
@@ -706,7 +710,7 @@ async def test_logins_for_one_account_are_limited_whatever_the_address(
         reset = await second.post("/auth/forgot-password", json={"email": victim["email"]})
         assert reset.status_code == 202, reset.text
 
-    key = f"rate-limit:account:login:{hashlib.sha256(victim['email'].encode()).hexdigest()}"
+    key = f"rate-limit:login:email:{hashlib.sha256(victim['email'].encode()).hexdigest()}"
     assert int(redis_client.get(key)) == LIMIT + 1
     assert 0 < redis_client.ttl(key) <= 60
 
@@ -725,7 +729,8 @@ async def test_forgot_password_is_limited_per_address_and_per_account(
         assert_too_many(await first.post("/auth/forgot-password", json={"email": "someone@clinic.example"}))
         other = await second.post("/auth/forgot-password", json={"email": "else@clinic.example"})
         assert other.status_code == 202, other.text
-    key = f"rate-limit:account:forgot-password:{hashlib.sha256(b'nobody@clinic.example').hexdigest()}"
+    # no such account: counted on the email's normal form (hashed)
+    key = f"rate-limit:forgot-password:email:{hashlib.sha256(b'nobody@clinic.example').hexdigest()}"
     assert redis_client.exists(key)
 
 
@@ -752,7 +757,146 @@ async def test_limits_hold_across_api_processes(
     finally:
         for api in clients:
             await api.aclose()
-    assert redis_client.exists(f"rate-limit:account:login:{hashlib.sha256(b'target@x.example').hexdigest()}")
+    assert redis_client.exists(f"rate-limit:login:email:{hashlib.sha256(b'target@x.example').hexdigest()}")
+
+
+async def test_registration_is_limited_per_address_409s_included(
+    limited_apis: list[str], factory: Factory, mysql: pymysql.Connection
+) -> None:
+    """Each registration costs a bcrypt hash and its 409 tells whether an email has an account: both are limited."""
+    existing = await factory.patient()
+    url = limited_apis[0]
+    async with client_from(url, "127.0.0.7") as first, client_from(url, "127.0.0.8") as second:
+        assert (await first.post("/auth/register", json=registration())).status_code == 201
+        for _ in range(LIMIT - 1):  # is this email taken? yes: 409
+            assert_problem(await first.post("/auth/register", json=registration(email=existing["email"])), 409)
+        assert_too_many(await first.post("/auth/register", json=registration()))
+        assert_too_many(await first.post("/auth/register", json=registration(email=existing["email"])))
+        # per address: another one may still register
+        assert (await second.post("/auth/register", json=registration())).status_code == 201
+    assert len(rows(mysql, "SELECT id FROM users")) == 3
+
+
+async def test_reset_password_is_limited_per_address(limited_apis: list[str]) -> None:
+    """Guessing reset tokens is hopeless (32 random bytes), and still limited like guessing passwords."""
+    async with client_from(limited_apis[0], "127.0.0.9") as api:
+        for _ in range(LIMIT):
+            made_up = {"token": uuid.uuid4().hex, "new_password": "long enough"}
+            assert_problem(await api.post("/auth/reset-password", json=made_up), 400, "token")
+        assert_too_many(await api.post("/auth/reset-password",
+                                       json={"token": uuid.uuid4().hex, "new_password": "long enough"}))
+
+
+async def test_concurrent_logins_through_two_processes_are_limited_to_exactly_the_limit(
+    limited_apis: list[str], client: httpx.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """The address counter is one atomic INCR in Redis: no two processes can both read 2 and both let a 3rd in."""
+    clients = [client_from(url, "127.0.0.10") for url in limited_apis]
+    try:
+        answers = await asyncio.gather(*(
+            clients[number % 2].post("/auth/login", json=login_body(f"n{number}@x.example"))
+            for number in range(40)))  # a different account each: only the address limit applies
+    finally:
+        for api in clients:
+            await api.aclose()
+    statuses = Counter(answer.status_code for answer in answers)
+    assert statuses == {401: LIMIT, 429: 40 - LIMIT}, statuses
+    assert all(1 <= int(answer.headers["retry-after"]) <= 60 for answer in answers if answer.status_code == 429)
+    assert int(redis_client.get("rate-limit:login:address:127.0.0.10")) == 40
+
+
+async def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
+    limited_apis: list[str], client: httpx.AsyncClient
+) -> None:
+    """FORWARDED_ALLOW_IPS=127.0.0.1: a client at 127.0.0.11 cannot pick its own address by sending the header,
+    while the proxy at 127.0.0.1 has each of its clients counted on its own."""
+    url = limited_apis[0]
+    async with client_from(url, "127.0.0.11") as untrusted, client_from(url, "127.0.0.1") as proxy:
+        for number in range(LIMIT):
+            forged = {"X-Forwarded-For": f"203.0.113.{number}"}
+            assert_unauthenticated(await untrusted.post("/auth/login", json=login_body(f"f{number}@x.example"),
+                                                        headers=forged))
+        assert_too_many(await untrusted.post("/auth/login", json=login_body("f9@x.example"),
+                                             headers={"X-Forwarded-For": "203.0.113.99"}))
+        # through the trusted proxy, each client its own bucket ...
+        for number in range(LIMIT + 2):
+            forwarded = {"X-Forwarded-For": f"198.51.100.{number}"}
+            assert_unauthenticated(await proxy.post("/auth/login", json=login_body(f"p{number}@x.example"),
+                                                    headers=forwarded))
+        # ... and one client behind it is still limited
+        behind = {"X-Forwarded-For": "198.51.100.200"}
+        for number in range(LIMIT):
+            assert_unauthenticated(await proxy.post("/auth/login", json=login_body(f"q{number}@x.example"),
+                                                    headers=behind))
+        assert_too_many(await proxy.post("/auth/login", json=login_body("q9@x.example"), headers=behind))
+
+
+async def test_logins_answer_during_a_registration_flood(processes: Processes) -> None:
+    """At a real bcrypt cost, 50 registrations from 25 addresses (within their limit) queue for the process's two
+    hashing slots; a login's check goes before them, so it answers in a fraction of the flood's time."""
+    env = {"BCRYPT_ROUNDS": "11", "PASSWORD_HASH_CONCURRENCY": "2", "REGISTER_RATE_LIMIT_PER_MINUTE": "2"}
+    with extra_api(processes, env) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as api:
+            body = registration()
+            assert (await api.post("/auth/register", json=body)).status_code == 201
+            flooders = [client_from(url, f"127.0.1.{number}") for number in range(1, 26)]
+            try:
+                flood = [asyncio.create_task(flooder.post("/auth/register", json=registration()))
+                         for flooder in flooders for _ in range(2)]
+                await asyncio.sleep(0.3)  # the flood has arrived and waits to be hashed
+                durations = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    login = await api.post("/auth/login", json={"email": body["email"], "password": PASSWORD})
+                    durations.append(time.perf_counter() - started)
+                    assert login.status_code == 200, login.text
+                still_flooding = sum(not task.done() for task in flood)
+                answers = await asyncio.gather(*flood)
+            finally:
+                for flooder in flooders:
+                    await flooder.aclose()
+    assert [answer.status_code for answer in answers] == [201] * 50
+    assert still_flooding > 0, durations  # the logins did not simply wait for the flood to end
+    # A hash takes ~0.15 s on an idle core: a login waits for a slot to free, then checks (under 0.5 s idle, ~1 s on
+    # this shared machine's busiest days); queued behind the flood it took 7 s. Generous, so load never fails it.
+    assert max(durations) < 2.5, durations
+
+
+async def test_password_slots_let_a_waiting_check_in_first_and_survive_cancelled_waiters() -> None:
+    """The order Passwords relies on: a login's check before every waiting hash; a waiter that gives up, even one
+    handed the slot at that moment, does not keep the slot from the others."""
+    slots = PrioritySlots(1)
+    order: list[str] = []
+
+    async def take(name: str, urgent: bool) -> None:
+        async with slots.held(urgent=urgent):
+            order.append(name)
+
+    async with slots.held(urgent=False):  # a hash is running
+        hashes = [asyncio.create_task(take(f"hash {number}", urgent=False)) for number in range(3)]
+        gave_up = asyncio.create_task(take("check that gave up", urgent=True))
+        check = asyncio.create_task(take("check", urgent=True))
+        await asyncio.sleep(0)
+        gave_up.cancel()
+    await asyncio.gather(*hashes, check)
+    assert order == ["check", "hash 0", "hash 1", "hash 2"]
+
+    async with slots.held(urgent=False):
+        handed = asyncio.create_task(take("handed the slot, then cancelled", urgent=True))
+        after = asyncio.create_task(take("after", urgent=False))
+        await asyncio.sleep(0)
+    handed.cancel()  # the slot is its already, but it has not run yet
+    await asyncio.wait_for(after, 1)
+    assert handed.cancelled() and order[-1] == "after"
+
+
+@pytest.mark.parametrize("path", ["Makefile", "Dockerfile", "docker-compose.yml"])
+def test_every_way_of_starting_the_api_names_the_proxies_it_trusts(path: str) -> None:
+    """uvicorn reads the client's address from X-Forwarded-For only when a proxy in FORWARDED_ALLOW_IPS sends it:
+    `make run`, the image and compose pass it, 127.0.0.1 unless told (behind a load balancer, the balancer)."""
+    text = (ROOT / path).read_text()
+    assert re.search(r"FORWARDED_ALLOW_IPS\s*(\?=|=|:-)\s*127\.0\.0\.1\b", text), path
+    assert path == "docker-compose.yml" or "--forwarded-allow-ips" in text
 
 
 async def test_a_password_change_reaches_every_api_process_despite_the_user_cache(

@@ -7,6 +7,9 @@ import hashlib
 import logging
 import secrets
 import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -15,10 +18,10 @@ import jwt
 import msgspec
 from redis.asyncio import Redis
 
+from service.core import ratelimit
 from service.core.db import ER_DUP_ENTRY, Database, Row, mysql_error_code
 from service.core.errors import Conflict, InvalidInput, NotAuthenticated
 from service.core.queue import enqueue_email, publish_user_changed
-from service.core.ratelimit import limit_per_account
 from service.core.settings import Settings
 from service.core.times import utcnow
 
@@ -41,16 +44,56 @@ class CurrentUser(msgspec.Struct, frozen=True):
     token_version: int
 
 
-class Passwords:
-    """bcrypt, run in a thread: it releases the GIL, so hashing never blocks the event loop."""
+class PrioritySlots:
+    """At most `size` holders at once; a waiter that is `urgent` is let in before every waiter that is not."""
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._others: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def held(self, *, urgent: bool) -> AsyncIterator[None]:
+        if self._free:  # a free slot means nobody waits: a released slot goes to a waiter, not back to the pool
+            self._free -= 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            (self._urgent if urgent else self._others).append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if not turn.cancelled():  # handed the slot just as it was cancelled: pass it on
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for waiting in (self._urgent, self._others):
+            while waiting:
+                turn = waiting.popleft()
+                if not turn.done():  # a cancelled waiter has left
+                    turn.set_result(None)
+                    return
+        self._free += 1
+
+
+class Passwords:
+    """bcrypt, run in a thread (it releases the GIL, so the event loop keeps serving), at most `concurrency` at
+    once in this process. A login's check goes before every waiting hash (registrations, resets): a flood of
+    registrations queues behind itself, and logins keep answering."""
+
+    def __init__(self, rounds: int, concurrency: int = 2) -> None:
         self.rounds = rounds
+        self._slots = PrioritySlots(concurrency)
         # Checked against when the email is unknown, so both failures cost the same time.
         self._decoy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
 
     async def hash(self, password: str) -> str:
-        hashed = await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds))
+        async with self._slots.held(urgent=False):
+            hashed = await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds))
         return hashed.decode()
 
     async def verify(self, password: str, password_hash: str | None) -> bool:
@@ -58,7 +101,8 @@ class Passwords:
         # No stored password is longer than bcrypt's 72 bytes; still spend the time, then say no.
         fits = len(candidate) <= MAX_PASSWORD_BYTES
         stored = password_hash.encode() if password_hash else self._decoy_hash
-        matches = await asyncio.to_thread(bcrypt.checkpw, candidate[:MAX_PASSWORD_BYTES], stored)
+        async with self._slots.held(urgent=True):
+            matches = await asyncio.to_thread(bcrypt.checkpw, candidate[:MAX_PASSWORD_BYTES], stored)
         return matches and fits and password_hash is not None
 
 
@@ -96,6 +140,11 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
+def per_email(email: str) -> str:
+    """Whom a per-account limit counts: the email (hashed: Redis holds no addresses)."""
+    return f"email:{hashlib.sha256(email.encode()).hexdigest()}"
+
+
 def check_password_bytes(password: str, field: str) -> None:
     if not MIN_PASSWORD_BYTES <= len(password.encode()) <= MAX_PASSWORD_BYTES:
         raise InvalidInput(f"must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes in UTF-8", field=field)
@@ -128,7 +177,7 @@ async def log_in(db: Database, redis: Redis, passwords: Passwords, settings: Set
                  password: str) -> tuple[str, int]:
     """An access token and its lifetime for the right password; 401 otherwise, in the same time either way."""
     email = normalize_email(email)
-    await limit_per_account(redis, "login", email, settings.login_rate_limit_per_minute)
+    await ratelimit.limit(redis, "login", per_email(email), settings.login_rate_limit_per_minute)
     user = await db.fetch_one("find_user_by_email", {"email": email})
     # The same check runs (against a decoy hash) for an unknown email: same answer, same time.
     if not await passwords.verify(password, user["password_hash"] if user else None) or user is None:
@@ -146,7 +195,7 @@ async def find_user(db: Database, user_id: int) -> Row:
 async def send_reset_token(db: Database, redis: Redis, settings: Settings, email: str) -> None:
     """Email a fresh reset token if the account exists (retiring older ones); say nothing either way."""
     email = normalize_email(email)
-    await limit_per_account(redis, "forgot-password", email, settings.login_rate_limit_per_minute)
+    await ratelimit.limit(redis, "forgot-password", per_email(email), settings.login_rate_limit_per_minute)
     user = await db.fetch_one("find_user_by_email", {"email": email})
     if user is None:
         return
@@ -176,15 +225,24 @@ def reset_email_text(name: str, token: str, valid_minutes: int) -> str:
     )
 
 
+def usable_reset_token(found: Row | None, now: datetime) -> Row:
+    """The reset token's row if it can still be used; 400 otherwise."""
+    if found is None or found["used_at"] is not None or found["expires_at"] <= now:
+        raise InvalidInput("the reset token is invalid, used or expired", field="token")
+    return found
+
+
 async def reset_password(db: Database, redis: Redis, passwords: Passwords, token: str, new_password: str) -> int:
     """Set a new password with a reset token (used up); every earlier access token stops working. The user id."""
     check_password_bytes(new_password, "new_password")
+    by_hash = {"token_hash": hash_reset_token(token)}
+    # Hashed only for a token that can be used, and before the transaction: no row lock or pooled connection is
+    # held while bcrypt waits its turn behind registrations. Checked again under the lock (used meanwhile?).
+    usable_reset_token(await db.fetch_one("find_reset_token", by_hash), utcnow())
+    password_hash = await passwords.hash(new_password)
     now = utcnow()
     async with db.transaction() as tx:
-        found = await tx.fetch_one("lock_reset_token", {"token_hash": hash_reset_token(token)})
-        if found is None or found["used_at"] is not None or found["expires_at"] <= now:
-            raise InvalidInput("the reset token is invalid, used or expired", field="token")
-        password_hash = await passwords.hash(new_password)
+        found = usable_reset_token(await tx.fetch_one("lock_reset_token", by_hash), now)
         await tx.execute("change_password", {"id": found["user_id"], "password_hash": password_hash})
         await tx.execute("retire_reset_tokens", {"user_id": found["user_id"], "now": now})
     try:  # after the commit, so no process can cache the old token version again
@@ -192,3 +250,4 @@ async def reset_password(db: Database, redis: Redis, passwords: Passwords, token
     except Exception:  # noqa: BLE001 - other processes still drop it within AUTH_CACHE_SECONDS
         log.warning("could not tell other API processes that user %s changed", found["user_id"])
     return found["user_id"]
+

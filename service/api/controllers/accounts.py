@@ -73,7 +73,7 @@ class AuthController(Controller):
     tags = ["accounts"]
 
     @post("/register", **PUBLIC, status_code=HTTP_201_CREATED, operation_id="register",
-          summary="Register a doctor or a patient", responses=problem_responses(400, 409, 413, 415, 503))
+          summary="Register a doctor or a patient", responses=problem_responses(400, 409, 413, 415, 429, 503))
     async def register(self, data: Annotated[RegisterIn, Body()], db: DatabaseDep, passwords: PasswordsDep) -> UserOut:
         row = await accounts.register(db, passwords, email=data.email, name=data.name, role=data.role,
                                       password=data.password, specialty=data.specialty)
@@ -104,7 +104,7 @@ class AuthController(Controller):
 
     @post("/reset-password", **PUBLIC, status_code=HTTP_204_NO_CONTENT, operation_id="resetPassword",
           summary="Set a new password with a token from the reset email",
-          responses=problem_responses(400, 413, 415, 503))
+          responses=problem_responses(400, 413, 415, 429, 503))
     async def reset_password(
         self, data: Annotated[ResetPasswordIn, Body()], db: DatabaseDep, redis: RedisDep, passwords: PasswordsDep,
         user_cache: UserCacheDep,
