@@ -29,8 +29,10 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 from jwt.warnings import InsecureKeyLengthWarning
+from yoyo import get_backend, read_migrations
 
 from service.core.accounts import PrioritySlots
+from service.core.db import MIGRATIONS_DIR
 from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, iso
 from tests.support import ROOT, Processes, claim_redis_db, free_port, release_redis_db
@@ -130,6 +132,57 @@ async def test_emails_are_unique_whatever_their_case(
     again = await client.post("/auth/register", json=registration(email=duplicate, role="Doctor"))
     assert_problem(again, 409)
     assert rows(mysql, "SELECT email, role FROM users") == [{"email": "ada@x.example", "role": "Patient"}]
+
+
+async def test_emails_are_stored_in_nfkc_case_folded_and_accents_make_another_address(
+    client: httpx.AsyncClient, mysql: pymysql.Connection
+) -> None:
+    """One spelling per address: full width, upper case, ligatures and composed or decomposed accents are folded
+    away; an accent is a different letter, so `ádá@` and `ada@` are two addresses (two accounts)."""
+    plain = await client.post("/auth/register", json=registration(email="ＡＤＡ.Lovelace@Clinic.example"))
+    assert plain.status_code == 201, plain.text
+    assert plain.json()["email"] == "ada.lovelace@clinic.example"
+    accented = await client.post("/auth/register", json=registration(email="ÁDÁ.Lovelace@clinic.example"))
+    assert accented.status_code == 201, accented.text
+    assert accented.json()["email"] == "ádá.lovelace@clinic.example"
+    ligature = await client.post("/auth/register", json=registration(email="Ｇraﬁn@clinic.example"))
+    assert ligature.status_code == 201 and ligature.json()["email"] == "grafin@clinic.example", ligature.text
+    # the same addresses spelled otherwise
+    for again in ("ada.lovelace@clinic.example", "ａｄａ.ＬＯＶＥＬＡＣＥ@clinic.example",
+                  "a\u0301da\u0301.lovelace@clinic.example", "ÁDÁ.LOVELACE@CLINIC.EXAMPLE", "grafin@clinic.example"):
+        assert_problem(await client.post("/auth/register", json=registration(email=again)), 409)
+    assert sorted(row["email"] for row in rows(mysql, "SELECT email FROM users")) == [
+        "ada.lovelace@clinic.example", "grafin@clinic.example", "ádá.lovelace@clinic.example"]
+    # each spelling logs in to its own account
+    for spelled, user in (("Ａda.lovelace@clinic.example", plain.json()),
+                          ("a\u0301dÁ.lovelace@clinic.example", accented.json())):
+        login = await client.post("/auth/login", json={"email": spelled, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        me = await client.get("/auth/me", headers=bearer(login.json()["access_token"]))
+        assert me.json()["id"] == user["id"]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        # 250 characters in, 500 after lower-casing or folding (İ becomes i and a combining dot)
+        pytest.param("İ" * 240 + "@x.example", id="longer than 255 once folded"),
+        # U+FDFA is one character, eighteen once NFKC spells it out
+        pytest.param("\ufdfa" * 20 + "@x.example", id="longer than 255 once in NFKC"),
+        # the full-width at sign is an ASCII @ in NFKC: two of them
+        pytest.param("a\uff20b@x.example", id="two at signs once in NFKC"),
+        # a diaeresis alone is a space and a combining diaeresis in NFKC
+        pytest.param("a\u00a8b@x.example", id="a space once in NFKC"),
+    ],
+)
+async def test_registering_an_email_that_normalizes_to_no_address_is_a_400(
+    client: httpx.AsyncClient, mysql: pymysql.Connection, address: str
+) -> None:
+    assert_problem(await client.post("/auth/register", json=registration(email=address)), 400, "email")
+    assert rows(mysql, "SELECT id FROM users") == []
+    # no account can have it: logging in or asking for a reset with it answers as for any unknown email
+    assert_unauthenticated(await client.post("/auth/login", json={"email": address, "password": PASSWORD}))
+    assert (await client.post("/auth/forgot-password", json={"email": address})).status_code == 202
 
 
 @pytest.mark.parametrize(
@@ -710,7 +763,7 @@ async def test_logins_for_one_account_are_limited_whatever_the_address(
         reset = await second.post("/auth/forgot-password", json={"email": victim["email"]})
         assert reset.status_code == 202, reset.text
 
-    key = f"rate-limit:login:email:{hashlib.sha256(victim['email'].encode()).hexdigest()}"
+    key = f"rate-limit:login:user:{victim['id']}"  # the account, found by its email however spelled
     assert int(redis_client.get(key)) == LIMIT + 1
     assert 0 < redis_client.ttl(key) <= 60
 
@@ -758,6 +811,32 @@ async def test_limits_hold_across_api_processes(
         for api in clients:
             await api.aclose()
     assert redis_client.exists(f"rate-limit:login:email:{hashlib.sha256(b'target@x.example').hexdigest()}")
+
+
+def spellings(address: str) -> list[str]:
+    """Ways to write one ASCII address that NFKC and case folding make one: upper case, full width, both."""
+    local, domain = address.split("@")
+    full_width = "".join(chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in local)
+    return [address.upper(), f"{full_width}@{domain}", f"{full_width.upper()}@{domain.upper()}",
+            f"{full_width[0]}{local[1:]}@{domain}"]
+
+
+@pytest.mark.parametrize(("action", "answered"), [("login", 401), ("forgot-password", 202)])
+async def test_one_account_has_one_limit_however_its_email_is_spelled(
+    limited_apis: list[str], factory: Factory, redis_client: redis.Redis, action: str, answered: int
+) -> None:
+    """`ＡＤＡ@x` and `ada@x` are one account after NFKC and case folding, so they count against one limit: spelling
+    the address many ways multiplies neither the password guesses nor the reset emails sent to the victim."""
+    victim = await factory.patient()
+    written = spellings(victim["email"])
+    async with client_from(limited_apis[0], "127.0.0.3") as first, client_from(limited_apis[0], "127.0.0.4") as second:
+        for address in written[:LIMIT]:  # (forgot-password ignores the password)
+            answer = await first.post(f"/auth/{action}", json=login_body(address))
+            assert answer.status_code == answered, answer.text
+        # another spelling still, from another address, with the right password
+        assert_too_many(await second.post(f"/auth/{action}", json=login_body(written[LIMIT], PASSWORD)))
+    # counted on the account's id, not on any spelling of its email
+    assert int(redis_client.get(f"rate-limit:{action}:user:{victim['id']}")) == LIMIT + 1
 
 
 async def test_registration_is_limited_per_address_409s_included(
@@ -888,6 +967,69 @@ async def test_password_slots_let_a_waiting_check_in_first_and_survive_cancelled
     handed.cancel()  # the slot is its already, but it has not run yet
     await asyncio.wait_for(after, 1)
     assert handed.cancelled() and order[-1] == "after"
+
+
+def scratch_database(settings: Settings) -> tuple[Any, Any, pymysql.Connection]:
+    """A database of one test's own at migration 0006: yoyo's backend, the migrations, and a connection."""
+    scratch = settings.mysql.url(f"test_emails_{uuid.uuid4().hex[:8]}")
+    address = Settings.from_env({"DATABASE_URL": scratch}).mysql
+    server = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password)
+    with server.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{address.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    server.close()
+    backend = get_backend(scratch)
+    migrations = read_migrations(str(MIGRATIONS_DIR))
+    backend.apply_migrations(backend.to_apply(migrations.filter(lambda migration: migration.id < "0007")))
+    conn = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password,
+                           database=address.database, autocommit=True, cursorclass=pymysql.cursors.DictCursor)
+    return backend, migrations, conn
+
+
+def email_collation(conn: pymysql.Connection) -> str:
+    return rows(conn, "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+                      " AND TABLE_NAME = 'users' AND COLUMN_NAME = 'email'")[0]["COLLATION_NAME"]
+
+
+def add_users(conn: pymysql.Connection, *emails: str) -> None:
+    with conn.cursor() as cursor:
+        cursor.executemany("INSERT INTO users (email, name, role, password_hash, created_at)"
+                           " VALUES (%s, 'U', 'Patient', 'x', UTC_TIMESTAMP(6))", [(email,) for email in emails])
+
+
+def test_migration_0007_normalizes_stored_emails_and_compares_them_exactly(settings: Settings) -> None:
+    backend, migrations, conn = scratch_database(settings)
+    exact = migrations.filter(lambda migration: migration.id.startswith("0007"))
+    try:
+        # as the old code stored them: trimmed and lower-cased only
+        add_users(conn, "ａda@x.example", "straße@x.example", "plain@x.example", "ébé@x.example", "ﬁ@x.example")
+        backend.apply_migrations(backend.to_apply(exact))
+        assert email_collation(conn) == "utf8mb4_bin"
+        assert [row["email"] for row in rows(conn, "SELECT email FROM users ORDER BY id")] == [
+            "ada@x.example", "strasse@x.example", "plain@x.example", "ébé@x.example", "fi@x.example"]
+        add_users(conn, "adá@x.example")  # another address now
+        with pytest.raises(pymysql.err.IntegrityError):
+            add_users(conn, "ada@x.example")
+
+        # back to a collation that takes `ada` and `adá` for one: refused while they are two accounts
+        with pytest.raises(RuntimeError, match="would share an email"):
+            backend.rollback_migrations(backend.to_rollback(exact))
+        assert email_collation(conn) == "utf8mb4_bin"
+        with conn.cursor() as cursor:
+            cursor.execute("DELETE FROM users WHERE email = 'adá@x.example'")
+        backend.rollback_migrations(backend.to_rollback(exact))
+        assert email_collation(conn) == "utf8mb4_unicode_ci"
+
+        # two accounts the old collation kept apart but NFKC makes one: refused, nothing changed
+        add_users(conn, "𝐚da@x.example")
+        with pytest.raises(RuntimeError, match="sharing a normal form"):
+            backend.apply_migrations(backend.to_apply(exact))
+        assert email_collation(conn) == "utf8mb4_unicode_ci"
+        assert "𝐚da@x.example" in {row["email"] for row in rows(conn, "SELECT email FROM users")}
+    finally:
+        backend.connection.close()  # it may hold a metadata lock the DROP would wait for
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{conn.db.decode()}`")
+        conn.close()
 
 
 @pytest.mark.parametrize("path", ["Makefile", "Dockerfile", "docker-compose.yml"])

@@ -12,6 +12,7 @@ import pytest
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 from litestar.testing import AsyncTestClient
+from yoyo import read_migrations
 
 from service.api.app import create_app
 from service.api.extensions import resolve_dependencies_in_turn
@@ -90,7 +91,7 @@ def _tables(settings: Settings) -> set[str]:
 
 def test_migrations_create_the_database_apply_twice_harmlessly_and_roll_back(settings: Settings) -> None:
     scratch = Settings.from_env({"DATABASE_URL": settings.mysql.url(f"test_migrations_{os.getpid()}")})
-    every = len([path for path in MIGRATIONS_DIR.glob("*.sql") if not path.name.endswith(".rollback.sql")])
+    every = len(read_migrations(str(MIGRATIONS_DIR)))  # SQL ones and Python ones (0007: MySQL has no NFKC)
     try:
         assert len(migrate(scratch)) == every
         assert _tables(scratch) == TABLES

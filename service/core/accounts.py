@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import secrets
+import unicodedata
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -32,6 +34,9 @@ JWT_ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit
+MAX_EMAIL_CHARS = 255  # users.email
+# What the HTTP layer's pattern asks of an address, asked again of its normal form (NFKC makes `＠` an `@`).
+ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class CurrentUser(msgspec.Struct, frozen=True):
@@ -136,13 +141,27 @@ def hash_reset_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def normalize_email(email: str) -> str:
-    return email.strip().lower()
+def normal_email(email: str) -> str:
+    """The one spelling of an address that is stored and looked up: trimmed, NFKC, case-folded (and NFKC again:
+    folding may decompose). `ＡＤＡ@x`, `Ada@x` and `ada@x` are one address; `ádá@x` is another."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", email.strip()).casefold())
 
 
-def per_email(email: str) -> str:
-    """Whom a per-account limit counts: the email (hashed: Redis holds no addresses)."""
-    return f"email:{hashlib.sha256(email.encode()).hexdigest()}"
+def checked_email(email: str) -> str:
+    """The normal form of an email as given; 400 if that is no longer an address, or too long to store."""
+    normal = normal_email(email)
+    if len(normal) > MAX_EMAIL_CHARS:
+        raise InvalidInput(f"must be at most {MAX_EMAIL_CHARS} characters in NFKC, case-folded", field="email")
+    if not ADDRESS.fullmatch(normal):
+        raise InvalidInput("is no email address in NFKC (full-width and other forms are read as ASCII)",
+                           field="email")
+    return normal
+
+
+def account(user: Row | None, email: str) -> str:
+    """Whom a per-account limit counts: the account found, however its email was spelled; for an email without
+    one, that email (hashed: Redis holds no addresses), so unknown emails are limited alike."""
+    return f"user:{user['id']}" if user else f"email:{hashlib.sha256(email.encode()).hexdigest()}"
 
 
 def check_password_bytes(password: str, field: str) -> None:
@@ -152,12 +171,13 @@ def check_password_bytes(password: str, field: str) -> None:
 
 async def register(db: Database, passwords: Passwords, *, email: str, name: str, role: Role, password: str,
                    specialty: str | None) -> Row:
-    """A new account; 409 if the email has one already."""
+    """A new account; 409 if the email, in its normal form, has one already."""
+    email = checked_email(email)
     check_password_bytes(password, "password")
     if specialty is not None and role != "Doctor":
         raise InvalidInput("only doctors have a specialty", field="specialty")
     row = {
-        "email": normalize_email(email),
+        "email": email,
         "name": name.strip(),
         "role": role,
         "specialty": specialty.strip() if specialty else None,
@@ -176,9 +196,9 @@ async def register(db: Database, passwords: Passwords, *, email: str, name: str,
 async def log_in(db: Database, redis: Redis, passwords: Passwords, settings: Settings, email: str,
                  password: str) -> tuple[str, int]:
     """An access token and its lifetime for the right password; 401 otherwise, in the same time either way."""
-    email = normalize_email(email)
-    await ratelimit.limit(redis, "login", per_email(email), settings.login_rate_limit_per_minute)
+    email = normal_email(email)  # one that registration would refuse finds no account, like any unknown email
     user = await db.fetch_one("find_user_by_email", {"email": email})
+    await ratelimit.limit(redis, "login", account(user, email), settings.login_rate_limit_per_minute)
     # The same check runs (against a decoy hash) for an unknown email: same answer, same time.
     if not await passwords.verify(password, user["password_hash"] if user else None) or user is None:
         raise NotAuthenticated("email or password is wrong")
@@ -194,9 +214,9 @@ async def find_user(db: Database, user_id: int) -> Row:
 
 async def send_reset_token(db: Database, redis: Redis, settings: Settings, email: str) -> None:
     """Email a fresh reset token if the account exists (retiring older ones); say nothing either way."""
-    email = normalize_email(email)
-    await ratelimit.limit(redis, "forgot-password", per_email(email), settings.login_rate_limit_per_minute)
+    email = normal_email(email)
     user = await db.fetch_one("find_user_by_email", {"email": email})
+    await ratelimit.limit(redis, "forgot-password", account(user, email), settings.login_rate_limit_per_minute)
     if user is None:
         return
     token, token_hash = new_reset_token()

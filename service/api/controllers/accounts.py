@@ -19,7 +19,8 @@ from service.core import accounts
 from service.core.accounts import Role
 from service.core.times import from_row
 
-# Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed.
+# Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed. A first cut:
+# accounts.checked_email() asks the same of the address's normal form (NFKC, case-folded), which is what is kept.
 Email = Annotated[str, Meta(max_length=255, pattern=rf"^[{WS}]*[^@{WS}]+@[^@{WS}]+\.[^@{WS}]+[{WS}]*$",
                             examples=["ada@clinic.example"])]
 # bcrypt counts bytes: the characters here are a first cut, accounts.check_password_bytes() is the rule.
