@@ -6,7 +6,8 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    API_WORKERS=1
+    API_WORKERS=1 \
+    FORWARDED_ALLOW_IPS=127.0.0.1
 
 WORKDIR /app
 
@@ -25,4 +26,6 @@ USER app
 
 EXPOSE 8000
 
-CMD ["sh", "-c", "exec uvicorn service.api.app:app --host 0.0.0.0 --port 8000 --no-access-log --no-server-header --workers ${API_WORKERS:-1}"]
+# X-Forwarded-For is believed only from FORWARDED_ALLOW_IPS (the rate limits count per client address): behind a load
+# balancer, set it to the balancer's address; never "*" where clients can reach the container directly.
+CMD ["sh", "-c", "exec uvicorn service.api.app:app --host 0.0.0.0 --port 8000 --no-access-log --no-server-header --workers ${API_WORKERS:-1} --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-127.0.0.1}\""]

@@ -7,6 +7,8 @@ PORT ?= 8000
 API_WORKERS ?= 1
 export DATABASE_URL ?= mysql://root@127.0.0.1:3306/doctor_appointments
 export REDIS_URL ?= redis://127.0.0.1:6379/0
+# Proxies whose X-Forwarded-For names the client (rate limits count per client): behind a load balancer, its address.
+export FORWARDED_ALLOW_IPS ?= 127.0.0.1
 
 .PHONY: install run migrate test bench lint check-services docker-secrets clean
 
@@ -31,7 +33,8 @@ run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
 	@echo "Health:   http://127.0.0.1:$(PORT)/health"
 	@trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/python -m worker & \
-	$(BIN)/uvicorn service.api.app:app --host $(HOST) --port $(PORT) --workers $(API_WORKERS) --no-server-header & \
+	$(BIN)/uvicorn service.api.app:app --host $(HOST) --port $(PORT) --workers $(API_WORKERS) --no-server-header \
+		--forwarded-allow-ips '$(FORWARDED_ALLOW_IPS)' & \
 	wait
 
 test: check-services  ## the whole suite against the local MariaDB/MySQL and Redis

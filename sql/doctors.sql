@@ -1,5 +1,5 @@
 -- name: list_doctors
-SELECT id, name, email, specialty, timezone, created_at
+SELECT id, name, specialty, timezone, created_at
 FROM users
 WHERE role = 'Doctor'
   AND (%(name_like)s IS NULL OR name LIKE %(name_like)s)
@@ -15,7 +15,7 @@ WHERE role = 'Doctor'
   AND (%(specialty)s IS NULL OR specialty = %(specialty)s);
 
 -- name: find_doctor
-SELECT id, name, email, specialty, timezone, created_at
+SELECT id, name, specialty, timezone, created_at
 FROM users WHERE id = %(id)s AND role = 'Doctor';
 
 -- name: update_doctor_specialty

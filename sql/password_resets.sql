@@ -9,3 +9,7 @@ VALUES (%(user_id)s, %(token_hash)s, %(expires_at)s, %(now)s);
 -- name: lock_reset_token
 SELECT id, user_id, expires_at, used_at FROM password_reset_tokens
 WHERE token_hash = %(token_hash)s FOR UPDATE;
+
+-- name: find_reset_token
+SELECT id, user_id, expires_at, used_at FROM password_reset_tokens
+WHERE token_hash = %(token_hash)s;

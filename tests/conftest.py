@@ -35,6 +35,7 @@ def test_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         "SWEEP_AFTER_SECONDS": "2",
         "SWEEP_EVERY_SECONDS": "1",
         "LOGIN_RATE_LIMIT_PER_MINUTE": "10000",
+        "REGISTER_RATE_LIMIT_PER_MINUTE": "10000",
         "ACCESS_LOG": "true",  # the workers' job lines, which tests read (the API runs with --no-access-log)
         "AUTH_CACHE_SECONDS": "0",  # exact: a deleted user's token fails on the very next request
     }

@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,10 +29,13 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 from jwt.warnings import InsecureKeyLengthWarning
+from yoyo import get_backend, read_migrations
 
+from service.core.accounts import PrioritySlots
+from service.core.db import MIGRATIONS_DIR
 from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, iso
-from tests.support import Processes, claim_redis_db, free_port, release_redis_db
+from tests.support import ROOT, Processes, claim_redis_db, free_port, release_redis_db
 
 PROBLEM = "application/problem+json"
 USER_KEYS = {"id", "email", "name", "role", "specialty", "created_at"}
@@ -128,6 +132,57 @@ async def test_emails_are_unique_whatever_their_case(
     again = await client.post("/auth/register", json=registration(email=duplicate, role="Doctor"))
     assert_problem(again, 409)
     assert rows(mysql, "SELECT email, role FROM users") == [{"email": "ada@x.example", "role": "Patient"}]
+
+
+async def test_emails_are_stored_in_nfkc_case_folded_and_accents_make_another_address(
+    client: httpx.AsyncClient, mysql: pymysql.Connection
+) -> None:
+    """One spelling per address: full width, upper case, ligatures and composed or decomposed accents are folded
+    away; an accent is a different letter, so `ádá@` and `ada@` are two addresses (two accounts)."""
+    plain = await client.post("/auth/register", json=registration(email="ＡＤＡ.Lovelace@Clinic.example"))
+    assert plain.status_code == 201, plain.text
+    assert plain.json()["email"] == "ada.lovelace@clinic.example"
+    accented = await client.post("/auth/register", json=registration(email="ÁDÁ.Lovelace@clinic.example"))
+    assert accented.status_code == 201, accented.text
+    assert accented.json()["email"] == "ádá.lovelace@clinic.example"
+    ligature = await client.post("/auth/register", json=registration(email="Ｇraﬁn@clinic.example"))
+    assert ligature.status_code == 201 and ligature.json()["email"] == "grafin@clinic.example", ligature.text
+    # the same addresses spelled otherwise
+    for again in ("ada.lovelace@clinic.example", "ａｄａ.ＬＯＶＥＬＡＣＥ@clinic.example",
+                  "a\u0301da\u0301.lovelace@clinic.example", "ÁDÁ.LOVELACE@CLINIC.EXAMPLE", "grafin@clinic.example"):
+        assert_problem(await client.post("/auth/register", json=registration(email=again)), 409)
+    assert sorted(row["email"] for row in rows(mysql, "SELECT email FROM users")) == [
+        "ada.lovelace@clinic.example", "grafin@clinic.example", "ádá.lovelace@clinic.example"]
+    # each spelling logs in to its own account
+    for spelled, user in (("Ａda.lovelace@clinic.example", plain.json()),
+                          ("a\u0301dÁ.lovelace@clinic.example", accented.json())):
+        login = await client.post("/auth/login", json={"email": spelled, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        me = await client.get("/auth/me", headers=bearer(login.json()["access_token"]))
+        assert me.json()["id"] == user["id"]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        # 250 characters in, 500 after lower-casing or folding (İ becomes i and a combining dot)
+        pytest.param("İ" * 240 + "@x.example", id="longer than 255 once folded"),
+        # U+FDFA is one character, eighteen once NFKC spells it out
+        pytest.param("\ufdfa" * 20 + "@x.example", id="longer than 255 once in NFKC"),
+        # the full-width at sign is an ASCII @ in NFKC: two of them
+        pytest.param("a\uff20b@x.example", id="two at signs once in NFKC"),
+        # a diaeresis alone is a space and a combining diaeresis in NFKC
+        pytest.param("a\u00a8b@x.example", id="a space once in NFKC"),
+    ],
+)
+async def test_registering_an_email_that_normalizes_to_no_address_is_a_400(
+    client: httpx.AsyncClient, mysql: pymysql.Connection, address: str
+) -> None:
+    assert_problem(await client.post("/auth/register", json=registration(email=address)), 400, "email")
+    assert rows(mysql, "SELECT id FROM users") == []
+    # no account can have it: logging in or asking for a reset with it answers as for any unknown email
+    assert_unauthenticated(await client.post("/auth/login", json={"email": address, "password": PASSWORD}))
+    assert (await client.post("/auth/forgot-password", json={"email": address})).status_code == 202
 
 
 @pytest.mark.parametrize(
@@ -660,8 +715,10 @@ LIMIT = 3
 
 @pytest.fixture(scope="module")
 def limited_apis(processes: Processes) -> Iterator[list[str]]:
-    """Two API processes allowing 3 logins (and 3 forgot-password) a minute, sharing the test Redis DB."""
-    env = {"LOGIN_RATE_LIMIT_PER_MINUTE": str(LIMIT)}
+    """Two API processes allowing 3 of each limited action a minute (login, forgot-password, reset-password,
+    register), sharing the test Redis DB, trusting X-Forwarded-For from 127.0.0.1 only."""
+    env = {"LOGIN_RATE_LIMIT_PER_MINUTE": str(LIMIT), "REGISTER_RATE_LIMIT_PER_MINUTE": str(LIMIT),
+           "FORWARDED_ALLOW_IPS": "127.0.0.1"}
     with extra_api(processes, env) as first, extra_api(processes, env) as second:
         yield [first, second]
 
@@ -686,7 +743,7 @@ async def test_logins_from_one_address_are_limited_per_path(
         # the address limit counts per path: asking for a reset from the same address still works
         assert (await api.post("/auth/forgot-password", json={"email": "u9@x.example"})).status_code == 202
     keys = {key.decode() for key in redis_client.keys("rate-limit:*")}
-    assert any("127.0.0.1" in key and key.endswith("/auth/login") for key in keys), keys
+    assert {"rate-limit:login:address:127.0.0.1", "rate-limit:forgot-password:address:127.0.0.1"} <= keys, keys
 
 
 async def test_logins_for_one_account_are_limited_whatever_the_address(
@@ -706,7 +763,7 @@ async def test_logins_for_one_account_are_limited_whatever_the_address(
         reset = await second.post("/auth/forgot-password", json={"email": victim["email"]})
         assert reset.status_code == 202, reset.text
 
-    key = f"rate-limit:account:login:{hashlib.sha256(victim['email'].encode()).hexdigest()}"
+    key = f"rate-limit:login:user:{victim['id']}"  # the account, found by its email however spelled
     assert int(redis_client.get(key)) == LIMIT + 1
     assert 0 < redis_client.ttl(key) <= 60
 
@@ -725,7 +782,8 @@ async def test_forgot_password_is_limited_per_address_and_per_account(
         assert_too_many(await first.post("/auth/forgot-password", json={"email": "someone@clinic.example"}))
         other = await second.post("/auth/forgot-password", json={"email": "else@clinic.example"})
         assert other.status_code == 202, other.text
-    key = f"rate-limit:account:forgot-password:{hashlib.sha256(b'nobody@clinic.example').hexdigest()}"
+    # no such account: counted on the email's normal form (hashed)
+    key = f"rate-limit:forgot-password:email:{hashlib.sha256(b'nobody@clinic.example').hexdigest()}"
     assert redis_client.exists(key)
 
 
@@ -752,7 +810,250 @@ async def test_limits_hold_across_api_processes(
     finally:
         for api in clients:
             await api.aclose()
-    assert redis_client.exists(f"rate-limit:account:login:{hashlib.sha256(b'target@x.example').hexdigest()}")
+    assert redis_client.exists(f"rate-limit:login:email:{hashlib.sha256(b'target@x.example').hexdigest()}")
+
+
+def spellings(address: str) -> list[str]:
+    """Ways to write one ASCII address that NFKC and case folding make one: upper case, full width, both."""
+    local, domain = address.split("@")
+    full_width = "".join(chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in local)
+    return [address.upper(), f"{full_width}@{domain}", f"{full_width.upper()}@{domain.upper()}",
+            f"{full_width[0]}{local[1:]}@{domain}"]
+
+
+@pytest.mark.parametrize(("action", "answered"), [("login", 401), ("forgot-password", 202)])
+async def test_one_account_has_one_limit_however_its_email_is_spelled(
+    limited_apis: list[str], factory: Factory, redis_client: redis.Redis, action: str, answered: int
+) -> None:
+    """`ＡＤＡ@x` and `ada@x` are one account after NFKC and case folding, so they count against one limit: spelling
+    the address many ways multiplies neither the password guesses nor the reset emails sent to the victim."""
+    victim = await factory.patient()
+    written = spellings(victim["email"])
+    async with client_from(limited_apis[0], "127.0.0.3") as first, client_from(limited_apis[0], "127.0.0.4") as second:
+        for address in written[:LIMIT]:  # (forgot-password ignores the password)
+            answer = await first.post(f"/auth/{action}", json=login_body(address))
+            assert answer.status_code == answered, answer.text
+        # another spelling still, from another address, with the right password
+        assert_too_many(await second.post(f"/auth/{action}", json=login_body(written[LIMIT], PASSWORD)))
+    # counted on the account's id, not on any spelling of its email
+    assert int(redis_client.get(f"rate-limit:{action}:user:{victim['id']}")) == LIMIT + 1
+
+
+async def test_registration_is_limited_per_address_409s_included(
+    limited_apis: list[str], factory: Factory, mysql: pymysql.Connection
+) -> None:
+    """Each registration costs a bcrypt hash and its 409 tells whether an email has an account: both are limited."""
+    existing = await factory.patient()
+    url = limited_apis[0]
+    async with client_from(url, "127.0.0.7") as first, client_from(url, "127.0.0.8") as second:
+        assert (await first.post("/auth/register", json=registration())).status_code == 201
+        for _ in range(LIMIT - 1):  # is this email taken? yes: 409
+            assert_problem(await first.post("/auth/register", json=registration(email=existing["email"])), 409)
+        assert_too_many(await first.post("/auth/register", json=registration()))
+        assert_too_many(await first.post("/auth/register", json=registration(email=existing["email"])))
+        # per address: another one may still register
+        assert (await second.post("/auth/register", json=registration())).status_code == 201
+    assert len(rows(mysql, "SELECT id FROM users")) == 3
+
+
+async def test_reset_password_is_limited_per_address(limited_apis: list[str]) -> None:
+    """Guessing reset tokens is hopeless (32 random bytes), and still limited like guessing passwords."""
+    async with client_from(limited_apis[0], "127.0.0.9") as api:
+        for _ in range(LIMIT):
+            made_up = {"token": uuid.uuid4().hex, "new_password": "long enough"}
+            assert_problem(await api.post("/auth/reset-password", json=made_up), 400, "token")
+        assert_too_many(await api.post("/auth/reset-password",
+                                       json={"token": uuid.uuid4().hex, "new_password": "long enough"}))
+
+
+async def test_concurrent_logins_through_two_processes_are_limited_to_exactly_the_limit(
+    limited_apis: list[str], client: httpx.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """The address counter is one atomic INCR in Redis: no two processes can both read 2 and both let a 3rd in."""
+    clients = [client_from(url, "127.0.0.10") for url in limited_apis]
+    try:
+        answers = await asyncio.gather(*(
+            clients[number % 2].post("/auth/login", json=login_body(f"n{number}@x.example"))
+            for number in range(40)))  # a different account each: only the address limit applies
+    finally:
+        for api in clients:
+            await api.aclose()
+    statuses = Counter(answer.status_code for answer in answers)
+    assert statuses == {401: LIMIT, 429: 40 - LIMIT}, statuses
+    assert all(1 <= int(answer.headers["retry-after"]) <= 60 for answer in answers if answer.status_code == 429)
+    assert int(redis_client.get("rate-limit:login:address:127.0.0.10")) == 40
+
+
+async def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
+    limited_apis: list[str], client: httpx.AsyncClient
+) -> None:
+    """FORWARDED_ALLOW_IPS=127.0.0.1: a client at 127.0.0.11 cannot pick its own address by sending the header,
+    while the proxy at 127.0.0.1 has each of its clients counted on its own."""
+    url = limited_apis[0]
+    async with client_from(url, "127.0.0.11") as untrusted, client_from(url, "127.0.0.1") as proxy:
+        for number in range(LIMIT):
+            forged = {"X-Forwarded-For": f"203.0.113.{number}"}
+            assert_unauthenticated(await untrusted.post("/auth/login", json=login_body(f"f{number}@x.example"),
+                                                        headers=forged))
+        assert_too_many(await untrusted.post("/auth/login", json=login_body("f9@x.example"),
+                                             headers={"X-Forwarded-For": "203.0.113.99"}))
+        # through the trusted proxy, each client its own bucket ...
+        for number in range(LIMIT + 2):
+            forwarded = {"X-Forwarded-For": f"198.51.100.{number}"}
+            assert_unauthenticated(await proxy.post("/auth/login", json=login_body(f"p{number}@x.example"),
+                                                    headers=forwarded))
+        # ... and one client behind it is still limited
+        behind = {"X-Forwarded-For": "198.51.100.200"}
+        for number in range(LIMIT):
+            assert_unauthenticated(await proxy.post("/auth/login", json=login_body(f"q{number}@x.example"),
+                                                    headers=behind))
+        assert_too_many(await proxy.post("/auth/login", json=login_body("q9@x.example"), headers=behind))
+
+
+def one_bcrypt(rounds: int) -> float:
+    """Seconds one bcrypt hash at this cost takes on this machine now (the median of three)."""
+    salt = bcrypt.gensalt(rounds)
+    durations = []
+    for _ in range(3):
+        started = time.perf_counter()
+        bcrypt.hashpw(b"calibrate", salt)
+        durations.append(time.perf_counter() - started)
+    return statistics.median(durations)
+
+
+async def test_logins_answer_during_a_registration_flood(processes: Processes) -> None:
+    """At a real bcrypt cost, 50 registrations from 25 addresses (within their limit) queue for the process's two
+    hashing slots; a login's check goes before them, so it answers in a few hashes' time, not the flood's."""
+    rounds = 10
+    env = {"BCRYPT_ROUNDS": str(rounds), "PASSWORD_HASH_CONCURRENCY": "2", "REGISTER_RATE_LIMIT_PER_MINUTE": "2"}
+    with extra_api(processes, env) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as api:
+            body = registration()
+            assert (await api.post("/auth/register", json=body)).status_code == 201
+            one_hash = one_bcrypt(rounds)
+            flooders = [httpx.AsyncClient(base_url=url, timeout=120, transport=httpx.AsyncHTTPTransport(
+                local_address=f"127.0.1.{number}")) for number in range(1, 26)]
+            try:
+                flood = [asyncio.create_task(flooder.post("/auth/register", json=registration()))
+                         for flooder in flooders for _ in range(2)]
+                await asyncio.sleep(2 * one_hash)  # the flood has arrived and waits to be hashed
+                durations = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    login = await api.post("/auth/login", json={"email": body["email"], "password": PASSWORD})
+                    durations.append(time.perf_counter() - started)
+                    assert login.status_code == 200, login.text
+                still_flooding = sum(not task.done() for task in flood)
+                answers = await asyncio.gather(*flood)
+            finally:
+                for flooder in flooders:
+                    await flooder.aclose()
+    assert [answer.status_code for answer in answers] == [201] * 50
+    assert still_flooding > 0, (durations, one_hash)  # the logins did not simply wait for the flood to end
+    # A login waits for one of the two slots to free, then checks: about two hashes. Queued behind the flood (as
+    # before the slots) it waited for some 25 (7 s at cost 11). Measured against this machine's speed right now,
+    # so a busy machine slows both sides alike.
+    assert max(durations) < 10 * one_hash + 0.3, (durations, one_hash)
+
+
+async def test_password_slots_let_a_waiting_check_in_first_and_survive_cancelled_waiters() -> None:
+    """The order Passwords relies on: a login's check before every waiting hash; a waiter that gives up, even one
+    handed the slot at that moment, does not keep the slot from the others."""
+    slots = PrioritySlots(1)
+    order: list[str] = []
+
+    async def take(name: str, urgent: bool) -> None:
+        async with slots.held(urgent=urgent):
+            order.append(name)
+
+    async with slots.held(urgent=False):  # a hash is running
+        hashes = [asyncio.create_task(take(f"hash {number}", urgent=False)) for number in range(3)]
+        gave_up = asyncio.create_task(take("check that gave up", urgent=True))
+        check = asyncio.create_task(take("check", urgent=True))
+        await asyncio.sleep(0)
+        gave_up.cancel()
+    await asyncio.gather(*hashes, check)
+    assert order == ["check", "hash 0", "hash 1", "hash 2"]
+
+    async with slots.held(urgent=False):
+        handed = asyncio.create_task(take("handed the slot, then cancelled", urgent=True))
+        after = asyncio.create_task(take("after", urgent=False))
+        await asyncio.sleep(0)
+    handed.cancel()  # the slot is its already, but it has not run yet
+    await asyncio.wait_for(after, 1)
+    assert handed.cancelled() and order[-1] == "after"
+
+
+def scratch_database(settings: Settings) -> tuple[Any, Any, pymysql.Connection]:
+    """A database of one test's own at migration 0006: yoyo's backend, the migrations, and a connection."""
+    scratch = settings.mysql.url(f"test_emails_{uuid.uuid4().hex[:8]}")
+    address = Settings.from_env({"DATABASE_URL": scratch}).mysql
+    server = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password)
+    with server.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{address.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    server.close()
+    backend = get_backend(scratch)
+    migrations = read_migrations(str(MIGRATIONS_DIR))
+    backend.apply_migrations(backend.to_apply(migrations.filter(lambda migration: migration.id < "0007")))
+    conn = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password,
+                           database=address.database, autocommit=True, cursorclass=pymysql.cursors.DictCursor)
+    return backend, migrations, conn
+
+
+def email_collation(conn: pymysql.Connection) -> str:
+    return rows(conn, "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+                      " AND TABLE_NAME = 'users' AND COLUMN_NAME = 'email'")[0]["COLLATION_NAME"]
+
+
+def add_users(conn: pymysql.Connection, *emails: str) -> None:
+    with conn.cursor() as cursor:
+        cursor.executemany("INSERT INTO users (email, name, role, password_hash, created_at)"
+                           " VALUES (%s, 'U', 'Patient', 'x', UTC_TIMESTAMP(6))", [(email,) for email in emails])
+
+
+def test_migration_0007_normalizes_stored_emails_and_compares_them_exactly(settings: Settings) -> None:
+    backend, migrations, conn = scratch_database(settings)
+    exact = migrations.filter(lambda migration: migration.id.startswith("0007"))
+    try:
+        # as the old code stored them: trimmed and lower-cased only
+        add_users(conn, "ａda@x.example", "straße@x.example", "plain@x.example", "ébé@x.example", "ﬁ@x.example")
+        backend.apply_migrations(backend.to_apply(exact))
+        assert email_collation(conn) == "utf8mb4_bin"
+        assert [row["email"] for row in rows(conn, "SELECT email FROM users ORDER BY id")] == [
+            "ada@x.example", "strasse@x.example", "plain@x.example", "ébé@x.example", "fi@x.example"]
+        add_users(conn, "adá@x.example")  # another address now
+        with pytest.raises(pymysql.err.IntegrityError):
+            add_users(conn, "ada@x.example")
+
+        # back to a collation that takes `ada` and `adá` for one: refused while they are two accounts
+        with pytest.raises(RuntimeError, match="would share an email"):
+            backend.rollback_migrations(backend.to_rollback(exact))
+        assert email_collation(conn) == "utf8mb4_bin"
+        with conn.cursor() as cursor:
+            cursor.execute("DELETE FROM users WHERE email = 'adá@x.example'")
+        backend.rollback_migrations(backend.to_rollback(exact))
+        assert email_collation(conn) == "utf8mb4_unicode_ci"
+
+        # two accounts the old collation kept apart but NFKC makes one: refused, nothing changed
+        add_users(conn, "𝐚da@x.example")
+        with pytest.raises(RuntimeError, match="sharing a normal form"):
+            backend.apply_migrations(backend.to_apply(exact))
+        assert email_collation(conn) == "utf8mb4_unicode_ci"
+        assert "𝐚da@x.example" in {row["email"] for row in rows(conn, "SELECT email FROM users")}
+    finally:
+        backend.connection.close()  # it may hold a metadata lock the DROP would wait for
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{conn.db.decode()}`")
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["Makefile", "Dockerfile", "docker-compose.yml"])
+def test_every_way_of_starting_the_api_names_the_proxies_it_trusts(path: str) -> None:
+    """uvicorn reads the client's address from X-Forwarded-For only when a proxy in FORWARDED_ALLOW_IPS sends it:
+    `make run`, the image and compose pass it, 127.0.0.1 unless told (behind a load balancer, the balancer)."""
+    text = (ROOT / path).read_text()
+    assert re.search(r"FORWARDED_ALLOW_IPS\s*(\?=|=|:-)\s*127\.0\.0\.1\b", text), path
+    assert path == "docker-compose.yml" or "--forwarded-allow-ips" in text
 
 
 async def test_a_password_change_reaches_every_api_process_despite_the_user_cache(

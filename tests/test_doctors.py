@@ -80,7 +80,8 @@ async def test_list_doctors_is_paginated_50_by_default_at_most_200_and_leaves_ou
     assert set(page) == {"items", "total", "limit", "offset"}
     assert (page["total"], page["limit"], page["offset"], len(page["items"])) == (55, 50, 0, 50)
     assert [d["name"] for d in page["items"]] == [f"Bulk {n:02}" for n in range(50)]
-    assert set(page["items"][0]) == {"id", "name", "email", "specialty", "timezone", "created_at"}
+    assert set(page["items"][0]) == {"id", "name", "specialty", "timezone", "created_at"}  # no login email in public
+    assert "@clinic.example" not in first.text
     assert page["items"][0]["created_at"].endswith("Z")
 
     rest = (await client.get("/doctors", params={"offset": 50})).json()
@@ -166,8 +167,8 @@ async def test_a_doctor_changes_their_specialty_with_patch_me(
     response = await client.patch("/doctors/me", headers=doctor.headers, json={"specialty": " Neurology  "})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert (body["id"], body["name"], body["email"], body["specialty"]) == (
-        doctor["id"], doctor["name"], doctor["email"], "Neurology")
+    assert body == {"id": doctor["id"], "name": doctor["name"], "specialty": "Neurology",
+                    "created_at": doctor["created_at"]}
     with mysql.cursor() as cursor:
         cursor.execute("SELECT specialty FROM users WHERE id = %s", (doctor["id"],))
         assert cursor.fetchone()["specialty"] == "Neurology"
@@ -198,8 +199,9 @@ async def test_get_doctor_is_the_profile_and_404_for_unknown_ids_and_patients(
 
     response = await client.get(f"/doctors/{doctor['id']}")
     assert response.status_code == 200, response.text
-    assert response.json() == {"id": doctor["id"], "name": doctor["name"], "email": doctor["email"],
-                               "specialty": "Pediatrics", "timezone": "UTC", "created_at": doctor["created_at"]}
+    # a public profile: the doctor's login email is theirs to see at /auth/me, not everyone's
+    assert response.json() == {"id": doctor["id"], "name": doctor["name"], "specialty": "Pediatrics",
+                               "timezone": "UTC", "created_at": doctor["created_at"]}
     assert response.json()["created_at"].endswith("Z")
     problem(await client.get(f"/doctors/{doctor['id'] + 10_000}"), 404)
     problem(await client.get(f"/doctors/{patient['id']}"), 404)

@@ -19,6 +19,7 @@ import yaml
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 from litestar.testing import AsyncTestClient
+from yoyo import read_migrations
 
 from scripts.docker_secrets import with_secrets
 from service.api.app import create_app
@@ -306,7 +307,7 @@ def _tables(settings: Settings) -> set[str]:
 
 def test_migrations_create_the_database_apply_twice_harmlessly_and_roll_back(settings: Settings) -> None:
     scratch = Settings.from_env({"DATABASE_URL": settings.mysql.url(f"test_migrations_{os.getpid()}")})
-    every = len([path for path in MIGRATIONS_DIR.glob("*.sql") if not path.name.endswith(".rollback.sql")])
+    every = len(read_migrations(str(MIGRATIONS_DIR)))  # SQL ones and Python ones (0007: MySQL has no NFKC)
     try:
         assert len(migrate(scratch)) == every
         assert _tables(scratch) == TABLES

@@ -21,7 +21,6 @@ from litestar import Controller, Litestar, Request, delete, get, post
 from litestar._kwargs.kwargs_model import KwargsModel
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
-from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.params import Body, FromPath, FromQuery
@@ -169,26 +168,7 @@ def test_a_token_is_read_whatever_the_scheme_of_the_authorization_header(scheme:
     assert response.json() == {"user": "42"}
 
 
-# 6. RetryAfterRateLimitMiddleware: Retry-After on a 429.
-
-
-@get("/limited")
-async def limited() -> None:
-    return None
-
-
-def test_a_rate_limited_answer_has_no_retry_after() -> None:
-    """If this fails, Litestar fixed it: remove RetryAfterRateLimitMiddleware from service/api/extensions.py."""
-    config = RateLimitConfig(rate_limit=("minute", 1))  # in the app's default store: memory
-    with create_test_client([limited], middleware=[config.middleware]) as http:
-        assert http.get("/limited").status_code == 200
-        response = http.get("/limited")
-    assert response.status_code == 429
-    assert config.rate_limit_reset_header_key in response.headers
-    assert "Retry-After" not in response.headers
-
-
-# 7. resolve_dependencies_in_turn: a task per dependency.
+# 6. resolve_dependencies_in_turn: a task per dependency.
 
 
 def litestars_own_resolve_dependencies() -> Callable[..., Any]:

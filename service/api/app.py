@@ -18,7 +18,6 @@ from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.stores.memory import MemoryStore
-from litestar.stores.redis import RedisStore
 from redis.asyncio import ConnectionPool, Redis
 
 from service.api.controllers.accounts import AuthController
@@ -41,7 +40,7 @@ from service.api.extensions import (
 from service.api.headers import add_security_headers
 from service.api.notifications import Notifications
 from service.api.problems import EXCEPTION_HANDLERS, problem_details_plugin
-from service.api.ratelimit import per_address_limit
+from service.api.ratelimit import AddressRateLimit
 from service.api.schedule_cache import ScheduleVersions, drop_expired_responses
 from service.api.security import UserCache, jwt_auth
 from service.core.accounts import CurrentUser, Passwords
@@ -105,7 +104,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # An access log line per request costs real time on the booking path; ACCESS_LOG=false drops it.
     logging.getLogger("uvicorn.access").disabled = not settings.access_log
     redis = redis_client(settings)
-    passwords = Passwords(settings.bcrypt_rounds)
+    passwords = Passwords(settings.bcrypt_rounds, settings.password_hash_concurrency)
     user_cache = UserCache(settings.auth_cache_seconds)
     schedule_versions = ScheduleVersions()
     listener = Notifications(redis, users=user_cache, schedule=schedule_versions)
@@ -136,8 +135,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            # The address limiter guards only the endpoints that guess passwords; no other request pays for it.
-            Router("/", route_handlers=[AuthController], middleware=[per_address_limit(settings).middleware]),
+            # The address limit guards only the account endpoints (guessing, hashing); no other request pays for it.
+            Router("/", route_handlers=[AuthController], middleware=[AddressRateLimit(redis, settings)]),
             DoctorController, WeeklyHoursController, TimeOffController, AppointmentTypeController,
             AppointmentController, BookingRequestController, HealthController,
         ],
@@ -155,8 +154,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         on_app_init=[jwt_auth(settings).on_app_init],
-        stores={"rate_limit": RedisStore(redis, namespace="rate-limit", handle_client_shutdown=False),
-                "response_cache": cached_responses},
+        stores={"response_cache": cached_responses},
         response_cache_config=ResponseCacheConfig(key_builder=schedule_versions.cache_key),  # schedule reads only
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,

@@ -8,7 +8,6 @@ override can go; the service's own tests fail if one stops working underneath.
 - `before_request`: OPTIONS names every method of a path; a query parameter given twice is a 400.
 - `ClosedStructSchemaPlugin`: `additionalProperties: false` for structs that forbid unknown fields.
 - `BearerAuthenticationMiddleware`: only the Bearer scheme; a verified token's signature is not checked again.
-- `RetryAfterRateLimitMiddleware`: Litestar's 429 with a Retry-After header.
 - `resolve_dependencies_in_turn`: a handler's dependencies resolved one after another, not a task each.
 - `SwaggerPage`, `RedocPage`: the docs pages' inline script carries a nonce, so the page's CSP can admit it alone.
 """
@@ -31,15 +30,13 @@ from litestar._openapi.schema_generation import SchemaCreator
 from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.exceptions import NotAuthorizedException, TooManyRequestsException, ValidationException
+from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
-from litestar.middleware.rate_limit import RateLimitMiddleware
 from litestar.openapi.plugins import OpenAPIRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Schema
 from litestar.security.jwt import JWTAuthenticationMiddleware, Token
 from litestar.status_codes import HTTP_204_NO_CONTENT
-from litestar.types import Receive, Scope, Send
 from litestar.typing import FieldDefinition
 
 from service.api.headers import CSP_STATE_KEY, REDOC_SOURCES, SWAGGER_UI_SOURCES, docs_page_policy
@@ -210,23 +207,6 @@ class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
         if not user:
             raise NotAuthorizedException()
         return AuthenticationResult(user=user, auth=token)
-
-
-# --- rate limiting ----------------------------------------------------------------------------------------------
-
-
-class RetryAfterRateLimitMiddleware(RateLimitMiddleware):
-    """Litestar's limiter, whose 429 lacks Retry-After (it sends RateLimit-* only): add it, as ours does."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except TooManyRequestsException as exc:
-            headers = dict(exc.headers or {})
-            reset = headers.get(self.config.rate_limit_reset_header_key, "")
-            headers.setdefault("Retry-After", str(max(int(reset), 1) if reset.isdigit() else 60))
-            exc.headers = headers
-            raise
 
 
 # --- dependency resolution --------------------------------------------------------------------------------------

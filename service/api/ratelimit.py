@@ -1,27 +1,45 @@
-"""The per-address limit on the endpoints that guess passwords (Litestar's limiter, counted in Redis)."""
+"""The per-address limit on the endpoints that guess passwords or tokens, or cost a bcrypt hash.
+
+The address is `scope["client"]`: the TCP peer's, unless that peer is a proxy uvicorn trusts
+(FORWARDED_ALLOW_IPS), in which case it is the client the proxy names in X-Forwarded-For.
+"""
 
 from __future__ import annotations
 
-from litestar import Request
-from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+from redis.asyncio import Redis
 
-from service.api.extensions import RetryAfterRateLimitMiddleware
+from service.core import ratelimit
 from service.core.settings import Settings
 
-THROTTLED_PATHS = frozenset({"/auth/login", "/auth/forgot-password"})
+
+def limited_paths(settings: Settings) -> dict[str, tuple[str, int]]:
+    """Each limited POST's path template: the action it counts as, and how many a minute one address may make."""
+    guessing = settings.login_rate_limit_per_minute
+    return {
+        "/auth/login": ("login", guessing),
+        "/auth/forgot-password": ("forgot-password", guessing),
+        "/auth/reset-password": ("reset-password", guessing),
+        "/auth/register": ("register", settings.register_rate_limit_per_minute),
+    }
 
 
-def per_address_limit(settings: Settings) -> RateLimitConfig:
-    """Litestar's own limiter, per client address and per path, for the endpoints that guess passwords."""
+class AddressRateLimit(ASGIMiddleware):
+    """Counts each limited POST against its client address, before the body is read; 429 past the limit."""
 
-    async def is_throttled(request: Request) -> bool:
-        return request.method == "POST" and request.url.path in THROTTLED_PATHS
+    scopes = (ScopeType.HTTP,)
 
-    return RateLimitConfig(
-        rate_limit=("minute", settings.login_rate_limit_per_minute),
-        store="rate_limit",
-        check_throttle_handler=is_throttled,
-        identifier_for_request=lambda request: f"{get_remote_address(request)}:{request.url.path}",
-        set_rate_limit_headers=True,
-        middleware_class=RetryAfterRateLimitMiddleware,
-    )
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.limits = limited_paths(settings)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        # Routed already: the template, so `/auth/login/` counts as `/auth/login`.
+        limited = self.limits.get(scope.get("path_template", "")) if scope["method"] == "POST" else None
+        if limited is not None:
+            action, per_minute = limited
+            address = scope["client"][0] if scope.get("client") else "unknown"
+            await ratelimit.limit(self.redis, action, f"address:{address}", per_minute)
+        await next_app(scope, receive, send)

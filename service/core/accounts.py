@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import secrets
+import unicodedata
 import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -15,10 +20,10 @@ import jwt
 import msgspec
 from redis.asyncio import Redis
 
+from service.core import ratelimit
 from service.core.db import ER_DUP_ENTRY, Database, Row, mysql_error_code
 from service.core.errors import Conflict, InvalidInput, NotAuthenticated
 from service.core.queue import enqueue_email, publish_user_changed
-from service.core.ratelimit import limit_per_account
 from service.core.settings import Settings
 from service.core.times import utcnow
 from service.core.zones import check_timezone
@@ -30,6 +35,9 @@ JWT_ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit
+MAX_EMAIL_CHARS = 255  # users.email
+# What the HTTP layer's pattern asks of an address, asked again of its normal form (NFKC makes `＠` an `@`).
+ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class CurrentUser(msgspec.Struct, frozen=True):
@@ -42,16 +50,56 @@ class CurrentUser(msgspec.Struct, frozen=True):
     token_version: int
 
 
-class Passwords:
-    """bcrypt, run in a thread: it releases the GIL, so hashing never blocks the event loop."""
+class PrioritySlots:
+    """At most `size` holders at once; a waiter that is `urgent` is let in before every waiter that is not."""
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._others: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def held(self, *, urgent: bool) -> AsyncIterator[None]:
+        if self._free:  # a free slot means nobody waits: a released slot goes to a waiter, not back to the pool
+            self._free -= 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            (self._urgent if urgent else self._others).append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if not turn.cancelled():  # handed the slot just as it was cancelled: pass it on
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for waiting in (self._urgent, self._others):
+            while waiting:
+                turn = waiting.popleft()
+                if not turn.done():  # a cancelled waiter has left
+                    turn.set_result(None)
+                    return
+        self._free += 1
+
+
+class Passwords:
+    """bcrypt, run in a thread (it releases the GIL, so the event loop keeps serving), at most `concurrency` at
+    once in this process. A login's check goes before every waiting hash (registrations, resets): a flood of
+    registrations queues behind itself, and logins keep answering."""
+
+    def __init__(self, rounds: int, concurrency: int = 2) -> None:
         self.rounds = rounds
+        self._slots = PrioritySlots(concurrency)
         # Checked against when the email is unknown, so both failures cost the same time.
         self._decoy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
 
     async def hash(self, password: str) -> str:
-        hashed = await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds))
+        async with self._slots.held(urgent=False):
+            hashed = await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds))
         return hashed.decode()
 
     async def verify(self, password: str, password_hash: str | None) -> bool:
@@ -59,7 +107,8 @@ class Passwords:
         # No stored password is longer than bcrypt's 72 bytes; still spend the time, then say no.
         fits = len(candidate) <= MAX_PASSWORD_BYTES
         stored = password_hash.encode() if password_hash else self._decoy_hash
-        matches = await asyncio.to_thread(bcrypt.checkpw, candidate[:MAX_PASSWORD_BYTES], stored)
+        async with self._slots.held(urgent=True):
+            matches = await asyncio.to_thread(bcrypt.checkpw, candidate[:MAX_PASSWORD_BYTES], stored)
         return matches and fits and password_hash is not None
 
 
@@ -93,8 +142,27 @@ def hash_reset_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def normalize_email(email: str) -> str:
-    return email.strip().lower()
+def normal_email(email: str) -> str:
+    """The one spelling of an address that is stored and looked up: trimmed, NFKC, case-folded (and NFKC again:
+    folding may decompose). `ＡＤＡ@x`, `Ada@x` and `ada@x` are one address; `ádá@x` is another."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", email.strip()).casefold())
+
+
+def checked_email(email: str) -> str:
+    """The normal form of an email as given; 400 if that is no longer an address, or too long to store."""
+    normal = normal_email(email)
+    if len(normal) > MAX_EMAIL_CHARS:
+        raise InvalidInput(f"must be at most {MAX_EMAIL_CHARS} characters in NFKC, case-folded", field="email")
+    if not ADDRESS.fullmatch(normal):
+        raise InvalidInput("is no email address in NFKC (full-width and other forms are read as ASCII)",
+                           field="email")
+    return normal
+
+
+def account(user: Row | None, email: str) -> str:
+    """Whom a per-account limit counts: the account found, however its email was spelled; for an email without
+    one, that email (hashed: Redis holds no addresses), so unknown emails are limited alike."""
+    return f"user:{user['id']}" if user else f"email:{hashlib.sha256(email.encode()).hexdigest()}"
 
 
 def check_password_bytes(password: str, field: str) -> None:
@@ -104,14 +172,15 @@ def check_password_bytes(password: str, field: str) -> None:
 
 async def register(db: Database, passwords: Passwords, *, email: str, name: str, role: Role, password: str,
                    specialty: str | None, timezone: str | None = None) -> Row:
-    """A new account; 409 if the email has one already."""
+    """A new account; 409 if the email, in its normal form, has one already."""
+    email = checked_email(email)
     check_password_bytes(password, "password")
     if specialty is not None and role != "Doctor":
         raise InvalidInput("only doctors have a specialty", field="specialty")
     if timezone is not None and role != "Doctor":
         raise InvalidInput("only doctors have a time zone of their own", field="timezone")
     row = {
-        "email": normalize_email(email),
+        "email": email,
         "name": name.strip(),
         "role": role,
         "specialty": specialty.strip() if specialty else None,
@@ -131,9 +200,9 @@ async def register(db: Database, passwords: Passwords, *, email: str, name: str,
 async def log_in(db: Database, redis: Redis, passwords: Passwords, settings: Settings, email: str,
                  password: str) -> tuple[str, int]:
     """An access token and its lifetime for the right password; 401 otherwise, in the same time either way."""
-    email = normalize_email(email)
-    await limit_per_account(redis, "login", email, settings.login_rate_limit_per_minute)
+    email = normal_email(email)  # one that registration would refuse finds no account, like any unknown email
     user = await db.fetch_one("find_user_by_email", {"email": email})
+    await ratelimit.limit(redis, "login", account(user, email), settings.login_rate_limit_per_minute)
     # The same check runs (against a decoy hash) for an unknown email: same answer, same time.
     if not await passwords.verify(password, user["password_hash"] if user else None) or user is None:
         raise NotAuthenticated("email or password is wrong")
@@ -149,9 +218,9 @@ async def find_user(db: Database, user_id: int) -> Row:
 
 async def send_reset_token(db: Database, redis: Redis, settings: Settings, email: str) -> None:
     """Email a fresh reset token if the account exists (retiring older ones); say nothing either way."""
-    email = normalize_email(email)
-    await limit_per_account(redis, "forgot-password", email, settings.login_rate_limit_per_minute)
+    email = normal_email(email)
     user = await db.fetch_one("find_user_by_email", {"email": email})
+    await ratelimit.limit(redis, "forgot-password", account(user, email), settings.login_rate_limit_per_minute)
     if user is None:
         return
     token, token_hash = new_reset_token()
@@ -180,15 +249,24 @@ def reset_email_text(name: str, token: str, valid_minutes: int) -> str:
     )
 
 
+def usable_reset_token(found: Row | None, now: datetime) -> Row:
+    """The reset token's row if it can still be used; 400 otherwise."""
+    if found is None or found["used_at"] is not None or found["expires_at"] <= now:
+        raise InvalidInput("the reset token is invalid, used or expired", field="token")
+    return found
+
+
 async def reset_password(db: Database, redis: Redis, passwords: Passwords, token: str, new_password: str) -> int:
     """Set a new password with a reset token (used up); every earlier access token stops working. The user id."""
     check_password_bytes(new_password, "new_password")
+    by_hash = {"token_hash": hash_reset_token(token)}
+    # Hashed only for a token that can be used, and before the transaction: no row lock or pooled connection is
+    # held while bcrypt waits its turn behind registrations. Checked again under the lock (used meanwhile?).
+    usable_reset_token(await db.fetch_one("find_reset_token", by_hash), utcnow())
+    password_hash = await passwords.hash(new_password)
     now = utcnow()
     async with db.transaction() as tx:
-        found = await tx.fetch_one("lock_reset_token", {"token_hash": hash_reset_token(token)})
-        if found is None or found["used_at"] is not None or found["expires_at"] <= now:
-            raise InvalidInput("the reset token is invalid, used or expired", field="token")
-        password_hash = await passwords.hash(new_password)
+        found = usable_reset_token(await tx.fetch_one("lock_reset_token", by_hash), now)
         await tx.execute("change_password", {"id": found["user_id"], "password_hash": password_hash})
         await tx.execute("retire_reset_tokens", {"user_id": found["user_id"], "now": now})
     try:  # after the commit, so no process can cache the old token version again
@@ -196,3 +274,4 @@ async def reset_password(db: Database, redis: Redis, passwords: Passwords, token
     except Exception:  # noqa: BLE001 - other processes still drop it within AUTH_CACHE_SECONDS
         log.warning("could not tell other API processes that user %s changed", found["user_id"])
     return found["user_id"]
+

@@ -1,8 +1,7 @@
-"""Per-account rate limits, counted in Redis so they hold across every API process."""
+"""Rate limits counted in Redis, one atomic counter per action and subject, so they hold exactly across every API
+process: per client address (service/api/ratelimit.py) and per account (accounts.py)."""
 
 from __future__ import annotations
-
-import hashlib
 
 from redis.asyncio import Redis
 
@@ -11,16 +10,17 @@ from service.core.errors import TooManyRequests
 WINDOW_SECONDS = 60
 
 
-async def limit_per_account(redis: Redis, action: str, email: str, limit: int) -> None:
-    """Count one attempt at `action` for this email; raise 429 with Retry-After past `limit` a minute.
+async def limit(redis: Redis, action: str, subject: str, per_minute: int) -> None:
+    """Count one attempt at `action` by `subject`; past `per_minute` in its minute, raise 429 with Retry-After.
 
-    The address limit alone lets a botnet try one account from many addresses; this caps the account too.
+    INCR, EXPIRE NX and TTL in one MULTI/EXEC: one round trip, and no two processes can both read a count below the
+    limit and both let their request in. The minute starts at the first attempt; refused attempts count too.
     """
-    key = f"rate-limit:account:{action}:{hashlib.sha256(email.encode()).hexdigest()}"
+    key = f"rate-limit:{action}:{subject}"
     async with redis.pipeline(transaction=True) as pipe:
         pipe.incr(key)
         pipe.expire(key, WINDOW_SECONDS, nx=True)
         pipe.ttl(key)
         count, _, ttl = await pipe.execute()
-    if count > limit:
+    if count > per_minute:
         raise TooManyRequests(retry_after=max(int(ttl), 1))

@@ -106,6 +106,9 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     worker_poll_delay: Annotated[float, _between(0.001, 5.0)] = 0.005
     worker_max_jobs: Annotated[int, _between(1, 10_000)] = 50
     login_rate_limit_per_minute: Annotated[int, _between(1, 100_000)] = 10
+    register_rate_limit_per_minute: Annotated[int, _between(1, 100_000)] = 10
+    # bcrypt computations at once in one process: a registration flood must leave logins the CPU to answer.
+    password_hash_concurrency: Annotated[int, _between(1, 64)] = 2
     access_log: bool = True
     max_body_bytes: Annotated[int, _between(1024, 10 * 1024 * 1024)] = 64 * 1024
     # Web origins whose pages may call the API from a browser, comma-separated; empty: no CORS headers at all.

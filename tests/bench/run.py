@@ -130,6 +130,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         "JWT_SECRET": "bench-secret-that-is-long-enough-for-hs256-0123456789",
         "BCRYPT_ROUNDS": "4",
         "LOGIN_RATE_LIMIT_PER_MINUTE": "100000",
+        "REGISTER_RATE_LIMIT_PER_MINUTE": "100000",
         "ACCESS_LOG": os.environ.get("BENCH_ACCESS_LOG", "false"),
         "DB_POOL_SIZE": str(options.pool),
     }

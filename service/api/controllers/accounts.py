@@ -19,7 +19,8 @@ from service.core import accounts
 from service.core.accounts import Role
 from service.core.times import from_row
 
-# Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed.
+# Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed. A first cut:
+# accounts.checked_email() asks the same of the address's normal form (NFKC, case-folded), which is what is kept.
 Email = Annotated[str, Meta(max_length=255, pattern=rf"^[{WS}]*[^@{WS}]+@[^@{WS}]+\.[^@{WS}]+[{WS}]*$",
                             examples=["ada@clinic.example"])]
 # bcrypt counts bytes: the characters here are a first cut, accounts.check_password_bytes() is the rule.
@@ -74,7 +75,7 @@ class AuthController(Controller):
     tags = ["accounts"]
 
     @post("/register", **PUBLIC, status_code=HTTP_201_CREATED, operation_id="register",
-          summary="Register a doctor or a patient", responses=problem_responses(400, 409, 413, 415, 503))
+          summary="Register a doctor or a patient", responses=problem_responses(400, 409, 413, 415, 429, 503))
     async def register(self, data: Annotated[RegisterIn, Body()], db: DatabaseDep, passwords: PasswordsDep) -> UserOut:
         row = await accounts.register(db, passwords, email=data.email, name=data.name, role=data.role,
                                       password=data.password, specialty=data.specialty,
@@ -106,7 +107,7 @@ class AuthController(Controller):
 
     @post("/reset-password", **PUBLIC, status_code=HTTP_204_NO_CONTENT, operation_id="resetPassword",
           summary="Set a new password with a token from the reset email",
-          responses=problem_responses(400, 413, 415, 503))
+          responses=problem_responses(400, 413, 415, 429, 503))
     async def reset_password(
         self, data: Annotated[ResetPasswordIn, Body()], db: DatabaseDep, redis: RedisDep, passwords: PasswordsDep,
         user_cache: UserCacheDep,

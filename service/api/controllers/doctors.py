@@ -30,9 +30,10 @@ from service.core.windows import MAX_WINDOWS_PER_REQUEST
 
 
 class DoctorOut(msgspec.Struct):
+    """A doctor's public profile: no login email (a doctor sees their own at /auth/me)."""
+
     id: int
     name: str
-    email: str
     specialty: str | None
     timezone: str
     created_at: datetime
