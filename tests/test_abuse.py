@@ -17,9 +17,14 @@ from typing import Any
 
 import httpx
 import jwt
+import msgspec
 import pymysql
 import pytest
+from litestar.handlers import HTTPRouteHandler
 
+from service.api.app import create_app
+from service.api.extensions import decode_body
+from service.core.errors import InvalidInput
 from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, day, iso
 
@@ -380,11 +385,92 @@ async def test_odd_bodies_are_a_clear_4xx_and_store_nothing(
     assert (await client.get("/health")).status_code == 200
 
 
-async def test_deep_json_in_a_field_that_is_skipped_is_a_400(client: httpx.AsyncClient) -> None:
-    """A login body ignores unknown fields, so the decoder walks through them rather than stopping at them."""
-    for deep in (nested(10_000), b'{"a":' * 10_000 + b"1" + b"}" * 10_000):
-        body = b'{"email": "a@clinic.example", "password": "whatever1", "extra": ' + deep + b"}"
-        problem(await client.post("/auth/login", content=body, headers=JSON), 400, "body")
+HUGE_INTEGER = b"9" * 5_000  # past Python's 4,300-digit limit for int(str)
+
+
+def bodies_of_every_route(settings: Settings) -> dict[str, Any]:
+    """Each route of the app that reads a body, as "METHOD path", and the type it decodes the body into."""
+    app = create_app(settings)
+    return {f"{method} {path}": handler.parsed_data_field.annotation
+            for path, methods in app.route_handler_method_map.items() for method, handler in methods.items()
+            if isinstance(handler, HTTPRouteHandler) and handler.parsed_data_field is not None}
+
+
+def types_within(annotation: Any) -> list[msgspec.inspect.Type]:
+    """Every type `annotation` is made of, itself included, however deeply nested."""
+    found: list[msgspec.inspect.Type] = []
+    pending = [msgspec.inspect.type_info(annotation)]
+    while pending:
+        info = pending.pop()
+        if any(info is seen for seen in found):
+            continue
+        found.append(info)
+        if isinstance(info, msgspec.inspect.StructType):
+            pending += [field.type for field in info.fields]
+        elif isinstance(info, msgspec.inspect.UnionType):
+            pending += info.types
+        elif isinstance(info, msgspec.inspect.Metadata):
+            pending.append(info.type)
+        elif isinstance(info, msgspec.inspect.DictType):
+            pending += [info.key_type, info.value_type]
+        elif hasattr(info, "item_type"):  # list, set, frozenset, tuple[T, ...]
+            pending.append(info.item_type)
+        elif hasattr(info, "item_types"):  # tuple[A, B]
+            pending += info.item_types
+    return found
+
+
+def test_every_request_body_refuses_unknown_fields(settings: Settings) -> None:
+    """Every struct any route decodes a body into forbids unknown fields, and no body is a free-form mapping: a key
+    the API does not know is a 400 naming it, never silently skipped (nor read by a second parser)."""
+    bodies = bodies_of_every_route(settings)
+    assert {"POST /auth/login", "POST /auth/reset-password", "POST /appointments", "PATCH /doctors/me"} <= set(bodies)
+    for route, annotation in bodies.items():
+        parts = types_within(annotation)
+        structs = [info.cls for info in parts if isinstance(info, msgspec.inspect.StructType)]
+        assert structs, route
+        assert all(cls.__struct_config__.forbid_unknown_fields for cls in structs), (route, structs)
+        assert not [info for info in parts if isinstance(info, msgspec.inspect.DictType | msgspec.inspect.AnyType)], \
+            route
+
+
+@pytest.mark.parametrize(("path", "fields"), [
+    ("/auth/login", {"email": "a@clinic.example", "password": "whatever1"}),
+    ("/auth/forgot-password", {"email": "a@clinic.example"}),
+    ("/auth/reset-password", {"token": "t", "new_password": "whatever1"}),
+    ("/auth/register", {"email": "a@clinic.example", "name": "A", "role": "Patient", "password": "whatever1"}),
+])
+async def test_a_huge_number_in_an_unknown_field_is_a_400_naming_it(
+    client: httpx.AsyncClient, mysql: pymysql.Connection, path: str, fields: dict[str, str]
+) -> None:
+    before = snapshot(mysql)
+    for number in (HUGE_INTEGER, b"-" + HUGE_INTEGER, b"1." + HUGE_INTEGER, b"1e400", HUGE_INTEGER + b"e-4999"):
+        body = json.dumps(fields).encode()[:-1] + b', "surprise": ' + number + b"}"
+        problem(await client.post(path, content=body, headers=JSON), 400, "surprise")
+    assert snapshot(mysql) == before
+
+
+class Lenient(msgspec.Struct):
+    """A body type that skips unknown fields, as none of the API's may: the decoder must still never fail."""
+
+    id: int
+
+
+@pytest.mark.parametrize("ignored", [
+    HUGE_INTEGER, b"-" + HUGE_INTEGER, b"[" + HUGE_INTEGER + b"]", b"1." + HUGE_INTEGER, b"1e400", b"-1e400",
+    b"1" + b"0" * 5_000 + b".5e-5000",
+])
+def test_numbers_msgspec_reads_never_break_the_duplicate_key_check(ignored: bytes) -> None:
+    body = b'{"id": 1, "ignored": ' + ignored + b', "ignored_too": {"a": ' + ignored + b"}}"
+    assert decode_body(msgspec.json.Decoder(Lenient), body) == Lenient(id=1)
+
+
+def test_deep_json_in_a_field_that_is_skipped_is_a_400() -> None:
+    """A decoder that skips a field walks through it; past either parser's depth limit that is a 400."""
+    for deep in (nested(10_000), b'{"a":' * 10_000 + b"1" + b"}" * 10_000, nested(2_000)):
+        with pytest.raises(InvalidInput) as refused:
+            decode_body(msgspec.json.Decoder(Lenient), b'{"id": 1, "extra": ' + deep + b"}")
+        assert refused.value.extra["errors"][0]["field"] == "body"
 
 
 async def test_duplicate_keys_are_refused_wherever_they_are(

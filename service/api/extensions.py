@@ -15,6 +15,7 @@ override can go; the service's own tests fail if one stops working underneath.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -40,6 +41,8 @@ from litestar.typing import FieldDefinition
 
 from service.core.accounts import CurrentUser
 from service.core.errors import InvalidInput, UnsupportedMediaType
+
+log = logging.getLogger("service")
 
 # --- strict JSON request bodies ---------------------------------------------------------------------------------
 
@@ -70,7 +73,7 @@ class JsonRequest(Request[CurrentUser, Any, State]):
     - Decoded straight into the handler's `data` type by msgspec in strict mode: Litestar's own lax conversion
       takes `"5"` for an id and 1900000000 for a time.
     - A key twice in one object is a 400: parsers differ on which one counts (msgspec takes the last).
-    - JSON nested too deeply, or not in UTF-8, is a 400, not a 500.
+    - Whatever else stops either parser (JSON nested too deeply, not UTF-8) is a 400 naming the body, never a 500.
     """
 
     async def json(self) -> Any:
@@ -81,18 +84,40 @@ class JsonRequest(Request[CurrentUser, Any, State]):
             return await super().json()
         body = await self.body()
         try:
-            data = body_decoder(self.route_handler).decode(body)
-            json.loads(body, object_pairs_hook=refuse_duplicate_keys)  # msgspec took it: valid, small JSON
+            return decode_body(body_decoder(self.route_handler), body)
         except msgspec.ValidationError as exc:
             raise ValidationException(f"Validation failed for {self.method} {self.url.path}",
                                       extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidInput(str(exc), field="body") from None
-        except UnicodeDecodeError:
-            raise InvalidInput("the body is not UTF-8", field="body") from None
-        except RecursionError:  # a decoder gives up past its depth limit
-            raise InvalidInput("the JSON is nested too deeply", field="body") from None
-        return data
+
+
+def decode_body(decoder: msgspec.json.Decoder, body: bytes) -> Any:
+    """The body as `decoder`'s type, with no key twice in one object.
+
+    Any failure to read it is the body's fault, a 400 naming it, never a 500; a msgspec.ValidationError (JSON that
+    does not fit the type) passes through, for the caller to name the field.
+    """
+    try:
+        data = decoder.decode(body)
+        # msgspec took it, so it is valid JSON and small. Numbers are kept as text: the check needs none of their
+        # values, and int() of more than 4,300 digits would raise.
+        json.loads(body, object_pairs_hook=refuse_duplicate_keys, parse_int=str, parse_float=str, parse_constant=str)
+    except (msgspec.ValidationError, InvalidInput):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a parser raises about a body is a 400
+        raise InvalidInput(unreadable(exc), field="body") from None
+    return data
+
+
+def unreadable(exc: Exception) -> str:
+    """Why a body could not be read, in the client's terms."""
+    if isinstance(exc, msgspec.DecodeError):
+        return str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return "the body is not UTF-8"
+    if isinstance(exc, RecursionError):  # a decoder gives up past its depth limit
+        return "the JSON is nested too deeply"
+    log.warning("a body neither parser could read: %r", exc)  # not expected: seen, but no 500
+    return "the body is not JSON this API can read"
 
 
 # --- OPTIONS and repeated query parameters ----------------------------------------------------------------------
