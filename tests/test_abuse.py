@@ -615,6 +615,66 @@ async def test_nasty_ascii_in_emails_and_headers(
     assert len(rows(mysql, "SELECT id FROM booking_requests")) == 1
 
 
+async def send_raw(api_url: str, method: str, path: str, headers: dict[str, bytes],
+                   body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """One request written byte for byte, for header values httpx will not send (a trailing space, bytes outside
+    ASCII); its status and JSON body."""
+    host, port = api_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + host.encode(), b"Connection: close",
+            b"Content-Length: " + str(len(body)).encode()] + [name.encode() + b": " + value
+                                                             for name, value in headers.items()]
+    writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    response = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    status_line, _, rest = response.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2] or b"null")
+
+
+async def test_idempotency_keys_are_compared_byte_for_byte(
+    api_url: str, mysql: pymysql.Connection, booking: dict[str, Any]
+) -> None:
+    """Keys that differ only in case or a trailing space are different keys: each makes its own request, and only
+    the very same key replays one. (uvicorn's parser, httptools, keeps a value's trailing space as sent.)"""
+    keys = [b"Order-ABC", b"order-abc", b"Order-ABC "]
+    bodies = [json.dumps({**booking["body"], "start_time": iso(at(hour)), "end_time": iso(at(hour + 0.5))}).encode()
+              for hour in (10, 11, 12)]
+
+    async def book(key: bytes, body: bytes) -> tuple[int, dict[str, Any]]:
+        return await send_raw(api_url, "POST", "/appointments", {
+            "Content-Type": b"application/json", "Authorization": booking["patient"].headers["Authorization"].encode(),
+            "Idempotency-Key": key}, body)
+
+    made = [await book(key, body) for key, body in zip(keys, bodies, strict=True)]
+    assert [status for status, _ in made] == [202, 202, 202], made
+    ids = [answer["request_id"] for _, answer in made]
+    assert len(set(ids)) == 3
+    assert rows(mysql, "SELECT id, idempotency_key FROM booking_requests ORDER BY id") == [
+        {"id": request_id, "idempotency_key": key} for request_id, key in zip(ids, keys, strict=True)]
+    for request_id, key, body in zip(ids, keys, bodies, strict=True):
+        status, answer = await book(key, body)  # the same key and body: the same request
+        assert status == 202 and answer["request_id"] == request_id, (key, answer)
+    status, answer = await book(keys[2], bodies[0])  # the same key with another body
+    assert status == 409, answer
+    assert len(rows(mysql, "SELECT id FROM booking_requests")) == 3
+
+
+@pytest.mark.parametrize("key", [
+    b"tab\there", b"caf\xc3\xa9", b"caf\xe9", b"\xff\xfe", b"x" * 256])
+async def test_an_idempotency_key_is_printable_ascii_of_at_most_255_characters(
+    api_url: str, mysql: pymysql.Connection, booking: dict[str, Any], key: bytes
+) -> None:
+    """What a header carries beyond ASCII is bytes whose meaning depends on the sender's encoding (`caf\xe9` and
+    `caf\xc3\xa9` are both café), so a key is printable ASCII (as the IETF draft's Idempotency-Key), else a 400."""
+    before = snapshot(mysql)
+    status, answer = await send_raw(api_url, "POST", "/appointments", {
+        "Content-Type": b"application/json", "Authorization": booking["patient"].headers["Authorization"].encode(),
+        "Idempotency-Key": key}, json.dumps(booking["body"]).encode())
+    assert status == 400, answer
+    assert "idempotency_key" in [error["field"] for error in answer["errors"]], answer
+    assert snapshot(mysql) == before
+
+
 async def test_unicode_that_is_not_text_is_a_clear_400(
     client: httpx.AsyncClient, mysql: pymysql.Connection
 ) -> None:
