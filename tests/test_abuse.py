@@ -615,6 +615,44 @@ async def test_nasty_ascii_in_emails_and_headers(
     assert len(rows(mysql, "SELECT id FROM booking_requests")) == 1
 
 
+async def test_an_email_that_lower_casing_makes_too_long_is_a_400(
+    client: httpx.AsyncClient, mysql: pymysql.Connection
+) -> None:
+    """`İ` lower-cases to two characters: 245 of them are 255 characters as sent and 500 as stored (VARCHAR(255))."""
+    email = "İ" * 245 + "@x.example"
+    before = snapshot(mysql)
+    problem(await client.post("/auth/register", json={"email": email, "name": "I", "role": "Patient",
+                                                      "password": PASSWORD}), 400, "email")
+    problem(await client.post("/auth/login", json={"email": email, "password": PASSWORD}), 401)
+    assert (await client.post("/auth/forgot-password", json={"email": email})).status_code == 202
+    assert snapshot(mysql) == before
+    fits = "İ" * 122 + "@x.example"  # 254 characters once lower-cased
+    registered = await client.post("/auth/register", json={"email": fits, "name": "I", "role": "Patient",
+                                                           "password": PASSWORD})
+    assert registered.status_code == 201 and registered.json()["email"] == fits.lower(), registered.text
+    assert (await client.post("/auth/login", json={"email": fits, "password": PASSWORD})).status_code == 200
+
+
+async def test_an_email_is_its_account_exactly_not_its_look_alikes(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    """The per-account login limit counts the address as sent (lower-cased); the lookup must find exactly that
+    address, or every accented or invisibly padded spelling of it would get a limit of its own. (users.email was
+    utf8mb4_unicode_ci: blind to accents and to characters such as a zero-width space.)"""
+    patient = await factory.patient(email="pat@clinic.example")
+    look_alikes = ["pát@clinic.example", "pa\u200bt@clinic.example", "pat@clinic.exämple", "p\u00adat@clinic.example"]
+    for email in look_alikes:
+        problem(await client.post("/auth/login", json={"email": email, "password": PASSWORD}), 401)
+    for email in look_alikes:  # and each is an address of its own, free to register
+        registered = await client.post("/auth/register", json={"email": email, "name": "P", "role": "Patient",
+                                                               "password": PASSWORD})
+        assert registered.status_code == 201, (email, registered.text)
+    assert rows(mysql, "SELECT email FROM users ORDER BY id") == [{"email": email}
+                                                                  for email in [patient["email"], *look_alikes]]
+    assert (await client.post("/auth/login", json={"email": " PAT@clinic.example", "password": PASSWORD})).json()[
+        "access_token"]
+
+
 async def send_raw(api_url: str, method: str, path: str, headers: dict[str, bytes],
                    body: bytes = b"") -> tuple[int, dict[str, Any]]:
     """One request written byte for byte, for header values httpx will not send (a trailing space, bytes outside

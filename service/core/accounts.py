@@ -29,6 +29,7 @@ JWT_ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit
+MAX_EMAIL_CHARACTERS = 255  # users.email
 
 
 class CurrentUser(msgspec.Struct, frozen=True):
@@ -107,8 +108,11 @@ async def register(db: Database, passwords: Passwords, *, email: str, name: str,
     check_password_bytes(password, "password")
     if specialty is not None and role != "Doctor":
         raise InvalidInput("only doctors have a specialty", field="specialty")
+    email = normalize_email(email)
+    if len(email) > MAX_EMAIL_CHARACTERS:  # lower-casing can lengthen it: `İ` becomes two characters
+        raise InvalidInput(f"must be at most {MAX_EMAIL_CHARACTERS} characters once lower-cased", field="email")
     row = {
-        "email": normalize_email(email),
+        "email": email,
         "name": name.strip(),
         "role": role,
         "specialty": specialty.strip() if specialty else None,

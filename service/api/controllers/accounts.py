@@ -16,11 +16,11 @@ from service.api.problems import problem_responses
 from service.api.schemas import NOT_BLANK, WS, Specialty
 from service.api.security import PUBLIC
 from service.core import accounts
-from service.core.accounts import Role
+from service.core.accounts import MAX_EMAIL_CHARACTERS, Role
 from service.core.times import from_row
 
 # Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed.
-Email = Annotated[str, Meta(max_length=255, pattern=rf"^[{WS}]*[^@{WS}]+@[^@{WS}]+\.[^@{WS}]+[{WS}]*$",
+Email = Annotated[str, Meta(max_length=MAX_EMAIL_CHARACTERS, pattern=rf"^[{WS}]*[^@{WS}]+@[^@{WS}]+\.[^@{WS}]+[{WS}]*$",
                             examples=["ada@clinic.example"])]
 # bcrypt counts bytes: the characters here are a first cut, accounts.check_password_bytes() is the rule.
 Password = Annotated[str, Meta(min_length=2, max_length=72, description="8 to 72 bytes in UTF-8")]

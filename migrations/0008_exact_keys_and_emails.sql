@@ -1,0 +1,17 @@
+-- depends: 0006_drop_booking_request_attempts
+-- Two identifiers compared exactly, where utf8mb4_unicode_ci took `order-abc` for `Order-ABC`, `pát` for `pat`,
+-- and ignored characters such as a zero-width space; and, PAD SPACE, took `Order-ABC ` for `Order-ABC`.
+
+-- Idempotency keys, byte for byte: a patient's different keys replayed each other's requests, or were refused as
+-- one key reused with another body. No character collation is exact on both servers: utf8mb4_bin is PAD SPACE on
+-- MySQL 8.0 and MariaDB 10.11 alike, and the NO PAD ones are each one server's own (utf8mb4_0900_bin on MySQL,
+-- utf8mb4_nopad_bin on MariaDB). VARBINARY compares every byte, on both. 1020 bytes is what a VARCHAR(255) in
+-- utf8mb4 could hold, so every key stored before converts; keys the API takes now are at most 255 printable ASCII
+-- characters. The unique key (patient_id, idempotency_key) stays as it is.
+ALTER TABLE booking_requests MODIFY idempotency_key VARBINARY(1020) NULL;
+
+-- Emails, by code point: the per-account login limit counts the address as sent (lower-cased, trimmed), so the
+-- lookup must find that address and no look-alike, or each accented or invisibly padded spelling got a limit of
+-- its own on the same account. utf8mb4_bin suffices here, PAD SPACE or not: an email is stored and looked up
+-- trimmed, so it never ends in a space.
+ALTER TABLE users MODIFY email VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL

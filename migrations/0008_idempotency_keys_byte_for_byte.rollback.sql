@@ -1,3 +1,0 @@
--- Fails on a duplicate key if one patient holds keys that only case, accents or a trailing space tell apart:
--- the old collation cannot hold both.
-ALTER TABLE booking_requests MODIFY idempotency_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci NULL
