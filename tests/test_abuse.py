@@ -525,6 +525,68 @@ async def test_json_with_a_charset_or_a_json_suffix_is_taken(
         assert response.status_code == 202, (content_type, response.text)
 
 
+# --- 4b. numbers and names in paths and query strings ---------------------------------------------------------------
+
+def spellings_of(number: int) -> list[str]:
+    """Ways to write `number` that Python's int() reads as it, but that are not how anyone writes an id."""
+    digits = str(number)
+    return ["_".join(digits) if len(digits) > 1 else f"0_{digits}", f"+{digits}", f"0{digits}", f"%20{digits}",
+            f"{digits}%20", "".join(chr(ord("０") + int(d)) for d in digits),  # full width
+            "".join(chr(ord("٠") + int(d)) for d in digits)]  # Arabic-Indic
+
+
+async def test_an_id_in_a_path_is_plain_decimal_digits(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    """Anything else matches no route, a 404 as for `/doctors/abc`: not the doctor whose id int() makes of it."""
+    doctor, patient = await factory.doctor(), await factory.patient()
+    window = await factory.window(doctor, at(9), at(17))
+    appointment = await factory.booked(patient, doctor["id"], at(10), at(11))
+    before = snapshot(mysql)
+    for path, number, user in (("/doctors/{}", doctor["id"], None), ("/doctors/{}/slots", doctor["id"], None),
+                               ("/appointments/{}", appointment["id"], patient),
+                               ("/booking-requests/{}", appointment["booking_request_id"], patient)):
+        headers = user.headers if user else {}
+        assert (await client.get(path.format(number), headers=headers)).status_code == 200
+        for spelling in [*spellings_of(number), "9" * 5_000]:
+            problem(await client.get(path.format(spelling), headers=headers), 404)
+    for spelling in spellings_of(window["id"]):
+        problem(await client.delete(f"/doctors/availability/{spelling}", headers=doctor.headers), 404)
+    problem(await client.delete(f"/appointments/0{appointment['id']}", headers=patient.headers), 404)
+    assert snapshot(mysql) == before
+
+
+async def test_an_integer_in_a_query_is_plain_decimal_digits(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """`1e1`, `10.0` or `-0` are not how a page size is written; Litestar's reading took them as 10, 10 and 0."""
+    doctor, patient = await factory.doctor(), await factory.patient()
+    request_id = (await factory.book(patient, doctor["id"], at(10), at(11))).json()["request_id"]
+    for path, name, user in (("/doctors", "limit", None), ("/doctors", "offset", None),
+                             (f"/doctors/{doctor['id']}/slots", "duration", None),
+                             ("/booking-requests", "limit", patient),
+                             ("/appointments/my-appointments", "offset", patient),
+                             (f"/booking-requests/{request_id}", "wait", patient)):
+        headers = user.headers if user else {}
+        for value in ("1e1", "10.0", "1E1", "100e-1", "-0", "0.0", "", " 10", "１０"):
+            problem(await client.get(path, params={name: value}, headers=headers), 400, name)
+        assert (await client.get(path, params={name: "10" if name != "duration" else "30"},
+                                 headers=headers)).status_code == 200
+
+
+async def test_a_query_parameter_an_endpoint_does_not_take_is_a_400_naming_it(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """As an unknown field in a body: `?wait=` on the list of booking requests does not long-poll, and a misspelt
+    `ofset` would silently give the first page."""
+    doctor, patient = await factory.doctor(), await factory.patient()
+    for path, name, user in (("/booking-requests", "wait", patient), ("/doctors", "ofset", None),
+                             (f"/doctors/{doctor['id']}/slots", "duraton", None),
+                             (f"/doctors/{doctor['id']}", "limit", None), ("/auth/me", "x", patient),
+                             ("/appointments/my-appointments", "doctor_id", patient)):
+        problem(await client.get(path, params={name: "5"}, headers=user.headers if user else {}), 400, name)
+
+
 # --- 5. SQL metacharacters and Unicode in every string field -------------------------------------------------------
 
 NASTY = {

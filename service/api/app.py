@@ -27,7 +27,13 @@ from service.api.controllers.booking_requests import BookingRequestController
 from service.api.controllers.doctors import DoctorController
 from service.api.controllers.health import HealthController
 from service.api.dependencies import DatabaseDep
-from service.api.extensions import ClosedStructSchemaPlugin, JsonRequest, before_request, resolve_dependencies_in_turn
+from service.api.extensions import (
+    ClosedStructSchemaPlugin,
+    JsonRequest,
+    before_request,
+    resolve_dependencies_in_turn,
+    strict_path_integers,
+)
 from service.api.notifications import Notifications
 from service.api.problems import EXCEPTION_HANDLERS, problem_details_plugin
 from service.api.ratelimit import per_address_limit
@@ -80,6 +86,7 @@ def provide_user(request: Request[CurrentUser, object, State]) -> CurrentUser:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     resolve_dependencies_in_turn()
+    strict_path_integers()
     # An access log line per request costs real time on the booking path; ACCESS_LOG=false drops it.
     logging.getLogger("uvicorn.access").disabled = not settings.access_log
     redis = redis_client(settings)

@@ -5,7 +5,9 @@ shows, on a plain Litestar app, each behaviour an override corrects, so it fails
 override can go; the service's own tests fail if one stops working underneath.
 
 - `JsonRequest`: strict JSON bodies (415 for other types, no coercion, duplicate keys refused, bad JSON a 400).
-- `before_request`: OPTIONS names every method of a path; a query parameter given twice is a 400.
+- `before_request`: OPTIONS names every method of a path; a query parameter given twice, or one the endpoint does not
+  take, or an integer not in plain decimal digits, is a 400.
+- `strict_path_integers`: an integer in a path is plain decimal digits (int() reads `1_0` as 10).
 - `ClosedStructSchemaPlugin`: `additionalProperties: false` for structs that forbid unknown fields.
 - `BearerAuthenticationMiddleware`: only the Bearer scheme; a verified token's signature is not checked again.
 - `RetryAfterRateLimitMiddleware`: Litestar's 429 with a Retry-After header.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -34,6 +37,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.middleware.rate_limit import RateLimitMiddleware
 from litestar.openapi.spec import Schema
+from litestar.routes.base import parsers_map as path_parsers
 from litestar.security.jwt import JWTAuthenticationMiddleware, Token
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Receive, Scope, Send
@@ -120,23 +124,61 @@ def unreadable(exc: Exception) -> str:
     return "the body is not JSON this API can read"
 
 
-# --- OPTIONS and repeated query parameters ----------------------------------------------------------------------
+# --- OPTIONS, query parameters and integers in paths ------------------------------------------------------------
+
+# How an integer is written in a path or a query: Litestar reads a path's with int(), which takes `1_0` for 10 and
+# ` 1`, `+1`, `01` or a full-width `１` for 1, and a query's with msgspec's lax conversion, which takes `1e1` and
+# `10.0` for 10.
+DECIMAL_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def decimal_integer(text: str) -> int:
+    """`text` as an integer if it is one written plainly in ASCII digits; ValueError otherwise."""
+    if not DECIMAL_INTEGER.fullmatch(text):
+        raise ValueError(f"not a plain decimal integer: {text!r}")
+    return int(text)  # more than 4,300 digits: ValueError too
+
+
+def strict_path_integers() -> None:
+    """`{id:int}` in a route's path matches plain decimal digits only; any other spelling matches no route (a 404,
+    as `/doctors/abc`). Before the app is built: each route takes its parser when it is made."""
+    path_parsers[int] = decimal_integer
+
+
+@cache
+def query_parameters(handler: HTTPRouteHandler, path_parameters: frozenset[str]) -> dict[str, bool]:
+    """The query parameters `handler` takes, by name, each with whether it is an integer."""
+    model = handler.create_kwargs_model(dict.fromkeys(path_parameters))  # type: ignore[arg-type]
+    signature = handler.parsed_fn_signature.parameters
+    return {param.field_alias: param.field_name in signature and signature[param.field_name].annotation is int
+            for param in model.expected_query_params}
 
 
 async def before_request(request: Request[Any, Any, Any]) -> Response[None] | None:
-    """Two fixes to Litestar's reading of a request, before any handler runs.
+    """Fixes to Litestar's reading of a request, before any handler runs.
 
     - OPTIONS names every method of the path: Litestar's own answer names only those of the first handler a
       controller registered there (DELETE but not GET for /appointments/{id}).
     - A query parameter given twice is a 400: every one of ours takes one value, and Litestar would silently keep
       one of the two.
+    - A query parameter the endpoint does not take is a 400, as an unknown field in a body: Litestar ignores it,
+      so `?wait=5` where there is no long poll, or a misspelt `ofset`, would be answered as if not sent.
+    - An integer query parameter is plain decimal digits, else a 400 (see DECIMAL_INTEGER).
     """
     if request.method == HttpMethod.OPTIONS:
         template = request.scope["path_template"]
         methods = next(route.methods for route in request.app.routes if route.path_format == template)
         return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": ", ".join(sorted(methods))})
-    if (repeated := first_repeated([name for name, _ in request.query_params.multi_items()])) is not None:
+    if not (query := list(request.query_params.multi_items())):
+        return None
+    if (repeated := first_repeated([name for name, _ in query])) is not None:
         raise InvalidInput("given more than once", field=repeated)
+    taken = query_parameters(request.route_handler, frozenset(request.path_params))
+    for name, value in query:
+        if name not in taken:
+            raise InvalidInput("not a parameter of this endpoint", field=name)
+        if taken[name] and not DECIMAL_INTEGER.fullmatch(value):
+            raise InvalidInput("must be an integer written in decimal digits", field=name)
     return None
 
 
