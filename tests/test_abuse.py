@@ -677,6 +677,20 @@ async def test_nasty_ascii_in_emails_and_headers(
     assert len(rows(mysql, "SELECT id FROM booking_requests")) == 1
 
 
+async def test_a_specialty_of_emoji_finds_only_itself(client: httpx.AsyncClient, factory: Factory) -> None:
+    """utf8mb4_unicode_ci gives every character beyond the BMP one weight: `?specialty=🦷` found the `🩺` doctors.
+    The filter stays blind to case and accents, as a directory search should be."""
+    stethoscope, tooth = await factory.doctor(specialty="🩺"), await factory.doctor(specialty="🦷 Dentistry")
+    script = await factory.doctor(specialty="𝓒𝓪𝓻𝓭𝓲𝓸𝓵𝓸𝓰𝔂")
+    accented = await factory.doctor(specialty="Pédiatrie")
+    for specialty, doctor in (("🩺", stethoscope), ("🦷 Dentistry", tooth), ("𝓒𝓪𝓻𝓭𝓲𝓸𝓵𝓸𝓰𝔂", script),
+                              ("PEDIATRIE", accented)):
+        found = (await client.get("/doctors", params={"specialty": specialty})).json()["items"]
+        assert [d["id"] for d in found] == [doctor["id"]], (specialty, found)
+    for nobody in ("🦷", "😀", "🩺 Dentistry", "𝓓𝓮𝓷𝓽𝓲𝓼𝓽𝓻𝔂𝔂𝔂"):
+        assert (await client.get("/doctors", params={"specialty": nobody})).json()["items"] == [], nobody
+
+
 async def test_an_email_that_lower_casing_makes_too_long_is_a_400(
     client: httpx.AsyncClient, mysql: pymysql.Connection
 ) -> None:

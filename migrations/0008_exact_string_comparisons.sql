@@ -1,6 +1,7 @@
 -- depends: 0006_drop_booking_request_attempts
--- Two identifiers compared exactly, where utf8mb4_unicode_ci took `order-abc` for `Order-ABC`, `pát` for `pat`,
--- and ignored characters such as a zero-width space; and, PAD SPACE, took `Order-ABC ` for `Order-ABC`.
+-- Strings compared as exactly as each one's meaning asks. utf8mb4_unicode_ci (UCA 4.0.0) takes `order-abc` for
+-- `Order-ABC` and `pát` for `pat`, ignores characters such as a zero-width space, gives every character beyond the
+-- BMP (emoji, 𝓤) one and the same weight, and, PAD SPACE, takes `Order-ABC ` for `Order-ABC`.
 
 -- Idempotency keys, byte for byte: a patient's different keys replayed each other's requests, or were refused as
 -- one key reused with another body. No character collation is exact on both servers: utf8mb4_bin is PAD SPACE on
@@ -14,4 +15,8 @@ ALTER TABLE booking_requests MODIFY idempotency_key VARBINARY(1020) NULL;
 -- lookup must find that address and no look-alike, or each accented or invisibly padded spelling got a limit of
 -- its own on the same account. utf8mb4_bin suffices here, PAD SPACE or not: an email is stored and looked up
 -- trimmed, so it never ends in a space.
-ALTER TABLE users MODIFY email VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL
+ALTER TABLE users MODIFY email VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL;
+
+-- Specialties, a search filter: still blind to case and accents, but `🦷` no longer finds `🩺`. UCA 5.2.0 weighs
+-- characters beyond the BMP apart, and utf8mb4_unicode_520_ci exists on both servers.
+ALTER TABLE users MODIFY specialty VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_520_ci NULL
