@@ -31,6 +31,7 @@ from tests.factory import PASSWORD, Factory, User, at, day, iso
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 PROBLEM = "application/problem+json"
 JSON = {"content-type": "application/json"}
+HUGE_INTEGER = b"9" * 5_000  # past Python's 4,300-digit limit for int(str)
 
 
 def problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
@@ -201,7 +202,16 @@ async def test_schemathesis_finds_nothing(
 # --- 2. forged, broken and orphaned tokens -------------------------------------------------------------------------
 
 def segment(value: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return segment_of(json.dumps(value).encode())
+
+
+def segment_of(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def with_header(header: bytes, user: User) -> str:
+    """A token with this header, read before its (missing) signature is checked."""
+    return f"{segment_of(header)}.{segment(claims(user))}.x"
 
 
 def claims(user: User, **changes: Any) -> dict[str, Any]:
@@ -233,6 +243,11 @@ TOKEN_ATTACKS = {
     "signed with another secret": lambda user, _: signed(user, "not-the-secret-but-just-as-long-0123456789"),
     "the other role, correctly signed": lambda user, secret: signed(user, secret, role=other_role(user)),
     "sub beyond BIGINT, correctly signed": lambda user, secret: signed(user, secret, sub="9" * 40),
+    "sub of 5,000 digits, correctly signed": lambda user, secret: signed(user, secret, sub="9" * 5_000),
+    "a header of 5,000 nested arrays": lambda user, _: with_header(b"[" * 5_000, user),
+    "a 5,000-digit number in the header": lambda user, _: with_header(b'{"alg": "HS256", "kid": ' + HUGE_INTEGER + b"}",
+                                                                     user),
+    "100 KB of token": lambda user, secret: signed(user, secret) + "A" * 100_000,
 }
 
 
@@ -383,9 +398,6 @@ async def test_odd_bodies_are_a_clear_4xx_and_store_nothing(
     problem(response, status, field)
     assert snapshot(mysql) == before
     assert (await client.get("/health")).status_code == 200
-
-
-HUGE_INTEGER = b"9" * 5_000  # past Python's 4,300-digit limit for int(str)
 
 
 def bodies_of_every_route(settings: Settings) -> dict[str, Any]:
@@ -914,7 +926,8 @@ async def test_offsets_leap_days_missing_offsets_and_fractions_are_read_right(
     picked = await client.get(f"/doctors/{doctor['id']}/availability",
                               params={"from": f"{date}T15:45:00+05:45", "to": f"{date}T16:45:00+05:45"})
     assert [w["start_time"] for w in picked.json()] == [f"{date}T10:00:00Z"], picked.text
-    for bad in ("0.5", "1900000000", "", f"{date}", "tomorrow", f"{leap - 1}-02-29T00:00:00Z"):
+    for bad in ("0.5", "1900000000", "", f"{date}", "tomorrow", f"{leap - 1}-02-29T00:00:00Z", "9" * 5_000,
+                "10000-01-01T00:00:00Z", f"+{date}T10:00:00Z", f"{date}T10:00:00+99:00"):
         problem(await client.get(f"/doctors/{doctor['id']}/slots", params={"from": bad}), 400, "from")
     # And a booking in +05:45 lands on the UTC slot it names.
     booked = await client.post("/appointments", headers={**patient.headers, "Prefer": "wait=10"}, json={
