@@ -18,13 +18,17 @@ from typing import Any
 
 import httpx
 import jwt
+import msgspec
 import pymysql
 import pytest
 from litestar import get
 from litestar.exceptions import ImproperlyConfiguredException
+from litestar.handlers import HTTPRouteHandler
 
 from service.api.app import create_app
+from service.api.extensions import decode_body
 from service.api.security import PUBLIC
+from service.core.errors import InvalidInput
 from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, day, iso
 from tests.support import Processes
@@ -32,6 +36,7 @@ from tests.support import Processes
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 PROBLEM = "application/problem+json"
 JSON = {"content-type": "application/json"}
+HUGE_INTEGER = b"9" * 5_000  # past Python's 4,300-digit limit for int(str)
 
 
 def problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
@@ -210,7 +215,16 @@ async def test_schemathesis_finds_nothing(
 # --- 2. forged, broken and orphaned tokens -------------------------------------------------------------------------
 
 def segment(value: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return segment_of(json.dumps(value).encode())
+
+
+def segment_of(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def with_header(header: bytes, user: User) -> str:
+    """A token with this header, read before its (missing) signature is checked."""
+    return f"{segment_of(header)}.{segment(claims(user))}.x"
 
 
 def claims(user: User, **changes: Any) -> dict[str, Any]:
@@ -242,6 +256,11 @@ TOKEN_ATTACKS = {
     "signed with another secret": lambda user, _: signed(user, "not-the-secret-but-just-as-long-0123456789"),
     "the other role, correctly signed": lambda user, secret: signed(user, secret, role=other_role(user)),
     "sub beyond BIGINT, correctly signed": lambda user, secret: signed(user, secret, sub="9" * 40),
+    "sub of 5,000 digits, correctly signed": lambda user, secret: signed(user, secret, sub="9" * 5_000),
+    "a header of 5,000 nested arrays": lambda user, _: with_header(b"[" * 5_000, user),
+    "a 5,000-digit number in the header": lambda user, _: with_header(b'{"alg": "HS256", "kid": ' + HUGE_INTEGER + b"}",
+                                                                     user),
+    "100 KB of token": lambda user, secret: signed(user, secret) + "A" * 100_000,
 }
 
 
@@ -394,11 +413,89 @@ async def test_odd_bodies_are_a_clear_4xx_and_store_nothing(
     assert (await client.get("/health")).status_code == 200
 
 
-async def test_deep_json_in_a_field_that_is_skipped_is_a_400(client: httpx.AsyncClient) -> None:
-    """A login body ignores unknown fields, so the decoder walks through them rather than stopping at them."""
-    for deep in (nested(10_000), b'{"a":' * 10_000 + b"1" + b"}" * 10_000):
-        body = b'{"email": "a@clinic.example", "password": "whatever1", "extra": ' + deep + b"}"
-        problem(await client.post("/auth/login", content=body, headers=JSON), 400, "body")
+def bodies_of_every_route(settings: Settings) -> dict[str, Any]:
+    """Each route of the app that reads a body, as "METHOD path", and the type it decodes the body into."""
+    app = create_app(settings)
+    return {f"{method} {path}": handler.parsed_data_field.annotation
+            for path, methods in app.route_handler_method_map.items() for method, handler in methods.items()
+            if isinstance(handler, HTTPRouteHandler) and handler.parsed_data_field is not None}
+
+
+def types_within(annotation: Any) -> list[msgspec.inspect.Type]:
+    """Every type `annotation` is made of, itself included, however deeply nested."""
+    found: list[msgspec.inspect.Type] = []
+    pending = [msgspec.inspect.type_info(annotation)]
+    while pending:
+        info = pending.pop()
+        if any(info is seen for seen in found):
+            continue
+        found.append(info)
+        if isinstance(info, msgspec.inspect.StructType):
+            pending += [field.type for field in info.fields]
+        elif isinstance(info, msgspec.inspect.UnionType):
+            pending += info.types
+        elif isinstance(info, msgspec.inspect.Metadata):
+            pending.append(info.type)
+        elif isinstance(info, msgspec.inspect.DictType):
+            pending += [info.key_type, info.value_type]
+        elif hasattr(info, "item_type"):  # list, set, frozenset, tuple[T, ...]
+            pending.append(info.item_type)
+        elif hasattr(info, "item_types"):  # tuple[A, B]
+            pending += info.item_types
+    return found
+
+
+def test_every_request_body_refuses_unknown_fields(settings: Settings) -> None:
+    """Every struct any route decodes a body into forbids unknown fields, and no body is a free-form mapping: a key
+    the API does not know is a 400 naming it, never silently skipped (nor read by a second parser)."""
+    bodies = bodies_of_every_route(settings)
+    assert {"POST /auth/login", "POST /auth/reset-password", "POST /appointments", "PATCH /doctors/me"} <= set(bodies)
+    for route, annotation in bodies.items():
+        parts = types_within(annotation)
+        structs = [info.cls for info in parts if isinstance(info, msgspec.inspect.StructType)]
+        assert structs, route
+        assert all(cls.__struct_config__.forbid_unknown_fields for cls in structs), (route, structs)
+        assert not [info for info in parts if isinstance(info, msgspec.inspect.DictType | msgspec.inspect.AnyType)], \
+            route
+
+
+@pytest.mark.parametrize(("path", "fields"), [
+    ("/auth/login", {"email": "a@clinic.example", "password": "whatever1"}),
+    ("/auth/forgot-password", {"email": "a@clinic.example"}),
+    ("/auth/reset-password", {"token": "t", "new_password": "whatever1"}),
+    ("/auth/register", {"email": "a@clinic.example", "name": "A", "role": "Patient", "password": "whatever1"}),
+])
+async def test_a_huge_number_in_an_unknown_field_is_a_400_naming_it(
+    client: httpx.AsyncClient, mysql: pymysql.Connection, path: str, fields: dict[str, str]
+) -> None:
+    before = snapshot(mysql)
+    for number in (HUGE_INTEGER, b"-" + HUGE_INTEGER, b"1." + HUGE_INTEGER, b"1e400", HUGE_INTEGER + b"e-4999"):
+        body = json.dumps(fields).encode()[:-1] + b', "surprise": ' + number + b"}"
+        problem(await client.post(path, content=body, headers=JSON), 400, "surprise")
+    assert snapshot(mysql) == before
+
+
+class Lenient(msgspec.Struct):
+    """A body type that skips unknown fields, as none of the API's may: the decoder must still never fail."""
+
+    id: int
+
+
+@pytest.mark.parametrize("ignored", [
+    HUGE_INTEGER, b"-" + HUGE_INTEGER, b"[" + HUGE_INTEGER + b"]", b"1." + HUGE_INTEGER, b"1e400", b"-1e400",
+    b"1" + b"0" * 5_000 + b".5e-5000",
+])
+def test_numbers_msgspec_reads_never_break_the_duplicate_key_check(ignored: bytes) -> None:
+    body = b'{"id": 1, "ignored": ' + ignored + b', "ignored_too": {"a": ' + ignored + b"}}"
+    assert decode_body(msgspec.json.Decoder(Lenient), body) == Lenient(id=1)
+
+
+def test_deep_json_in_a_field_that_is_skipped_is_a_400() -> None:
+    """A decoder that skips a field walks through it; past either parser's depth limit that is a 400."""
+    for deep in (nested(10_000), b'{"a":' * 10_000 + b"1" + b"}" * 10_000, nested(2_000)):
+        with pytest.raises(InvalidInput) as refused:
+            decode_body(msgspec.json.Decoder(Lenient), b'{"id": 1, "extra": ' + deep + b"}")
+        assert refused.value.extra["errors"][0]["field"] == "body"
 
 
 async def test_duplicate_keys_are_refused_wherever_they_are(
@@ -451,6 +548,68 @@ async def test_json_with_a_charset_or_a_json_suffix_is_taken(
         response = await client.post("/appointments", content=json.dumps(booking["body"]),
                                      headers={"content-type": content_type, **booking["patient"].headers})
         assert response.status_code == 202, (content_type, response.text)
+
+
+# --- 4b. numbers and names in paths and query strings ---------------------------------------------------------------
+
+def spellings_of(number: int) -> list[str]:
+    """Ways to write `number` that Python's int() reads as it, but that are not how anyone writes an id."""
+    digits = str(number)
+    return ["_".join(digits) if len(digits) > 1 else f"0_{digits}", f"+{digits}", f"0{digits}", f"%20{digits}",
+            f"{digits}%20", "".join(chr(ord("０") + int(d)) for d in digits),  # full width
+            "".join(chr(ord("٠") + int(d)) for d in digits)]  # Arabic-Indic
+
+
+async def test_an_id_in_a_path_is_plain_decimal_digits(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    """Anything else matches no route, a 404 as for `/doctors/abc`: not the doctor whose id int() makes of it."""
+    doctor, patient = await factory.doctor(), await factory.patient()
+    window = await factory.window(doctor, at(9), at(17))
+    appointment = await factory.booked(patient, doctor["id"], at(10), at(11))
+    before = snapshot(mysql)
+    for path, number, user in (("/doctors/{}", doctor["id"], None), ("/doctors/{}/slots", doctor["id"], None),
+                               ("/appointments/{}", appointment["id"], patient),
+                               ("/booking-requests/{}", appointment["booking_request_id"], patient)):
+        headers = user.headers if user else {}
+        assert (await client.get(path.format(number), headers=headers)).status_code == 200
+        for spelling in [*spellings_of(number), "9" * 5_000]:
+            problem(await client.get(path.format(spelling), headers=headers), 404)
+    for spelling in spellings_of(window["id"]):
+        problem(await client.delete(f"/doctors/availability/{spelling}", headers=doctor.headers), 404)
+    problem(await client.delete(f"/appointments/0{appointment['id']}", headers=patient.headers), 404)
+    assert snapshot(mysql) == before
+
+
+async def test_an_integer_in_a_query_is_plain_decimal_digits(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """`1e1`, `10.0` or `-0` are not how a page size is written; Litestar's reading took them as 10, 10 and 0."""
+    doctor, patient = await factory.doctor(), await factory.patient()
+    request_id = (await factory.book(patient, doctor["id"], at(10), at(11))).json()["request_id"]
+    for path, name, user in (("/doctors", "limit", None), ("/doctors", "offset", None),
+                             (f"/doctors/{doctor['id']}/slots", "duration", None),
+                             ("/booking-requests", "limit", patient),
+                             ("/appointments/my-appointments", "offset", patient),
+                             (f"/booking-requests/{request_id}", "wait", patient)):
+        headers = user.headers if user else {}
+        for value in ("1e1", "10.0", "1E1", "100e-1", "-0", "0.0", "", " 10", "１０"):
+            problem(await client.get(path, params={name: value}, headers=headers), 400, name)
+        assert (await client.get(path, params={name: "10" if name != "duration" else "30"},
+                                 headers=headers)).status_code == 200
+
+
+async def test_a_query_parameter_an_endpoint_does_not_take_is_a_400_naming_it(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """As an unknown field in a body: `?wait=` on the list of booking requests does not long-poll, and a misspelt
+    `ofset` would silently give the first page."""
+    doctor, patient = await factory.doctor(), await factory.patient()
+    for path, name, user in (("/booking-requests", "wait", patient), ("/doctors", "ofset", None),
+                             (f"/doctors/{doctor['id']}/slots", "duraton", None),
+                             (f"/doctors/{doctor['id']}", "limit", None), ("/auth/me", "x", patient),
+                             ("/appointments/my-appointments", "doctor_id", patient)):
+        problem(await client.get(path, params={name: "5"}, headers=user.headers if user else {}), 400, name)
 
 
 # --- 5. SQL metacharacters and Unicode in every string field -------------------------------------------------------
@@ -541,6 +700,118 @@ async def test_nasty_ascii_in_emails_and_headers(
     assert again.json()["request_id"] == first.json()["request_id"]
     assert_tables_intact(mysql)
     assert len(rows(mysql, "SELECT id FROM booking_requests")) == 1
+
+
+async def test_a_specialty_of_emoji_finds_only_itself(client: httpx.AsyncClient, factory: Factory) -> None:
+    """utf8mb4_unicode_ci gives every character beyond the BMP one weight: `?specialty=🦷` found the `🩺` doctors.
+    The filter stays blind to case and accents, as a directory search should be."""
+    stethoscope, tooth = await factory.doctor(specialty="🩺"), await factory.doctor(specialty="🦷 Dentistry")
+    script = await factory.doctor(specialty="𝓒𝓪𝓻𝓭𝓲𝓸𝓵𝓸𝓰𝔂")
+    accented = await factory.doctor(specialty="Pédiatrie")
+    for specialty, doctor in (("🩺", stethoscope), ("🦷 Dentistry", tooth), ("𝓒𝓪𝓻𝓭𝓲𝓸𝓵𝓸𝓰𝔂", script),
+                              ("PEDIATRIE", accented)):
+        found = (await client.get("/doctors", params={"specialty": specialty})).json()["items"]
+        assert [d["id"] for d in found] == [doctor["id"]], (specialty, found)
+    for nobody in ("🦷", "😀", "🩺 Dentistry", "𝓓𝓮𝓷𝓽𝓲𝓼𝓽𝓻𝔂𝔂𝔂"):
+        assert (await client.get("/doctors", params={"specialty": nobody})).json()["items"] == [], nobody
+
+
+async def test_an_email_that_lower_casing_makes_too_long_is_a_400(
+    client: httpx.AsyncClient, mysql: pymysql.Connection
+) -> None:
+    """`İ` lower-cases to two characters: 245 of them are 255 characters as sent and 500 as stored (VARCHAR(255))."""
+    email = "İ" * 245 + "@x.example"
+    before = snapshot(mysql)
+    problem(await client.post("/auth/register", json={"email": email, "name": "I", "role": "Patient",
+                                                      "password": PASSWORD}), 400, "email")
+    problem(await client.post("/auth/login", json={"email": email, "password": PASSWORD}), 401)
+    assert (await client.post("/auth/forgot-password", json={"email": email})).status_code == 202
+    assert snapshot(mysql) == before
+    fits = "İ" * 122 + "@x.example"  # 254 characters once lower-cased
+    registered = await client.post("/auth/register", json={"email": fits, "name": "I", "role": "Patient",
+                                                           "password": PASSWORD})
+    assert registered.status_code == 201 and registered.json()["email"] == fits.lower(), registered.text
+    assert (await client.post("/auth/login", json={"email": fits, "password": PASSWORD})).status_code == 200
+
+
+async def test_an_email_is_its_account_exactly_not_its_look_alikes(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection
+) -> None:
+    """The per-account login limit counts the address as sent (lower-cased); the lookup must find exactly that
+    address, or every accented or invisibly padded spelling of it would get a limit of its own. (users.email was
+    utf8mb4_unicode_ci: blind to accents and to characters such as a zero-width space.)"""
+    patient = await factory.patient(email="pat@clinic.example")
+    look_alikes = ["pát@clinic.example", "pa\u200bt@clinic.example", "pat@clinic.exämple", "p\u00adat@clinic.example"]
+    for email in look_alikes:
+        problem(await client.post("/auth/login", json={"email": email, "password": PASSWORD}), 401)
+    for email in look_alikes:  # and each is an address of its own, free to register
+        registered = await client.post("/auth/register", json={"email": email, "name": "P", "role": "Patient",
+                                                               "password": PASSWORD})
+        assert registered.status_code == 201, (email, registered.text)
+    assert rows(mysql, "SELECT email FROM users ORDER BY id") == [{"email": email}
+                                                                  for email in [patient["email"], *look_alikes]]
+    assert (await client.post("/auth/login", json={"email": " PAT@clinic.example", "password": PASSWORD})).json()[
+        "access_token"]
+
+
+async def send_raw(api_url: str, method: str, path: str, headers: dict[str, bytes],
+                   body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """One request written byte for byte, for header values httpx will not send (a trailing space, bytes outside
+    ASCII); its status and JSON body."""
+    host, port = api_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + host.encode(), b"Connection: close",
+            b"Content-Length: " + str(len(body)).encode()] + [name.encode() + b": " + value
+                                                             for name, value in headers.items()]
+    writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    response = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    status_line, _, rest = response.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2] or b"null")
+
+
+async def test_idempotency_keys_are_compared_byte_for_byte(
+    api_url: str, mysql: pymysql.Connection, booking: dict[str, Any]
+) -> None:
+    """Keys that differ only in case or a trailing space are different keys: each makes its own request, and only
+    the very same key replays one. (uvicorn's parser, httptools, keeps a value's trailing space as sent.)"""
+    keys = [b"Order-ABC", b"order-abc", b"Order-ABC "]
+    bodies = [json.dumps({**booking["body"], "start_time": iso(at(hour)), "end_time": iso(at(hour + 0.5))}).encode()
+              for hour in (10, 11, 12)]
+
+    async def book(key: bytes, body: bytes) -> tuple[int, dict[str, Any]]:
+        return await send_raw(api_url, "POST", "/appointments", {
+            "Content-Type": b"application/json", "Authorization": booking["patient"].headers["Authorization"].encode(),
+            "Idempotency-Key": key}, body)
+
+    made = [await book(key, body) for key, body in zip(keys, bodies, strict=True)]
+    assert [status for status, _ in made] == [202, 202, 202], made
+    ids = [answer["request_id"] for _, answer in made]
+    assert len(set(ids)) == 3
+    assert rows(mysql, "SELECT id, idempotency_key FROM booking_requests ORDER BY id") == [
+        {"id": request_id, "idempotency_key": key} for request_id, key in zip(ids, keys, strict=True)]
+    for request_id, key, body in zip(ids, keys, bodies, strict=True):
+        status, answer = await book(key, body)  # the same key and body: the same request
+        assert status == 202 and answer["request_id"] == request_id, (key, answer)
+    status, answer = await book(keys[2], bodies[0])  # the same key with another body
+    assert status == 409, answer
+    assert len(rows(mysql, "SELECT id FROM booking_requests")) == 3
+
+
+@pytest.mark.parametrize("key", [
+    b"tab\there", b"caf\xc3\xa9", b"caf\xe9", b"\xff\xfe", b"x" * 256])
+async def test_an_idempotency_key_is_printable_ascii_of_at_most_255_characters(
+    api_url: str, mysql: pymysql.Connection, booking: dict[str, Any], key: bytes
+) -> None:
+    """What a header carries beyond ASCII is bytes whose meaning depends on the sender's encoding (`caf\xe9` and
+    `caf\xc3\xa9` are both café), so a key is printable ASCII (as the IETF draft's Idempotency-Key), else a 400."""
+    before = snapshot(mysql)
+    status, answer = await send_raw(api_url, "POST", "/appointments", {
+        "Content-Type": b"application/json", "Authorization": booking["patient"].headers["Authorization"].encode(),
+        "Idempotency-Key": key}, json.dumps(booking["body"]).encode())
+    assert status == 400, answer
+    assert "idempotency_key" in [error["field"] for error in answer["errors"]], answer
+    assert snapshot(mysql) == before
 
 
 async def test_unicode_that_is_not_text_is_a_clear_400(
@@ -668,7 +939,8 @@ async def test_offsets_leap_days_missing_offsets_and_fractions_are_read_right(
     picked = await client.get(f"/doctors/{doctor['id']}/availability",
                               params={"from": f"{date}T15:45:00+05:45", "to": f"{date}T16:45:00+05:45"})
     assert [w["start_time"] for w in picked.json()] == [f"{date}T10:00:00Z"], picked.text
-    for bad in ("0.5", "1900000000", "", f"{date}", "tomorrow", f"{leap - 1}-02-29T00:00:00Z"):
+    for bad in ("0.5", "1900000000", "", f"{date}", "tomorrow", f"{leap - 1}-02-29T00:00:00Z", "9" * 5_000,
+                "10000-01-01T00:00:00Z", f"+{date}T10:00:00Z", f"{date}T10:00:00+99:00"):
         problem(await client.get(f"/doctors/{doctor['id']}/slots", params={"from": bad}), 400, "from")
     # And a booking in +05:45 lands on the UTC slot it names.
     booked = await client.post("/appointments", headers={**patient.headers, "Prefer": "wait=10"}, json={

@@ -167,7 +167,7 @@ async def test_a_doctor_changes_their_specialty_with_patch_me(
     response = await client.patch("/doctors/me", headers=doctor.headers, json={"specialty": " Neurology  "})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body == {"id": doctor["id"], "name": doctor["name"], "specialty": "Neurology",
+    assert body == {"id": doctor["id"], "name": doctor["name"], "specialty": "Neurology", "timezone": "UTC",
                     "created_at": doctor["created_at"]}
     with mysql.cursor() as cursor:
         cursor.execute("SELECT specialty FROM users WHERE id = %s", (doctor["id"],))

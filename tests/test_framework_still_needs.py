@@ -24,6 +24,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.params import Body, FromPath, FromQuery
+from litestar.routes.base import parsers_map as path_parsers
 from litestar.security.jwt import JWTAuth, Token
 from litestar.testing import AsyncTestClient, create_test_client
 
@@ -129,6 +130,48 @@ def test_a_query_parameter_given_twice_is_answered_with_one_of_the_two() -> None
     assert response.json()["q"] in (1, 2)  # 2 on Litestar 2.25: the last one
 
 
+def test_a_query_parameter_the_handler_does_not_take_is_ignored() -> None:
+    """If this fails, Litestar fixed it: remove before_request's unknown query parameter check from
+    service/api/extensions.py."""
+    with create_test_client([search]) as http:
+        response = http.get("/search", params={"q": "1", "qq": "2"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(("sent", "read"), [("1e1", 10), ("10.0", 10), ("100e-1", 10), ("-0", 0)])
+def test_an_integer_query_parameter_is_read_from_a_float_spelling(sent: str, read: int) -> None:
+    """If this fails, Litestar fixed it: remove before_request's integer check from service/api/extensions.py."""
+    with create_test_client([search]) as http:
+        response = http.get("/search", params={"q": sent})
+    assert response.status_code == 200
+    assert response.json()["q"] == read
+
+
+# 2b. strict_path_integers: integers in paths.
+
+
+def litestars_own(module_name: str) -> Any:
+    """A fresh, private copy of one of Litestar's modules, executed from its installed file: it holds what Litestar
+    ships whatever ours replaced in this process (create_app, and tests that build the app, assign to Litestar's
+    own objects, and nothing puts the originals back). It is not registered in sys.modules, so nothing else sees
+    it."""
+    spec = importlib.util.find_spec(module_name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("sent", "read"), [("1_0", 10), ("%201", 1), ("+1", 1), ("01", 1), ("%EF%BC%91", 1)])
+def test_an_integer_in_a_path_is_read_by_int(monkeypatch: pytest.MonkeyPatch, sent: str, read: int) -> None:
+    """If this fails, Litestar fixed it: remove strict_path_integers from service/api/extensions.py."""
+    monkeypatch.setitem(path_parsers, int, litestars_own("litestar.routes.base").parsers_map[int])
+    with create_test_client([Things]) as http:
+        response = http.get(f"/things/{sent}")
+    assert response.status_code == 200
+    assert response.json() == {"id": read}
+
+
 # 4. ClosedStructSchemaPlugin: additionalProperties in the OpenAPI document.
 
 
@@ -174,16 +217,10 @@ def test_a_token_is_read_whatever_the_scheme_of_the_authorization_header(scheme:
 def litestars_own_resolve_dependencies() -> Callable[..., Any]:
     """KwargsModel.resolve_dependencies as Litestar ships it, whether or not ours replaced it in this process.
 
-    Ours is applied by assigning to the class (create_app, and tests that build the app), and nothing puts the
-    original back. Taking the method off the class, even at import time, could hand back ours, depending on
-    which modules ran first. A fresh, private copy of Litestar's module, executed from its installed file, holds
-    the original whatever ran before; it is not registered in sys.modules, so nothing else sees it.
+    Ours is applied by assigning to the class, so taking the method off the class, even at import time, could hand
+    back ours, depending on which modules ran first.
     """
-    spec = importlib.util.find_spec("litestar._kwargs.kwargs_model")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.KwargsModel.resolve_dependencies
+    return litestars_own("litestar._kwargs.kwargs_model").KwargsModel.resolve_dependencies
 
 
 async def test_dependencies_of_one_level_are_resolved_each_in_a_task_of_its_own(

@@ -36,6 +36,7 @@ from service.api.extensions import (
     SwaggerPage,
     before_request,
     resolve_dependencies_in_turn,
+    strict_path_integers,
 )
 from service.api.headers import add_security_headers
 from service.api.notifications import Notifications
@@ -101,6 +102,7 @@ def cors_config(settings: Settings) -> CORSConfig | None:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     resolve_dependencies_in_turn()
+    strict_path_integers()
     # An access log line per request costs real time on the booking path; ACCESS_LOG=false drops it.
     logging.getLogger("uvicorn.access").disabled = not settings.access_log
     redis = redis_client(settings)

@@ -5,7 +5,9 @@ shows, on a plain Litestar app, each behaviour an override corrects, so it fails
 override can go; the service's own tests fail if one stops working underneath.
 
 - `JsonRequest`: strict JSON bodies (415 for other types, no coercion, duplicate keys refused, bad JSON a 400).
-- `before_request`: OPTIONS names every method of a path; a query parameter given twice is a 400.
+- `before_request`: OPTIONS names every method of a path; a query parameter given twice, or one the endpoint does not
+  take, or an integer not in plain decimal digits, is a 400.
+- `strict_path_integers`: an integer in a path is plain decimal digits (int() reads `1_0` as 10).
 - `ClosedStructSchemaPlugin`: `additionalProperties: false` for structs that forbid unknown fields.
 - `BearerAuthenticationMiddleware`: only the Bearer scheme; a verified token's signature is not checked again.
 - `resolve_dependencies_in_turn`: a handler's dependencies resolved one after another, not a task each.
@@ -15,6 +17,7 @@ override can go; the service's own tests fail if one stops working underneath.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from datetime import UTC, datetime
@@ -35,6 +38,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.openapi.plugins import OpenAPIRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Schema
+from litestar.routes.base import parsers_map as path_parsers
 from litestar.security.jwt import JWTAuthenticationMiddleware, Token
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.typing import FieldDefinition
@@ -42,6 +46,8 @@ from litestar.typing import FieldDefinition
 from service.api.headers import CSP_STATE_KEY, REDOC_SOURCES, SWAGGER_UI_SOURCES, docs_page_policy
 from service.core.accounts import CurrentUser
 from service.core.errors import InvalidInput, UnsupportedMediaType
+
+log = logging.getLogger("service")
 
 # --- strict JSON request bodies ---------------------------------------------------------------------------------
 
@@ -72,7 +78,7 @@ class JsonRequest(Request[CurrentUser, Any, State]):
     - Decoded straight into the handler's `data` type by msgspec in strict mode: Litestar's own lax conversion
       takes `"5"` for an id and 1900000000 for a time.
     - A key twice in one object is a 400: parsers differ on which one counts (msgspec takes the last).
-    - JSON nested too deeply, or not in UTF-8, is a 400, not a 500.
+    - Whatever else stops either parser (JSON nested too deeply, not UTF-8) is a 400 naming the body, never a 500.
     """
 
     async def json(self) -> Any:
@@ -83,37 +89,101 @@ class JsonRequest(Request[CurrentUser, Any, State]):
             return await super().json()
         body = await self.body()
         try:
-            data = body_decoder(self.route_handler).decode(body)
-            json.loads(body, object_pairs_hook=refuse_duplicate_keys)  # msgspec took it: valid, small JSON
+            return decode_body(body_decoder(self.route_handler), body)
         except msgspec.ValidationError as exc:
             raise ValidationException(f"Validation failed for {self.method} {self.url.path}",
                                       extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidInput(str(exc), field="body") from None
-        except UnicodeDecodeError:
-            raise InvalidInput("the body is not UTF-8", field="body") from None
-        except RecursionError:  # a decoder gives up past its depth limit
-            raise InvalidInput("the JSON is nested too deeply", field="body") from None
-        return data
 
 
-# --- OPTIONS and repeated query parameters ----------------------------------------------------------------------
+def decode_body(decoder: msgspec.json.Decoder, body: bytes) -> Any:
+    """The body as `decoder`'s type, with no key twice in one object.
+
+    Any failure to read it is the body's fault, a 400 naming it, never a 500; a msgspec.ValidationError (JSON that
+    does not fit the type) passes through, for the caller to name the field.
+    """
+    try:
+        data = decoder.decode(body)
+        # msgspec took it, so it is valid JSON and small. Numbers are kept as text: the check needs none of their
+        # values, and int() of more than 4,300 digits would raise.
+        json.loads(body, object_pairs_hook=refuse_duplicate_keys, parse_int=str, parse_float=str, parse_constant=str)
+    except (msgspec.ValidationError, InvalidInput):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a parser raises about a body is a 400
+        raise InvalidInput(unreadable(exc), field="body") from None
+    return data
+
+
+def unreadable(exc: Exception) -> str:
+    """Why a body could not be read, in the client's terms."""
+    if isinstance(exc, msgspec.DecodeError):
+        return str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return "the body is not UTF-8"
+    if isinstance(exc, RecursionError):  # a decoder gives up past its depth limit
+        return "the JSON is nested too deeply"
+    log.warning("a body neither parser could read: %r", exc)  # not expected: seen, but no 500
+    return "the body is not JSON this API can read"
+
+
+# --- OPTIONS, query parameters and integers in paths ------------------------------------------------------------
+
+# How an integer is written in a path or a query: Litestar reads a path's with int(), which takes `1_0` for 10 and
+# ` 1`, `+1`, `01` or a full-width `１` for 1, and a query's with msgspec's lax conversion, which takes `1e1` and
+# `10.0` for 10.
+DECIMAL_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def decimal_integer(text: str) -> int:
+    """`text` as an integer if it is one written plainly in ASCII digits; ValueError otherwise."""
+    if not DECIMAL_INTEGER.fullmatch(text):
+        raise ValueError(f"not a plain decimal integer: {text!r}")
+    return int(text)  # more than 4,300 digits: ValueError too
+
+
+def strict_path_integers() -> None:
+    """`{id:int}` in a route's path matches plain decimal digits only; any other spelling matches no route (a 404,
+    as `/doctors/abc`). Before the app is built: each route takes its parser when it is made."""
+    path_parsers[int] = decimal_integer
+
+
+@cache
+def query_parameters(handler: HTTPRouteHandler, path_parameters: frozenset[str]) -> dict[str, bool]:
+    """The query parameters `handler` takes, by name, each with whether it is an integer."""
+    model = handler.create_kwargs_model(dict.fromkeys(path_parameters))  # type: ignore[arg-type]
+    signature = handler.parsed_fn_signature.parameters
+
+    def is_integer(name: str) -> bool:  # `int`, or `int | None`
+        field = signature.get(name)
+        return field is not None and (field.annotation is int or (field.is_optional and int in field.args))
+
+    return {param.field_alias: is_integer(param.field_name) for param in model.expected_query_params}
 
 
 async def before_request(request: Request[Any, Any, Any]) -> Response[None] | None:
-    """Two fixes to Litestar's reading of a request, before any handler runs.
+    """Fixes to Litestar's reading of a request, before any handler runs.
 
     - OPTIONS names every method of the path: Litestar's own answer names only those of the first handler a
       controller registered there (DELETE but not GET for /appointments/{id}).
     - A query parameter given twice is a 400: every one of ours takes one value, and Litestar would silently keep
       one of the two.
+    - A query parameter the endpoint does not take is a 400, as an unknown field in a body: Litestar ignores it,
+      so `?wait=5` where there is no long poll, or a misspelt `ofset`, would be answered as if not sent.
+    - An integer query parameter is plain decimal digits, else a 400 (see DECIMAL_INTEGER).
     """
     if request.method == HttpMethod.OPTIONS:
         template = request.scope["path_template"]
         methods = next(route.methods for route in request.app.routes if route.path_format == template)
         return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": ", ".join(sorted(methods))})
-    if (repeated := first_repeated([name for name, _ in request.query_params.multi_items()])) is not None:
+    if not (query := list(request.query_params.multi_items())):
+        return None
+    if (repeated := first_repeated([name for name, _ in query])) is not None:
         raise InvalidInput("given more than once", field=repeated)
+    taken = query_parameters(request.route_handler, frozenset(request.path_params))
+    for name, value in query:
+        if name not in taken:
+            raise InvalidInput("not a parameter of this endpoint", field=name)
+        if taken[name] and not DECIMAL_INTEGER.fullmatch(value):
+            raise InvalidInput("must be an integer written in decimal digits", field=name)
     return None
 
 

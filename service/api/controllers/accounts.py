@@ -37,16 +37,16 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
     timezone: TimeZoneName | None = msgspec.field(default=None)
 
 
-class LoginIn(msgspec.Struct):
+class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
     password: Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
-class ForgotPasswordIn(msgspec.Struct):
+class ForgotPasswordIn(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
 
 
-class ResetPasswordIn(msgspec.Struct):
+class ResetPasswordIn(msgspec.Struct, forbid_unknown_fields=True):
     token: Annotated[str, Meta(min_length=1, max_length=256)]
     new_password: Password
 

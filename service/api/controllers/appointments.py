@@ -31,6 +31,9 @@ from service.core.times import from_row
 
 MAX_PREFER_WAIT = 10
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+# Printable ASCII, as the IETF draft's Idempotency-Key: beyond ASCII a header carries bytes whose meaning depends on
+# the sender's encoding (`caf\xe9` and `caf\xc3\xa9` are both café). Stored and compared byte for byte (migration 0008).
+IDEMPOTENCY_KEY = r"^[ -~]+$"
 
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,8 +80,9 @@ class AppointmentController(Controller):
         db: DatabaseDep,
         redis: RedisDep,
         listener: ListenerDep,
-        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", min_length=1,
-                                                         max_length=255)] = None,
+        idempotency_key: Annotated[str | None, HeaderParameter(
+            name="Idempotency-Key", min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY,
+            description="Printable ASCII, compared byte for byte")] = None,
         prefer: Annotated[str | None, HeaderParameter(name="Prefer", max_length=200)] = None,
     ) -> Response[BookingAccepted]:
         request_id, stored = await appointments.store_request(
