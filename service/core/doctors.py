@@ -12,10 +12,11 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-async def list_doctors(db: Database, name_part: str | None, specialty: str | None, limit: int,
-                       offset: int) -> tuple[list[Row], int]:
+async def list_doctors(db: Database, name_part: str | None, specialty: str | None, limit: int, offset: int,
+                       type_name: str | None = None) -> tuple[list[Row], int]:
     """A page of doctors by name, and how many match in all."""
-    filters = {"name_like": like_pattern(name_part) if name_part else None, "specialty": specialty}
+    filters = {"name_like": like_pattern(name_part) if name_part else None, "specialty": specialty,
+               "type_name": type_name}
     async with db.connection() as conn:
         rows = await conn.fetch_all("list_doctors", {**filters, "limit": limit, "offset": offset})
         total = await conn.fetch_value("count_doctors", filters)

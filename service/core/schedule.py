@@ -61,7 +61,8 @@ def rules_of(appointment_type: Row | None) -> Rules:
 
 def blocked_span(row: Row) -> tuple[datetime, datetime]:
     """An appointment's blocked span: itself and the buffers it was booked with."""
-    return (row["start_time"] - timedelta(minutes=row["a"] or 0), row["end_time"] + timedelta(minutes=row["b"] or 0))
+    return (row["start_time"] - timedelta(minutes=int(row["a"] or 0)),
+            row["end_time"] + timedelta(minutes=int(row["b"] or 0)))
 
 
 def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo,
@@ -72,7 +73,8 @@ def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo,
     for row in rows:
         kind = row["kind"]
         if kind == "hours":
-            hours.append(WeeklyInterval(row["a"], row["b"], row["c"]))
+            # int(): a UNION's numeric columns may come back as DECIMAL (their common type on some servers)
+            hours.append(WeeklyInterval(int(row["a"]), int(row["b"]), int(row["c"])))
         elif kind == "window":
             windows.add((row["start_time"], row["end_time"], row["id"]))
         elif kind == "off":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
@@ -15,17 +15,17 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
-from service.api.params import MAX_ID, From, Id, Limit, Offset, To, next_page_link
+from service.api.params import MAX_ID, RFC3339, From, Id, Limit, Offset, To, next_page_link
 from service.api.problems import problem_responses
 from service.api.schedule_cache import CACHE_SECONDS, announce_schedule_change
 from service.api.schemas import AppointmentOut, Specialty, TimeZoneName, page
 from service.api.security import PUBLIC, requires_doctor
-from service.core import appointments, doctors, hours, schedule
+from service.core import appointments, directory, doctors, hours, schedule
 from service.core import windows as windows_
 from service.core.appointments import AppointmentStatus
 from service.core.errors import InvalidInput
 from service.core.schedule import Interval, Slot
-from service.core.times import from_row, utcnow
+from service.core.times import from_row, parse_time, to_db, utcnow
 from service.core.windows import MAX_WINDOWS_PER_REQUEST
 
 
@@ -37,6 +37,8 @@ class DoctorOut(msgspec.Struct):
     specialty: str | None
     timezone: str
     created_at: datetime
+    # In the directory, when asked for (available_after, sort=next_available or appointment_type_name).
+    next_available_slot: Slot | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class DoctorPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -95,17 +97,34 @@ class DoctorController(Controller):
     path = "/doctors"
     tags = ["doctors"]
 
-    @get("/", **PUBLIC, operation_id="listDoctors", summary="List doctors, optionally by name or specialty",
+    @get("/", **PUBLIC, operation_id="listDoctors",
+         summary="The directory: doctors by name, specialty or appointment type, with their next free slot",
+         description=("With `available_after`, `appointment_type_name` or `sort=next_available`, each doctor carries "
+                      "`next_available_slot`: the first bookable slot starting at or after `available_after` (now "
+                      "by default) within 62 days, of the doctor's active type of that name (its length and rules) "
+                      "or of 30 minutes. `sort=next_available` ranks by it, soonest first, doctors without one "
+                      f"last (at most {directory.MAX_SORTED} matching doctors)."),
          responses=problem_responses(400, 503))
     async def list_doctors(
         self,
         db: DatabaseDep,
         q: Annotated[str | None, QueryParameter(max_length=255, description="Part of the doctor's name")] = None,
         specialty: Annotated[str | None, QueryParameter(max_length=100)] = None,
+        appointment_type_name: Annotated[str | None, QueryParameter(
+            min_length=1, max_length=100, description="Only doctors offering an active type of this name")] = None,
+        available_after: Annotated[str | None, QueryParameter(schema_extra=RFC3339, description=(
+            "Look for each doctor's next free slot from this instant (RFC 3339)"))] = None,
+        sort: Annotated[Literal["name", "next_available"], QueryParameter(description="The order")] = "name",
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> OffsetPagination[DoctorOut]:
-        return page(DoctorOut, *await doctors.list_doctors(db, q, specialty, limit, offset), limit, offset)
+        if available_after is None and appointment_type_name is None and sort == "name":
+            return page(DoctorOut, *await doctors.list_doctors(db, q, specialty, limit, offset), limit, offset)
+        after = to_db(parse_time(available_after, "available_after"), "available_after") if available_after else None
+        found, total = await directory.search(db, q, specialty, appointment_type_name, after,
+                                              sort == "next_available", limit, offset)
+        return OffsetPagination([from_row(DoctorOut, {**row, "next_available_slot": slot}) for row, slot in found],
+                                limit=limit, offset=offset, total=total)
 
     @get("/{doctor_id:int}", **PUBLIC, operation_id="getDoctor", summary="A doctor's profile",
          responses=problem_responses(400, 404, 503))

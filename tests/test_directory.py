@@ -1,0 +1,134 @@
+"""The directory's next free slot: "the first cardiologist free after Monday 8:00", in a few queries for any
+number of doctors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pymysql
+
+from tests.factory import Factory, User, iso
+
+H = timedelta(hours=1)
+
+
+def next_monday() -> datetime:
+    """Midnight UTC of a Monday more than a week away (so every weekday of that week is in the future)."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today + timedelta(days=((7 - today.weekday()) % 7 or 7) + 7)
+
+
+def wall(day: datetime, clock: str, zone: str) -> datetime:
+    """That day's wall-clock time in `zone`, as a UTC instant."""
+    hours, minutes = map(int, clock.split(":"))
+    local = datetime(day.year, day.month, day.day, hours, minutes, tzinfo=ZoneInfo(zone))
+    return local.astimezone(UTC)
+
+
+async def directory(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    response = await client.get("/doctors", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+async def cardiologist(factory: Factory, name: str, timezone: str, hours: list[tuple[int, str, str]]) -> User:
+    doctor = await factory.doctor(name=name, specialty="Cardiology", timezone=timezone)
+    await factory.weekly_hours(doctor, hours)
+    return doctor
+
+
+async def test_the_first_cardiologist_free_after_monday_8(client: httpx.AsyncClient, factory: Factory) -> None:
+    monday = next_monday()
+    # Berlin opens Monday 09:00 local (08:00 UTC in winter), New York Monday 09:00 local (14:00 UTC), Tokyo
+    # Tuesday 09:00 local (Monday 00:00 UTC: before 08:00, so its first slot after is Tuesday's).
+    berlin = await cardiologist(factory, "Dr Berlin", "Europe/Berlin", [(1, "09:00", "12:00")])
+    new_york = await cardiologist(factory, "Dr New York", "America/New_York", [(1, "09:00", "17:00")])
+    tokyo = await cardiologist(factory, "Dr Tokyo", "Asia/Tokyo", [(2, "09:00", "10:00")])
+    closed = await cardiologist(factory, "Dr Closed", "UTC", [])
+    await factory.doctor(name="Dr Skin", specialty="Dermatology")  # not a cardiologist
+    after = monday + 8 * H
+
+    ranked = await directory(client, specialty="Cardiology", available_after=iso(after), sort="next_available")
+    assert [d["id"] for d in ranked] == [berlin["id"], new_york["id"], tokyo["id"], closed["id"]]
+    first = ranked[0]["next_available_slot"]
+    opens = wall(monday, "09:00", "Europe/Berlin")  # 08:00 UTC in winter, 07:00 in summer
+    assert first["start_time"] == iso(max(opens, after))
+    assert datetime.fromisoformat(first["local_start_time"]) == max(opens, after)
+    assert datetime.fromisoformat(first["local_start_time"]).utcoffset() == opens.astimezone(
+        ZoneInfo("Europe/Berlin")).utcoffset()
+    assert ranked[1]["next_available_slot"]["start_time"] == iso(wall(monday, "09:00", "America/New_York"))
+    assert ranked[3]["next_available_slot"] is None  # no hours at all: last
+    assert ranked[2]["next_available_slot"]["local_start_time"].endswith("T09:00:00+09:00")
+
+    # By name, every doctor still carries its slot.
+    by_name = await directory(client, specialty="Cardiology", available_after=iso(after))
+    assert [d["name"] for d in by_name] == ["Dr Berlin", "Dr Closed", "Dr New York", "Dr Tokyo"]
+    assert {d["id"]: d["next_available_slot"] for d in by_name}[berlin["id"]] == first
+    # Without the new parameters, the plain directory has no slot field at all.
+    assert "next_available_slot" not in (await directory(client, specialty="Cardiology"))[0]
+
+
+async def test_booked_time_time_off_and_a_types_rules_move_the_next_free_slot(
+    client: httpx.AsyncClient, factory: Factory,
+) -> None:
+    monday = next_monday()
+    early = await cardiologist(factory, "Dr Early", "UTC", [(1, "08:00", "09:00"), (1, "10:00", "11:00")])
+    late = await cardiologist(factory, "Dr Late", "UTC", [(1, "08:30", "12:00")])
+    patient = await factory.patient()
+    for doctor in (early, late):
+        await factory.appointment_type(doctor, name="Check-up", duration_minutes=30, buffer_after_minutes=30)
+    # Early's first hour is taken (two bookings), so its next free slot is 10:00.
+    await factory.booked(patient, early["id"], monday + 8 * H, monday + 8.5 * H)
+    await factory.booked(await factory.patient(), early["id"], monday + 8.5 * H, monday + 9 * H)
+    after = iso(monday + 7 * H)
+    ranked = await directory(client, specialty="Cardiology", available_after=after, sort="next_available")
+    assert [(d["name"], d["next_available_slot"]["start_time"]) for d in ranked] == [
+        ("Dr Late", iso(monday + 8.5 * H)), ("Dr Early", iso(monday + 10 * H))]
+
+    # Late takes the morning off: it is now after Early.
+    await factory.time_off(late, monday, monday + 11 * H)
+    ranked = await directory(client, specialty="Cardiology", available_after=after, sort="next_available")
+    assert [(d["name"], d["next_available_slot"]["start_time"]) for d in ranked] == [
+        ("Dr Early", iso(monday + 10 * H)), ("Dr Late", iso(monday + 11 * H))]
+
+    # A type with a 30-minute buffer after: Late's 11:00-11:30 leaves room (the buffer may reach past the hours).
+    typed = await directory(client, specialty="Cardiology", available_after=after, sort="next_available",
+                            appointment_type_name="Check-up")
+    assert [(d["name"], d["next_available_slot"]["end_time"]) for d in typed] == [
+        ("Dr Early", iso(monday + 10.5 * H)), ("Dr Late", iso(monday + 11.5 * H))]
+    # Only doctors offering an active type of that name are listed.
+    assert await directory(client, specialty="Cardiology", appointment_type_name="Surgery") == []
+
+
+async def test_the_directory_reads_a_few_times_whatever_the_number_of_doctors(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection,
+) -> None:
+    """No round trip per doctor: the statements MariaDB runs for one sorted directory read of 60 doctors are a
+    handful (a loop over doctors would run at least 60)."""
+    monday = next_monday()
+    for n in range(60):
+        await cardiologist(factory, f"Dr {n:02}", "Europe/Berlin", [(1 + n % 5, "09:00", "12:00")])
+
+    def statements() -> int:
+        with mysql.cursor() as cursor:
+            cursor.execute("SHOW GLOBAL STATUS LIKE 'Questions'")
+            return int(cursor.fetchone()["Value"])
+
+    await directory(client, specialty="Cardiology", sort="next_available", limit=5)  # warm the connections
+    before = statements()
+    ranked = await directory(client, specialty="Cardiology", available_after=iso(monday), sort="next_available",
+                             limit=5)
+    ran = statements() - before - 1  # less our own SHOW
+    assert len(ranked) == 5 and all(d["next_available_slot"] for d in ranked)
+    assert ran < 30, f"{ran} statements for one directory read of 60 doctors"
+
+
+async def test_directory_input_is_checked(client: httpx.AsyncClient) -> None:
+    for params, field in (({"available_after": "monday"}, "available_after"), ({"sort": "distance"}, "sort"),
+                          ({"appointment_type_name": ""}, "appointment_type_name")):
+        response = await client.get("/doctors", params=params)
+        assert response.status_code == 400, response.text
+        assert response.json()["errors"][0]["field"] == field, response.text
