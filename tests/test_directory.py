@@ -132,3 +132,45 @@ async def test_directory_input_is_checked(client: httpx.AsyncClient) -> None:
         response = await client.get("/doctors", params=params)
         assert response.status_code == 400, response.text
         assert response.json()["errors"][0]["field"] == field, response.text
+
+
+def first_summer_monday_in_berlin() -> datetime:
+    """Midnight UTC of the first Monday of the next Berlin summer time (a Monday at least a week away)."""
+    berlin = ZoneInfo("Europe/Berlin")
+    day = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) + timedelta(days=7)
+    while not (day.isoweekday() == 1 and day.astimezone(berlin).utcoffset() == timedelta(hours=2)
+               and (day - timedelta(days=7)).astimezone(berlin).utcoffset() == timedelta(hours=1)):
+        day += timedelta(days=1)
+    return day.replace(hour=0)
+
+
+async def test_the_readmes_worked_example(client: httpx.AsyncClient, factory: Factory) -> None:
+    """README, "Clinic schedules": Dr Weber's Berlin week and a first visit with buffers, as the README says."""
+    weber = await factory.doctor(name="Dr Weber", specialty="General practice", timezone="Europe/Berlin")
+    await factory.weekly_hours(weber, [(day, start, end) for day in (1, 2) for start, end in
+                                       (("09:00", "12:00"), ("14:00", "17:00"))])
+    first_visit = await factory.appointment_type(weber, name="First visit", duration_minutes=40,
+                                                 buffer_before_minutes=10, buffer_after_minutes=10,
+                                                 min_notice_minutes=120)
+    monday = first_summer_monday_in_berlin()  # 2027-03-29 in the README
+    day = monday.date().isoformat()
+
+    async def morning() -> list[str]:
+        response = await client.get(f"/doctors/{weber['id']}/slots", params={
+            "appointment_type_id": first_visit["id"], "from": iso(monday), "to": iso(monday + 24 * H)})
+        assert response.status_code == 200, response.text
+        slots = response.json()["slots"]
+        assert slots[0]["local_start_time"].endswith("+02:00")
+        return [s["local_start_time"][11:16] for s in slots if s["local_start_time"][11:13] < "12"]
+
+    assert await morning() == ["09:00", "09:40", "10:20", "11:00"]
+    first = (await client.get(f"/doctors/{weber['id']}/slots", params={
+        "appointment_type_id": first_visit["id"], "from": iso(monday), "to": iso(monday + 24 * H)})).json()
+    assert first["slots"][0]["start_time"] == f"{day}T07:00:00Z"
+    assert first["slots"][0]["local_start_time"] == f"{day}T09:00:00+02:00"
+    booked = await client.post("/appointments", headers={**(await factory.patient()).headers, "Prefer": "wait=10"},
+                               json={"doctor_id": weber["id"], "appointment_type_id": first_visit["id"],
+                                     "start_time": f"{day}T09:40:00+02:00"})
+    assert booked.status_code == 201, booked.text
+    assert (booked.json()["start_time"], booked.json()["end_time"]) == (f"{day}T07:40:00Z", f"{day}T08:20:00Z")
+    assert await morning() == ["11:00"]
