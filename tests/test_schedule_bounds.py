@@ -15,6 +15,7 @@ import pytest
 from service.core.availability import Available, DoctorTime, Taken
 from service.core.booking import PendingRequest, ranges_to_read
 from service.core.db import QUERIES
+from service.core.hours import MAX_UPCOMING_TIME_OFF, MAX_WEEKLY_INTERVALS
 from service.core.schedule import read_bounds
 from service.core.windows import MAX_UPCOMING_WINDOWS
 from tests.factory import Factory, at, day, iso
@@ -247,3 +248,36 @@ def test_schedule_queries_read_a_bounded_part_of_the_index(
         plan = cursor.fetchall()
     assert all(step["rows"] is None or int(step["rows"]) < 100 for step in plan), plan
     assert all(step["type"] != "ALL" for step in plan if step["table"] in ("availabilities", "appointments")), plan
+
+
+async def test_the_worst_weekly_schedule_answers_in_milliseconds_too(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection,
+) -> None:
+    """The weekly-hours side of the same bound: the most intervals a week may hold, in a zone with DST, every one
+    of them cut by time off and booked solid, read over 62 days for a new range each time."""
+    doctor = await factory.doctor(timezone="America/New_York")
+    per_day = MAX_WEEKLY_INTERVALS // 7  # 14 a day: 25 minutes on, 5 off, from 00:00
+    hours = [(day, f"{m // 60:02d}:{m % 60:02d}", f"{(m + 25) // 60:02d}:{(m + 25) % 60:02d}")
+             for day in range(1, 8) for m in range(0, per_day * 30, 30)]
+    await factory.weekly_hours(doctor, hours)
+    first_day = day(2)
+    # Time off: every other hour of the 62 days, up to the cap (written straight to the table, as fast setup).
+    insert_rows(mysql, "INSERT INTO time_off (doctor_id, start_time, end_time, created_by, created_at)"
+                       " VALUES (%s, %s, %s, %s, %s)",
+                [(doctor["id"], naive(first_day + k * 2 * 60 * M), naive(first_day + (k * 2 + 1) * 60 * M),
+                  doctor["id"], CREATED) for k in range(MAX_UPCOMING_TIME_OFF)])
+    patient = await factory.patient()
+    booked = fill_with_appointments(mysql, doctor["id"], patient["id"], first_day, first_day + timedelta(days=62),
+                                    FIVE)
+    assert booked == 62 * 24 * 12
+    worst = 0.0
+    for shift in range(3):
+        for path, params in (("slots", {"duration": 5}), ("availability", {})):
+            started = time.perf_counter()
+            response = await client.get(f"/doctors/{doctor['id']}/{path}", params={
+                "from": iso(first_day + shift * FIVE), "to": iso(first_day + timedelta(days=62)), "limit": 1000,
+                **params})
+            worst = max(worst, time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+    assert response.json() and all(interval["free"] == [] for interval in response.json())
+    assert worst < 1.0, f"a read of the worst weekly schedule took {worst:.3f} s"
