@@ -250,7 +250,7 @@ def compose_config(env: dict[str, str], tmp_path: Path, env_file: str = "") -> s
     elif subprocess.run("docker compose version", shell=True, capture_output=True).returncode == 0:
         command = ["docker", "compose"]
     else:
-        pytest.fail("neither docker compose nor docker-compose is installed: apt-get install docker-compose (.ci/run does)")
+        pytest.fail("neither docker compose nor docker-compose is installed: apt-get install docker-compose")
     (tmp_path / "compose.env").write_text(env_file)
     kept = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME", "LANG")}
     return subprocess.run([*command, "--env-file", str(tmp_path / "compose.env"), "-f", str(COMPOSE_FILE), "config"],
