@@ -5,9 +5,9 @@ time already taken) and ask it `why_not`: a slot read for each point of each ava
 decision for each request in turn. Every question is a binary search over sorted spans, so the work grows as
 n log n in what a doctor (or an attacker) has stored, never as windows × appointments.
 
-Instants are naive UTC, spans half-open: [start, end). Weekly hours are wall-clock times in the doctor's zone: a
-local time that does not exist (the hour skipped in spring) offers nothing, and the hour repeated in autumn is
-offered twice, as the two instants it names.
+Instants are naive UTC, spans half-open: [start, end). Weekly hours are wall-clock times in the doctor's zone: they
+hold exactly the instants whose clock reads a time inside them. A local time that does not exist (the hour skipped
+in spring) offers nothing, and the hour repeated in autumn is offered twice, as the two instants it names.
 """
 
 from __future__ import annotations
@@ -120,14 +120,20 @@ def wall_to_utc(day: date, minute: int, zone: ZoneInfo, *, is_end: bool) -> date
     interval spanning the repeated hour holds both. One that does not occur (spring) is the instant the clocks
     jump, so an interval loses exactly the skipped time and no slot names a time that does not exist.
     """
+    first, last = _occurrences(day, minute, zone)
+    return last if is_end else first
+
+
+def _occurrences(day: date, minute: int, zone: ZoneInfo) -> Span:
+    """The first and the last instant whose clock reads `minute` after midnight of `day`: one instant twice unless
+    the time is repeated; the jump, twice, for a skipped time."""
     local = datetime.combine(day, time()) + timedelta(minutes=minute)
     earlier = local.replace(tzinfo=zone, fold=0).astimezone(UTC).replace(tzinfo=None)
     later = local.replace(tzinfo=zone, fold=1).astimezone(UTC).replace(tzinfo=None)
-    if earlier == later:
-        return earlier
-    if earlier < later:  # repeated: fold 0 is the first occurrence
-        return later if is_end else earlier
-    return _jump_instant(zone, later, earlier)  # skipped: fold 0 read it with the offset before the jump
+    if earlier <= later:  # repeated (fold 0 is the first occurrence), or the one instant it names
+        return earlier, later
+    jump = _jump_instant(zone, later, earlier)  # skipped: fold 0 read it with the offset before the jump
+    return jump, jump
 
 
 def _jump_instant(zone: ZoneInfo, before: datetime, after: datetime) -> datetime:
@@ -146,6 +152,28 @@ def _offset_at(zone: ZoneInfo, instant: datetime) -> timedelta | None:
     return instant.replace(tzinfo=UTC).astimezone(zone).utcoffset()
 
 
+def wall_spans(day: date, start_minute: int, end_minute: int, zone: ZoneInfo) -> list[Span]:
+    """The instants whose wall clock on `day` reads a time in [start, end): one span, or two when an end lies inside
+    the repeated hour.
+
+    From the start's first occurrence to the end's last holds the whole repeated hour when the interval spans it,
+    but when an end lies inside it, that hull also holds instants whose clock reads a time outside the hours:
+    01:00-02:00 in Berlin on the autumn night would run to 02:00 winter time, an hour past its end on the clock
+    (02:00-03:00 summer time), and 02:30-04:00 would hold 02:00-02:30 winter time. Those are cut out: the first
+    pass through the repeated hour is kept up to the end, the second from the start.
+    """
+    first, start_again = _occurrences(day, start_minute, zone)
+    end_first, last = _occurrences(day, end_minute, zone)
+    if start_again == first and end_first == last:  # neither end repeated: the clock runs straight through
+        return [(first, last)] if first < last else []
+    # The instant the clocks go back: the first one reading the repeated hour a second time.
+    back = _jump_instant(zone, first, start_again) if start_again != first else _jump_instant(zone, end_first, last)
+    first_pass, second_pass = (first, min(end_first, back)), (max(start_again, back), last)
+    if first_pass[1] == second_pass[0]:  # the start is where the repeated hour begins: one span after all
+        return [(first_pass[0], second_pass[1])]
+    return [(s, e) for s, e in (first_pass, second_pass) if s < e]
+
+
 def weekly_spans(hours: Iterable[WeeklyInterval], zone: ZoneInfo, start: datetime, end: datetime) -> list[Span]:
     """Every occurrence of the weekly hours that touches [start, end), as UTC spans."""
     by_weekday: dict[int, list[WeeklyInterval]] = {}
@@ -158,10 +186,9 @@ def weekly_spans(hours: Iterable[WeeklyInterval], zone: ZoneInfo, start: datetim
     last_day = end.replace(tzinfo=UTC).astimezone(zone).date() + timedelta(days=1)
     while day <= last_day:
         for interval in by_weekday.get(day.isoweekday(), ()):
-            span_start = wall_to_utc(day, interval.start_minute, zone, is_end=False)
-            span_end = wall_to_utc(day, interval.end_minute, zone, is_end=True)
-            if span_start < span_end and span_start < end and span_end > start:
-                spans.append((span_start, span_end))
+            spans += [(span_start, span_end)
+                      for span_start, span_end in wall_spans(day, interval.start_minute, interval.end_minute, zone)
+                      if span_start < end and span_end > start]
         day += timedelta(days=1)
     return spans
 
