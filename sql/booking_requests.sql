@@ -58,8 +58,9 @@ SELECT id FROM users WHERE id IN %(patient_ids)s ORDER BY id FOR UPDATE;
 -- Everything a decision reads for one range of a batch, in one round trip: the doctor's weekly hours, windows,
 -- time off and confirmed appointments (as list_schedule_in_range), and the confirmed appointments of the batch's
 -- patients (with any doctor). Each scan is bounded by time on a (…, start_time) index (margins: read_bounds).
-SELECT 'hours' AS kind, id, NULL AS patient_id, NULL AS start_time, NULL AS end_time, weekday AS a,
-       start_minute AS b, end_minute AS c
+-- Numbers are CAST: a UNION of unsigned columns with NULL comes back as DECIMAL from MariaDB.
+SELECT 'hours' AS kind, id, NULL AS patient_id, NULL AS start_time, NULL AS end_time,
+       CAST(weekday AS SIGNED) AS a, CAST(start_minute AS SIGNED) AS b, CAST(end_minute AS SIGNED) AS c
 FROM weekly_hours WHERE doctor_id = %(doctor_id)s
 UNION ALL
 SELECT 'window', id, NULL, start_time, end_time, NULL, NULL, NULL FROM availabilities
@@ -70,11 +71,12 @@ SELECT 'off', id, NULL, start_time, end_time, NULL, NULL, NULL FROM time_off
 WHERE doctor_id = %(doctor_id)s
   AND start_time < %(to)s AND start_time > %(year_before)s AND end_time > %(from)s
 UNION ALL
-SELECT 'busy', id, NULL, start_time, end_time, buffer_before_minutes, buffer_after_minutes, NULL FROM appointments
+SELECT 'busy', id, NULL, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
+       CAST(buffer_after_minutes AS SIGNED), NULL FROM appointments
 WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
   AND start_time < %(day_after)s AND start_time > %(day_before)s
 UNION ALL
-SELECT 'patient', id, patient_id, start_time, end_time, NULL, NULL, NULL FROM appointments
+SELECT 'patient', id, CAST(patient_id AS SIGNED), start_time, end_time, NULL, NULL, NULL FROM appointments
 WHERE patient_id IN %(patient_ids)s AND status = 'confirmed'
   AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s;
 

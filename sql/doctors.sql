@@ -30,8 +30,8 @@ ORDER BY id;
 -- name: list_schedules_of_doctors
 -- list_schedule_in_range for many doctors at once (the directory's next free slot): one round trip whatever their
 -- number, each scan a range of a (doctor_id, start_time) index per doctor.
-SELECT 'hours' AS kind, doctor_id, id, NULL AS start_time, NULL AS end_time, weekday AS a, start_minute AS b,
-       end_minute AS c
+SELECT 'hours' AS kind, doctor_id, id, NULL AS start_time, NULL AS end_time, CAST(weekday AS SIGNED) AS a,
+       CAST(start_minute AS SIGNED) AS b, CAST(end_minute AS SIGNED) AS c
 FROM weekly_hours WHERE doctor_id IN %(doctor_ids)s
 UNION ALL
 SELECT 'window', doctor_id, id, start_time, end_time, NULL, NULL, NULL
@@ -42,7 +42,8 @@ SELECT 'off', doctor_id, id, start_time, end_time, NULL, NULL, NULL
 FROM time_off
 WHERE doctor_id IN %(doctor_ids)s AND start_time < %(to)s AND start_time > %(year_before)s AND end_time > %(from)s
 UNION ALL
-SELECT 'busy', doctor_id, id, start_time, end_time, buffer_before_minutes, buffer_after_minutes, NULL
+SELECT 'busy', doctor_id, id, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
+       CAST(buffer_after_minutes AS SIGNED), NULL
 FROM appointments
 WHERE doctor_id IN %(doctor_ids)s AND status = 'confirmed'
   AND start_time < %(day_after)s AND start_time > %(day_before)s;

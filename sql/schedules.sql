@@ -5,12 +5,13 @@
 -- windows touching [from, to), the time off overlapping it, and the appointments whose blocked span (with buffers
 -- of at most 4 hours each side) can reach into it. Each scan is bounded by time on a (doctor_id, start_time)
 -- index: windows last at most a day, time off at most 366 days, appointments 8 hours. The margins come computed
--- (schedule.read_bounds), clamped to the years 1-9999, where MySQL's own date arithmetic would give NULL.
+-- (schedule.read_bounds), clamped to the years 1-9999, where MySQL's own date arithmetic would give NULL. Numbers
+-- are CAST: a UNION of unsigned columns with NULL comes back as DECIMAL from MariaDB.
 SELECT 'doctor' AS kind, id, NULL AS start_time, NULL AS end_time, NULL AS a, NULL AS b, NULL AS c,
        timezone AS label
 FROM users WHERE id = %(doctor_id)s AND role = 'Doctor'
 UNION ALL
-SELECT 'hours', id, NULL, NULL, weekday, start_minute, end_minute, NULL
+SELECT 'hours', id, NULL, NULL, CAST(weekday AS SIGNED), CAST(start_minute AS SIGNED), CAST(end_minute AS SIGNED), NULL
 FROM weekly_hours WHERE doctor_id = %(doctor_id)s
 UNION ALL
 SELECT 'window', id, start_time, end_time, NULL, NULL, NULL, NULL
@@ -23,7 +24,8 @@ FROM time_off
 WHERE doctor_id = %(doctor_id)s
   AND start_time < %(to)s AND start_time > %(year_before)s AND end_time > %(from)s
 UNION ALL
-SELECT 'busy', id, start_time, end_time, buffer_before_minutes, buffer_after_minutes, NULL, NULL
+SELECT 'busy', id, start_time, end_time, CAST(buffer_before_minutes AS SIGNED), CAST(buffer_after_minutes AS SIGNED),
+       NULL, NULL
 FROM appointments
 WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
   AND start_time < %(day_after)s AND start_time > %(day_before)s;

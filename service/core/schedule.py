@@ -68,7 +68,7 @@ def blocked_span(row: Row) -> tuple[datetime, datetime]:
     before, after = row["a"], row["b"]
     if not before and not after:
         return row["start_time"], row["end_time"]
-    return row["start_time"] - _BUFFERS[int(before)], row["end_time"] + _BUFFERS[int(after)]
+    return row["start_time"] - _BUFFERS[before], row["end_time"] + _BUFFERS[after]
 
 
 def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo,
@@ -79,8 +79,7 @@ def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo,
     for row in rows:
         kind = row["kind"]
         if kind == "hours":
-            # int(): a UNION's numeric columns may come back as DECIMAL (their common type on some servers)
-            hours.append(WeeklyInterval(int(row["a"]), int(row["b"]), int(row["c"])))
+            hours.append(WeeklyInterval(row["a"], row["b"], row["c"]))
         elif kind == "window":
             windows.add((row["start_time"], row["end_time"], row["id"]))
         elif kind == "off":
