@@ -16,7 +16,16 @@ import redis
 from service.core.db import Database, migrate
 from service.core.settings import Settings
 from tests.factory import Factory
-from tests.support import TABLES_CHILD_FIRST, Processes, claim_redis_db, drop_database, release_redis_db
+from tests.support import (
+    TABLES_CHILD_FIRST,
+    PrivateRedis,
+    Processes,
+    Rig,
+    claim_redis_db,
+    drop_database,
+    release_redis_db,
+    started_rig,
+)
 
 MYSQL_SERVER = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
 REDIS_SERVER = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -121,3 +130,27 @@ async def client(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def factory(client: httpx.AsyncClient, settings: Settings) -> Factory:
     return Factory(client, settings)
+
+
+# --- a rig of a test's own: processes on a database and a Redis no other process uses (tests/support.py Rig) -----
+
+@pytest.fixture(scope="module")
+def faults_database(test_env: dict[str, str]) -> Iterator[str]:
+    """A database of the module's own on the shared server: the shared stack's workers sweep the run's database,
+    and would decide the requests a fault test strands on purpose."""
+    url = test_env["DATABASE_URL"] + "_faults"
+    settings = Settings.from_env({**test_env, "DATABASE_URL": url})
+    migrate(settings)
+    yield url
+    drop_database(settings)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    with PrivateRedis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def rig(processes: Processes, faults_database: str, private_redis: PrivateRedis) -> Iterator[Rig]:
+    yield from started_rig(processes, faults_database, private_redis.url)

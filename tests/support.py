@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self
@@ -278,6 +278,47 @@ def log_of(proc: subprocess.Popen[bytes]) -> Path:
     return Path(os.readlink(f"/proc/{proc.pid}/fd/1"))
 
 
+# --- looking at rows and problems ------------------------------------------------------------------------------
+
+PROBLEM = "application/problem+json"
+
+
+def problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    """Assert an RFC 9457 problem with this status (naming `field` in errors[], if given); return its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM), response.headers
+    body = response.json()
+    assert body["status"] == status and body["type"] and body["title"] and body["detail"], body
+    if field is not None:
+        assert field in [error["field"] for error in body["errors"]], body
+    return body
+
+
+def rows(mysql: pymysql.Connection, sql: str, *args: object) -> list[dict[str, Any]]:
+    with mysql.cursor() as cursor:
+        cursor.execute(sql, args)
+        return list(cursor.fetchall())
+
+
+def snapshot(mysql: pymysql.Connection) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table: what a refused request must leave exactly as it was."""
+    return {table: rows(mysql, f"SELECT * FROM {table} ORDER BY id")  # fixed table names, no input
+            for table in TABLES_CHILD_FIRST}
+
+
+def lock_waits(mysql: pymysql.Connection, database: str) -> int:
+    """Transactions of this database waiting for a row lock right now.
+
+    Poll it no more often than every 0.1 s: InnoDB refreshes its INNODB_TRX snapshot only once nobody has
+    read it for 0.1 s, so a tighter loop reads the same stale snapshot forever.
+    """
+    return rows(
+        mysql, "SELECT COUNT(*) AS n FROM information_schema.INNODB_TRX t"
+        " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
+        " WHERE p.DB = %s AND t.trx_state = 'LOCK WAIT'", database,
+    )[0]["n"]
+
+
 # --- the fault rig: one test's processes, on a database and a Redis of that test's own ---------------------------
 
 def no_overlapping_confirmed(mysql: pymysql.Connection) -> None:
@@ -352,9 +393,7 @@ class Rig:
         return self._mysql
 
     def rows(self, sql: str, *args: object) -> list[dict[str, Any]]:
-        with self.mysql.cursor() as cursor:
-            cursor.execute(sql, args)
-            return list(cursor.fetchall())
+        return rows(self.mysql, sql, *args)
 
     def empty(self) -> None:
         with self.mysql.cursor() as cursor:
@@ -362,21 +401,21 @@ class Rig:
                 cursor.execute(f"DELETE FROM {table}")
 
     def lock_waits(self) -> int:
-        """Transactions of this database waiting for a row lock right now.
-
-        Poll it no more often than every 0.1 s: InnoDB refreshes its INNODB_TRX snapshot only once nobody has
-        read it for 0.1 s, so a tighter loop reads the same stale snapshot forever.
-        """
-        return self.rows(
-            "SELECT COUNT(*) AS n FROM information_schema.INNODB_TRX t"
-            " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
-            " WHERE p.DB = %s AND t.trx_state = 'LOCK WAIT'", self.settings.mysql.database,
-        )[0]["n"]
+        """Transactions of this rig's database waiting for a row lock right now (see `lock_waits`)."""
+        return lock_waits(self.mysql, self.settings.mysql.database)
 
     @asynccontextmanager
     async def client(self, api_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Factory]]:
         async with httpx.AsyncClient(base_url=api_url, timeout=15) as http:
             yield http, Factory(http, self.settings)
+
+
+def started_rig(processes: Processes, database_url: str, redis_url: str) -> Iterator[Rig]:
+    """A test's rig on emptied tables; its processes are stopped after the test."""
+    rig = Rig(processes, database_url, redis_url)
+    rig.empty()
+    yield rig
+    rig.stop_all()
 
 
 async def until(check: Callable[[], Any], what: str, timeout: float = 15, every: float = 0.02) -> Any:

@@ -31,40 +31,16 @@ from service.api.security import PUBLIC
 from service.core.errors import InvalidInput
 from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, day, iso
-from tests.support import Processes
+from tests.support import Processes, problem, rows, snapshot
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
-PROBLEM = "application/problem+json"
 JSON = {"content-type": "application/json"}
 HUGE_INTEGER = b"9" * 5_000  # past Python's 4,300-digit limit for int(str)
-
-
-def problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
-    """Assert an RFC 9457 problem with this status (naming `field` in errors[], if given); return its body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    body = response.json()
-    assert body["status"] == status and body["type"] and body["title"] and body["detail"], body
-    if field is not None:
-        assert field in [error["field"] for error in body["errors"]], body
-    return body
 
 
 def unauthenticated(response: httpx.Response) -> None:
     problem(response, 401)
     assert response.headers["www-authenticate"] == "Bearer"
-
-
-def rows(mysql: pymysql.Connection, sql: str, *args: object) -> list[dict[str, Any]]:
-    with mysql.cursor() as cursor:
-        cursor.execute(sql, args)
-        return list(cursor.fetchall())
-
-
-def snapshot(mysql: pymysql.Connection) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every table: what a refused request must leave exactly as it was."""
-    return {table: rows(mysql, f"SELECT * FROM {table} ORDER BY id")  # fixed table names, no input
-            for table in ("users", "availabilities", "booking_requests", "appointments", "password_reset_tokens")}
 
 
 def assert_tables_intact(mysql: pymysql.Connection) -> None:

@@ -41,46 +41,16 @@ from tests.support import (
     Processes,
     Rig,
     accepted_ids,
-    drop_database,
     job_finished_line,
     log_of,
     process_state,
     settle,
+    started_rig,
     until,
     until_ok,
 )
 from worker.arq_ext import JOB_LEASE_MS
 from worker.lock import DoctorLock
-
-
-@pytest.fixture(scope="module")
-def faults_database(test_env: dict[str, str]) -> Iterator[str]:
-    """A database of this module's own on the shared server (see the module's docstring)."""
-    url = test_env["DATABASE_URL"] + "_faults"
-    settings = Settings.from_env({**test_env, "DATABASE_URL": url})
-    migrate(settings)
-    yield url
-    drop_database(settings)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    with PrivateRedis(tmp_path / "redis") as server:
-        yield server
-
-
-def started_rig(processes: Processes, database_url: str, redis_url: str) -> Iterator[Rig]:
-    """A test's rig on emptied tables; its processes are stopped after the test."""
-    rig = Rig(processes, database_url, redis_url)
-    rig.empty()
-    yield rig
-    rig.stop_all()
-
-
-@pytest.fixture
-def rig(processes: Processes, faults_database: str, private_redis: PrivateRedis) -> Iterator[Rig]:
-    yield from started_rig(processes, faults_database, private_redis.url)
-
 
 # --- 1, 2: a worker killed with SIGKILL ------------------------------------------------------------------------
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from service.core.db import Connection, Database, Row
 from service.core.doctors import find_doctor, lock_doctor
 from service.core.errors import Conflict, InvalidInput, NotFound
-from service.core.times import GRID_MINUTES
+from service.core.times import GRID_MINUTES, utcnow
 
 MAX_ACTIVE_TYPES = 50
 FIELDS = ("name", "duration_minutes", "buffer_before_minutes", "buffer_after_minutes", "min_notice_minutes",
@@ -22,13 +20,13 @@ def check_grid(values: dict[str, object]) -> None:
             raise InvalidInput(f"must be a multiple of {GRID_MINUTES} minutes", field=field)
 
 
-async def create(tx: Connection, doctor_id: int, values: dict[str, object], now: datetime) -> Row:
+async def create(tx: Connection, doctor_id: int, values: dict[str, object]) -> Row:
     """A new active type, under the doctor's lock (`values`: FIELDS, in range by the caller's schema)."""
     check_grid(values)
     await lock_doctor(tx, doctor_id)
     if await tx.fetch_value("count_active_appointment_types", {"doctor_id": doctor_id}) >= MAX_ACTIVE_TYPES:
         raise Conflict(f"a doctor has at most {MAX_ACTIVE_TYPES} active appointment types")
-    row = {"doctor_id": doctor_id, **values, "now": now}
+    row = {"doctor_id": doctor_id, **values, "now": utcnow()}  # stamped once the lock is held
     _, type_id = await tx.execute("insert_appointment_type", row)
     return await find_own(tx, doctor_id, type_id)
 
@@ -40,7 +38,7 @@ async def find_own(db: Database | Connection, doctor_id: int, type_id: int) -> R
     return found
 
 
-async def update(tx: Connection, doctor_id: int, type_id: int, changes: dict[str, object], now: datetime) -> Row:
+async def update(tx: Connection, doctor_id: int, type_id: int, changes: dict[str, object]) -> Row:
     """Change some fields of an active type, under the doctor's lock: later bookings follow the new rules."""
     check_grid(changes)
     await lock_doctor(tx, doctor_id)
@@ -48,15 +46,15 @@ async def update(tx: Connection, doctor_id: int, type_id: int, changes: dict[str
     if not current["active"]:
         raise Conflict("this appointment type was deactivated; create a new one")
     await tx.execute("update_appointment_type", {**{f: current[f] for f in FIELDS}, **changes, "id": type_id,
-                                                 "now": now})
+                                                 "now": utcnow()})
     return await find_own(tx, doctor_id, type_id)
 
 
-async def deactivate(tx: Connection, doctor_id: int, type_id: int, now: datetime) -> None:
+async def deactivate(tx: Connection, doctor_id: int, type_id: int) -> None:
     """No longer bookable; appointments already made keep their type."""
     await lock_doctor(tx, doctor_id)
     await find_own(tx, doctor_id, type_id)
-    await tx.execute("deactivate_appointment_type", {"id": type_id, "now": now})
+    await tx.execute("deactivate_appointment_type", {"id": type_id, "now": utcnow()})
 
 
 async def list_active(db: Database, doctor_id: int) -> list[Row]:

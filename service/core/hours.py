@@ -9,13 +9,14 @@ from service.core.accounts import CurrentUser
 from service.core.db import Connection, Database, Row
 from service.core.doctors import lock_doctor
 from service.core.errors import Conflict, InvalidInput, NotFound
-from service.core.times import GRID_MINUTES, on_grid, to_db
+from service.core.times import GRID_MINUTES, on_grid, to_db, utcnow
 from service.core.zones import check_timezone
 
 MAX_WEEKLY_INTERVALS = 100  # 14 a day, with room to spare
 MAX_TIME_OFF = timedelta(days=366)
 MAX_UPCOMING_TIME_OFF = 500
-WALL_CLOCK = re.compile(r"^(?:([01]\d|2[0-3]):([0-5]\d)|(24):(00))$")
+# ASCII digits only: `\d` also matches other scripts' digits, which int() reads too ("0٩:00" was 09:00).
+WALL_CLOCK = re.compile(r"(?:([01][0-9]|2[0-3]):([0-5][0-9])|(24):(00))")
 
 
 async def set_timezone(tx: Connection, doctor_id: int, timezone: str) -> None:
@@ -25,7 +26,7 @@ async def set_timezone(tx: Connection, doctor_id: int, timezone: str) -> None:
 
 def minutes_of(text: str, field: str, *, is_end: bool) -> int:
     """`HH:MM` on the 5-minute grid as minutes after midnight; `24:00` only as an end."""
-    match = WALL_CLOCK.match(text)
+    match = WALL_CLOCK.fullmatch(text)
     if match is None or (match.group(3) and not is_end):
         raise InvalidInput("must be a wall-clock time HH:MM, 00:00 to 23:55" + (" or 24:00" if is_end else ""),
                            field=field)
@@ -87,13 +88,16 @@ def check_time_off(start_time: datetime, end_time: datetime, now: datetime) -> t
 
 
 async def add_time_off(tx: Connection, doctor_id: int, actor: CurrentUser, start: datetime, end: datetime,
-                       reason: str | None, cancel_appointments: bool, now: datetime) -> tuple[Row, list[Row]]:
+                       reason: str | None, cancel_appointments: bool) -> tuple[Row, list[Row]]:
     """Time off, under the doctor's lock. Confirmed appointments inside it are a 409 listing them, unless the
     caller asked to cancel them (with a reason): then they are cancelled in the same transaction. Returns the time
     off and the appointments it cancelled."""
     if cancel_appointments and not (reason and reason.strip()):
         raise InvalidInput("say why, when the time off cancels appointments", field="reason")
     await lock_doctor(tx, doctor_id)
+    # Now is when the lock is ours, as in a booking's decision: a booking confirmed while this waited is cancelled
+    # after it was made (cancelled_at, the time off's created_at), not before.
+    now = utcnow()
     upcoming = await tx.fetch_value("count_upcoming_time_off", {"doctor_id": doctor_id, "now": now})
     if upcoming >= MAX_UPCOMING_TIME_OFF:
         raise Conflict(f"a doctor has at most {MAX_UPCOMING_TIME_OFF} upcoming periods of time off")

@@ -18,7 +18,7 @@ from service.api.schedule_cache import announce_schedule_change
 from service.api.schemas import NOT_BLANK
 from service.api.security import PUBLIC, requires_doctor
 from service.core import appointment_types
-from service.core.times import from_row, utcnow
+from service.core.times import from_row
 
 TypeName = Annotated[str, Meta(min_length=1, max_length=100, pattern=NOT_BLANK, examples=["First visit"])]
 # Multiples of 5 (the grid) are checked by the core: a JSON Schema `multipleOf` would call 215.0 an integer.
@@ -73,7 +73,7 @@ class AppointmentTypeController(Controller):
         self, data: Annotated[AppointmentTypeIn, Body()], user: UserDep, tx: TransactionDep,
     ) -> AppointmentTypeOut:
         values = msgspec.structs.asdict(data) | {"name": data.name.strip()}
-        return from_row(AppointmentTypeOut, await appointment_types.create(tx, user.id, values, utcnow()))
+        return from_row(AppointmentTypeOut, await appointment_types.create(tx, user.id, values))
 
     @patch("/me/appointment-types/{type_id:int}", guards=[requires_doctor], operation_id="updateAppointmentType",
            summary="Change an appointment type: later bookings follow the new rules",
@@ -85,7 +85,7 @@ class AppointmentTypeController(Controller):
         changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not msgspec.UNSET}
         if "name" in changes:
             changes["name"] = changes["name"].strip()
-        row = await appointment_types.update(tx, user.id, type_id, changes, utcnow())
+        row = await appointment_types.update(tx, user.id, type_id, changes)
         tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
         return from_row(AppointmentTypeOut, row)
 
@@ -96,7 +96,7 @@ class AppointmentTypeController(Controller):
     async def deactivate(
         self, type_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep, schedule_versions: ScheduleDep,
     ) -> None:
-        await appointment_types.deactivate(tx, user.id, type_id, utcnow())
+        await appointment_types.deactivate(tx, user.id, type_id)
         tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
 
     @get("/{doctor_id:int}/appointment-types", **PUBLIC, operation_id="listAppointmentTypes",

@@ -120,7 +120,8 @@ class DoctorController(Controller):
     ) -> OffsetPagination[DoctorOut]:
         if available_after is None and appointment_type_name is None and sort == "name":
             return page(DoctorOut, *await doctors.list_doctors(db, q, specialty, limit, offset), limit, offset)
-        after = to_db(parse_time(available_after, "available_after"), "available_after") if available_after else None
+        after = (to_db(parse_time(available_after, "available_after"), "available_after")
+                 if available_after is not None else None)
         found, total = await directory.search(db, q, specialty, appointment_type_name, after,
                                               sort == "next_available", limit, offset)
         return OffsetPagination([from_row(DoctorOut, {**row, "next_available_slot": slot}) for row, slot in found],

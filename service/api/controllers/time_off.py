@@ -55,10 +55,9 @@ class TimeOffController(Controller):
         self, data: Annotated[TimeOffIn, Body()], user: UserDep, tx: TransactionDep, redis: RedisDep,
         schedule_versions: ScheduleDep,
     ) -> TimeOffCreated:
-        now = utcnow()
-        start, end = hours.check_time_off(data.start_time, data.end_time, now)
+        start, end = hours.check_time_off(data.start_time, data.end_time, utcnow())
         row, cancelled = await hours.add_time_off(tx, user.id, user, start, end, data.reason,
-                                                  data.cancel_appointments, now)
+                                                  data.cancel_appointments)
         tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
         return from_row(TimeOffCreated, {**row, "cancelled_appointment_ids": [a["id"] for a in cancelled]})
 
