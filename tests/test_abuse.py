@@ -1025,21 +1025,17 @@ class PageAssets(HTMLParser):
             self.inline_styles += 1
 
 
-def origin(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.partition('/')[0]}"
-
-
 # What each viewer fetches once running, beyond what its page names: Swagger UI's icons are data: URLs and its "Try it
-# out" calls the API; ReDoc's search runs in a worker made from a blob: URL (Redocly/redoc#764), the Google fonts
-# its page links come from gstatic, and its icons may be data: URLs too.
+# out" calls the API; ReDoc's search runs in a worker made from a blob: URL (Redocly/redoc#764), and its icons may be
+# data: URLs too. tests/test_docs_pages.py shows in a browser that each page needs all of it and nothing more.
 SWAGGER_UI_RUNTIME = {"img-src": {"data:"}, "connect-src": {"'self'"}}
-REDOC_RUNTIME = {"img-src": {"data:"}, "font-src": {"https://fonts.gstatic.com"}, "worker-src": {"blob:"}}
+REDOC_RUNTIME = {"img-src": {"data:"}, "worker-src": {"blob:"}}
+A_YEAR = 365 * 24 * 3600
 
 
 @pytest.mark.parametrize(("path", "runtime"), [("/schema", SWAGGER_UI_RUNTIME), ("/schema/swagger", SWAGGER_UI_RUNTIME),
                                                ("/schema/redoc", REDOC_RUNTIME)])
-async def test_a_docs_page_may_load_exactly_what_it_uses_and_run_only_its_own_inline_script(
+async def test_a_docs_page_loads_its_viewer_from_this_service_and_runs_only_its_own_inline_script(
     client: httpx.AsyncClient, path: str, runtime: dict[str, set[str]]
 ) -> None:
     response = await client.get(path)
@@ -1047,14 +1043,17 @@ async def test_a_docs_page_may_load_exactly_what_it_uses_and_run_only_its_own_in
     policy = security_headers(response)
     page = PageAssets()
     page.feed(response.text)
+    # Its viewer's code and styles come from this service, nothing from a CDN; its icon is an empty data: URL.
+    assert page.scripts and all(url.startswith("/schema/assets/") for url in page.scripts + page.stylesheets)
+    assert page.icons == ["data:,"]
     # The inline script that starts the viewer carries this response's nonce; no other inline script may run.
     nonces = set(page.inline_script_nonces)
     assert len(nonces) == 1 and None not in nonces
     expected = {
         "default-src": {"'none'"}, "frame-ancestors": {"'none'"}, "base-uri": {"'none'"}, "form-action": {"'none'"},
-        "script-src": {f"'nonce-{nonces.pop()}'"} | {origin(url) for url in page.scripts},
-        "style-src": {"'unsafe-inline'"} | {origin(url) for url in page.stylesheets},
-        "img-src": {origin(url) for url in page.icons},
+        "script-src": {f"'nonce-{nonces.pop()}'", "'self'"},
+        "style-src": {"'unsafe-inline'"} | ({"'self'"} if page.stylesheets else set()),
+        "img-src": {"data:"},  # the icon
     }
     assert page.inline_styles  # what 'unsafe-inline' in style-src is for
     for directive, sources in runtime.items():
@@ -1062,6 +1061,15 @@ async def test_a_docs_page_may_load_exactly_what_it_uses_and_run_only_its_own_in
     assert {directive: set(sources) for directive, sources in policy.items()} == expected
     again = csp(await client.get(path))
     assert again["script-src"] != policy["script-src"]  # a fresh nonce for every response
+    # Each file is served under its viewer's version, so browsers may keep it for a year.
+    for url in page.scripts + page.stylesheets:
+        asset = await client.get(url)
+        assert asset.status_code == 200, url
+        # a type nosniff lets a browser use (Python names .js either way, depending on the system's mime.types)
+        kinds = ("text/css",) if url.endswith(".css") else ("text/javascript", "application/javascript")
+        assert asset.headers["content-type"].partition(";")[0] in kinds, url
+        assert asset.headers["cache-control"] == f"max-age={A_YEAR}, public, immutable"
+        strict(asset)
 
 
 def preflight(origin: str) -> dict[str, str]:

@@ -255,7 +255,7 @@ async def test_dependencies_of_one_level_are_resolved_each_in_a_task_of_its_own(
     assert len({id(task) for task in tasks}) == 3  # three tasks: one per dependency, besides the handler's
 
 
-# 8. SwaggerPage, RedocPage: a nonce for the docs pages' inline script.
+# 8. SwaggerPage, RedocPage: a nonce for the docs pages' inline script; their viewer's files served from here.
 
 
 @pytest.mark.parametrize("plugin", [SwaggerRenderPlugin, RedocRenderPlugin])
@@ -269,3 +269,14 @@ def test_the_docs_pages_start_their_viewer_with_an_inline_script_that_has_no_non
     inline_scripts = re.findall(r"<script(?![^>]*\ssrc=)[^>]*>", response.text)
     assert inline_scripts
     assert not any("nonce" in tag for tag in inline_scripts)
+
+
+@pytest.mark.parametrize("plugin", [SwaggerRenderPlugin, RedocRenderPlugin])
+def test_the_docs_pages_load_their_viewer_and_icon_from_cdns(plugin: type[Any]) -> None:
+    """If this fails, Litestar serves its docs pages' files itself: SwaggerPage and RedocPage need not serve
+    service/api/docs_assets/ any more."""
+    config = OpenAPIConfig(title="Docs", version="1", render_plugins=[plugin(path="/page")])
+    with create_test_client([], openapi_config=config) as http:
+        page = http.get("/schema/page").text
+    loaded = re.findall(r"<(?:script|link)[^>]*\s(?:src|href)=['\"]([^'\"]+)", page)
+    assert loaded and all(url.startswith("https://") for url in loaded)

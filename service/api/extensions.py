@@ -11,7 +11,8 @@ override can go; the service's own tests fail if one stops working underneath.
 - `ClosedStructSchemaPlugin`: `additionalProperties: false` for structs that forbid unknown fields.
 - `BearerAuthenticationMiddleware`: only the Bearer scheme; a verified token's signature is not checked again.
 - `resolve_dependencies_in_turn`: a handler's dependencies resolved one after another, not a task each.
-- `SwaggerPage`, `RedocPage`: the docs pages' inline script carries a nonce, so the page's CSP can admit it alone.
+- `SwaggerPage`, `RedocPage`: the docs pages' inline script carries a nonce, so the page's CSP can admit it alone; their
+  viewer's files are served from here (docs_assets/), not from CDNs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import re
 import secrets
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,14 +34,16 @@ from litestar._kwargs.kwargs_model import KwargsModel
 from litestar._openapi.schema_generation import SchemaCreator
 from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.openapi.plugins import OpenAPIRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Schema
+from litestar.router import Router
 from litestar.routes.base import parsers_map as path_parsers
 from litestar.security.jwt import JWTAuthenticationMiddleware, Token
+from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.typing import FieldDefinition
 
@@ -204,18 +208,26 @@ class ClosedStructSchemaPlugin(StructSchemaPlugin):
         return schema
 
 
-# --- the docs pages' inline script -------------------------------------------------------------------------------
+# --- the docs pages: their inline script, and their viewers served from here ------------------------------------
 
 INLINE_SCRIPT_TAG = re.compile(rb"<script(?![^>]*\ssrc=)")
+DOCS_ASSETS = Path(__file__).parent / "docs_assets"  # the viewers' released files: docs_assets/README.md
+NO_ICON = "<link rel='icon' href='data:,'>"  # Litestar's default icon is on a CDN; this one fetches nothing
+A_YEAR = 365 * 24 * 3600
 
 
 class NoncedDocsPage(OpenAPIRenderPlugin):
     """Litestar's Swagger UI and ReDoc pages start their viewer with an inline script (the OpenAPI document and the
     viewer's options), which a Content-Security-Policy blocks unless it names it; Litestar has no way to. Give that
     script a nonce made for this response, and leave the page's policy, with that nonce, for add_security_headers
-    (headers.py): that script runs, no other inline one could."""
+    (headers.py): that script runs, no other inline one could.
+
+    Litestar's pages load their viewer from CDNs, so offline (or with a CDN down) they are blank, and the policy has
+    to trust those hosts. The viewer's files are served from here instead, next to the page, under the viewer's
+    version: a new release is a new URL, so browsers may keep each file for a year."""
 
     csp_sources: dict[str, str]
+    viewer: str  # its folder in docs_assets/, named as its npm package
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         nonce = secrets.token_urlsafe(18)
@@ -223,13 +235,45 @@ class NoncedDocsPage(OpenAPIRenderPlugin):
         page = super().render(request, openapi_schema)
         return INLINE_SCRIPT_TAG.sub(b'<script nonce="' + nonce.encode() + b'"', page)
 
+    def receive_router(self, router: Router) -> None:
+        """Serve the viewer's files on the docs router (OpenAPIConfig.path), and point the page at them."""
+        super().receive_router(router)
+        folder = DOCS_ASSETS / self.viewer
+        version = json.loads((folder / "package.json").read_bytes())["version"]
+        assets_path = f"/assets/{self.viewer}-{version}"
+        router.register(create_static_files_router(
+            assets_path, directories=[folder], name=f"docs-assets-{self.viewer}",
+            cache_control=CacheControlHeader(max_age=A_YEAR, public=True, immutable=True),
+        ))
+        self.use_assets(f"{router.path.rstrip('/')}{assets_path}")
+
+    def use_assets(self, url: str) -> None:
+        """Load the viewer's files from `url`."""
+        raise NotImplementedError
+
 
 class SwaggerPage(NoncedDocsPage, SwaggerRenderPlugin):
     csp_sources = SWAGGER_UI_SOURCES
+    viewer = "swagger-ui-dist"
+
+    def __init__(self, *, path: str) -> None:
+        super().__init__(path=path, favicon=NO_ICON)
+
+    def use_assets(self, url: str) -> None:
+        self.js_url = f"{url}/swagger-ui-bundle.js"
+        self.css_url = f"{url}/swagger-ui.css"
+        self.standalone_preset_js_url = f"{url}/swagger-ui-standalone-preset.js"
 
 
 class RedocPage(NoncedDocsPage, RedocRenderPlugin):
     csp_sources = REDOC_SOURCES
+    viewer = "redoc"
+
+    def __init__(self, *, path: str) -> None:
+        super().__init__(path=path, favicon=NO_ICON, google_fonts=False)  # the fonts would come from Google
+
+    def use_assets(self, url: str) -> None:
+        self.js_url = f"{url}/redoc.standalone.js"
 
 
 # --- bearer tokens ----------------------------------------------------------------------------------------------

@@ -2,9 +2,8 @@
 Content-Security-Policy, all of it in this one place.
 
 The JSON API may load, run and frame nothing. Each docs page (Litestar's Swagger UI and ReDoc) may load what it
-uses: its code and styles from CDNs, its one inline start-up script (by a nonce made for each response; see
-`NoncedDocsPage` in extensions.py), and what its viewer fetches once running. When the assets are served from here,
-replace the CDN hosts below by 'self'.
+uses: its viewer's code and styles from this service (no CDN), its one inline start-up script (by a nonce made for
+each response; see `NoncedDocsPage` in extensions.py), and what its viewer fetches once running.
 """
 
 from __future__ import annotations
@@ -21,18 +20,17 @@ SECURITY_HEADERS = {
 NOTHING = {"default-src": "'none'"}
 NO_FRAMING_NO_FORMS = {"frame-ancestors": "'none'", "base-uri": "'none'", "form-action": "'none'"}
 
-JSDELIVR = "https://cdn.jsdelivr.net"  # Swagger UI's code and styles, and the Litestar favicon of both pages
+# Each docs page loads its viewer from this service ('self': service/api/docs_assets/) and nothing from elsewhere.
 SWAGGER_UI_SOURCES = {
-    "script-src": JSDELIVR,
-    "style-src": f"'unsafe-inline' {JSDELIVR}",  # the page's <style> and Swagger UI's own inline styles
-    "img-src": f"data: {JSDELIVR}",  # its icons are data: URLs in its stylesheet
+    "script-src": "'self'",
+    "style-src": "'self' 'unsafe-inline'",  # its stylesheet; the page's <style> and Swagger UI's own inline styles
+    "img-src": "data:",  # its icons are data: URLs in its stylesheet, and so is the page's (empty) icon
     "connect-src": "'self'",  # "Try it out" calls this API
 }
 REDOC_SOURCES = {
-    "script-src": "https://cdn.redoc.ly",
-    "style-src": "'unsafe-inline' https://fonts.googleapis.com",  # the page's <style> and the styles ReDoc injects
-    "img-src": f"data: {JSDELIVR}",
-    "font-src": "https://fonts.gstatic.com",  # the Google fonts the page links
+    "script-src": "'self'",
+    "style-src": "'unsafe-inline'",  # the page's <style> and the styles ReDoc injects
+    "img-src": "data:",
     "worker-src": "blob:",  # its search runs in a worker built from a blob: URL (Redocly/redoc#764)
 }
 
