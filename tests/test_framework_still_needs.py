@@ -7,12 +7,13 @@ that fails means Litestar changed: its docstring names the override that may go.
 from __future__ import annotations
 
 import asyncio
+import enum
 import importlib.util
 import re
 from collections.abc import Callable
 from datetime import datetime
 from importlib.metadata import version
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
@@ -23,7 +24,8 @@ from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.params import Body, FromPath, FromQuery
+from litestar.openapi.spec import Schema
+from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.routes.base import parsers_map as path_parsers
 from litestar.security.jwt import JWTAuth, Token
 from litestar.testing import AsyncTestClient, create_test_client
@@ -138,6 +140,19 @@ def test_a_query_parameter_the_handler_does_not_take_is_ignored() -> None:
     assert response.status_code == 200
 
 
+def test_null_for_a_choice_in_a_query_is_read_as_no_value() -> None:
+    """If this fails, Litestar fixed it: remove the choices from query_rule in service/api/extensions.py."""
+
+    @get("/filtered", sync_to_thread=False)
+    def filtered(status: FromQuery[Literal["open", "closed"] | None] = None) -> dict[str, Any]:
+        return {"status": status}
+
+    with create_test_client([filtered]) as http:
+        response = http.get("/filtered", params={"status": "null"})
+    assert response.status_code == 200
+    assert response.json() == {"status": None}
+
+
 @pytest.mark.parametrize(("sent", "read"), [("1e1", 10), ("10.0", 10), ("100e-1", 10), ("-0", 0)])
 def test_an_integer_query_parameter_is_read_from_a_float_spelling(sent: str, read: int) -> None:
     """If this fails, Litestar fixed it: remove before_request's integer check from service/api/extensions.py."""
@@ -172,7 +187,7 @@ def test_an_integer_in_a_path_is_read_by_int(monkeypatch: pytest.MonkeyPatch, se
     assert response.json() == {"id": read}
 
 
-# 4. ClosedStructSchemaPlugin: additionalProperties in the OpenAPI document.
+# 4. DocumentedStructSchemaPlugin: additionalProperties in the OpenAPI document.
 
 
 def schema_of(name: str, app: Litestar) -> dict[str, Any]:
@@ -180,11 +195,65 @@ def schema_of(name: str, app: Litestar) -> dict[str, Any]:
 
 
 def test_a_struct_that_forbids_unknown_fields_is_documented_as_open() -> None:
-    """If this fails, Litestar fixed it: remove ClosedStructSchemaPlugin from service/api/extensions.py."""
+    """If this fails, Litestar fixed it: remove DocumentedStructSchemaPlugin from service/api/extensions.py."""
     assert Booking.__struct_config__.forbid_unknown_fields
     schema = schema_of("Booking", Litestar([create_booking]))
     assert schema["type"] == "object"
     assert "additionalProperties" not in schema
+
+
+# 4b. The OpenAPI document for generated clients: Verbatim, PublicOperation, EnumMemberNamesPlugin, params.py.
+
+
+def test_a_null_member_of_an_example_is_left_out_of_the_document() -> None:
+    """If this fails, Litestar fixed it: write struct examples as they are, without extensions.Verbatim."""
+    assert Schema(examples=[{"id": 1, "at": None}]).to_schema() == {"examples": [{"id": 1}]}
+
+
+def test_an_operation_cannot_say_it_needs_no_security() -> None:
+    """If this fails, Litestar fixed it: give public handlers `security=[]` instead of extensions.PublicOperation."""
+
+    @get("/open", security=[], sync_to_thread=False)
+    def open_to_anyone() -> None:
+        return None
+
+    config = OpenAPIConfig(title="Open", version="1", security=[{"BearerToken": []}])
+    operation = Litestar([open_to_anyone], openapi_config=config).openapi_schema.to_schema()["paths"]["/open"]["get"]
+    assert "security" not in operation  # so the document's bearer requirement holds for it
+
+
+class Zone(enum.StrEnum):
+    ETC_GMT_PLUS_5 = "Etc/GMT+5"
+    ETC_GMT_MINUS_5 = "Etc/GMT-5"
+
+
+class Move(msgspec.Struct):
+    zone: Zone
+
+
+@post("/moves")
+async def move(data: Annotated[Move, Body()]) -> None:
+    return None
+
+
+def test_an_enum_schema_does_not_name_its_members() -> None:
+    """If this fails, Litestar names them: remove EnumMemberNamesPlugin from service/api/extensions.py."""
+    schema = schema_of("Zone", Litestar([move]))
+    assert schema["enum"] == ["Etc/GMT+5", "Etc/GMT-5"]  # one name to a generator: ETC_GMT5
+    assert not any(key.startswith("x-") for key in schema)
+
+
+def test_an_optional_query_time_is_documented_as_a_string_or_null_beside_its_format() -> None:
+    """If this fails, Litestar documents it as a date-time string: drop `type` and `one_of` from params.QUERY_TIME
+    (and from params.choice_filter)."""
+
+    @get("/since", sync_to_thread=False)
+    def since(after: Annotated[str | None, QueryParameter(schema_extra={"format": "date-time"})] = None) -> None:
+        return None
+
+    operation = Litestar([since]).openapi_schema.to_schema()["paths"]["/since"]["get"]
+    assert operation["parameters"][0]["schema"] == {"oneOf": [{"type": "string"}, {"type": "null"}],
+                                                    "format": "date-time"}
 
 
 # 5. BearerAuthenticationMiddleware: the Authorization scheme.

@@ -30,7 +30,8 @@ from service.api.controllers.time_off import TimeOffController
 from service.api.controllers.weekly_hours import WeeklyHoursController
 from service.api.dependencies import DatabaseDep
 from service.api.extensions import (
-    ClosedStructSchemaPlugin,
+    DocumentedStructSchemaPlugin,
+    EnumMemberNamesPlugin,
     JsonRequest,
     RedocPage,
     SwaggerPage,
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     schedule_versions = ScheduleVersions()
     listener = Notifications(redis, users=user_cache, schedule=schedule_versions)
     cached_responses = MemoryStore()
+    auth = jwt_auth(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -155,7 +157,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        on_app_init=[jwt_auth(settings).on_app_init],
+        on_app_init=[auth.on_app_init],
+        # Every operation declares bearer itself (generators such as openapi-python-client read only an operation's
+        # own `security`); those of security.PUBLIC declare none.
+        security=[auth.security_requirement],
         stores={"response_cache": cached_responses},
         response_cache_config=ResponseCacheConfig(key_builder=schedule_versions.cache_key),  # schedule reads only
         request_max_body_size=settings.max_body_bytes,
@@ -163,7 +168,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         before_request=before_request,
         before_send=[add_security_headers],
         cors_config=cors_config(settings),
-        plugins=[ClosedStructSchemaPlugin(), problem_details_plugin()],
+        plugins=[DocumentedStructSchemaPlugin(), EnumMemberNamesPlugin(), problem_details_plugin()],
         openapi_config=OpenAPIConfig(
             title="Doctor Appointments API",
             version="1.0.0",

@@ -6,9 +6,12 @@ override can go; the service's own tests fail if one stops working underneath.
 
 - `JsonRequest`: strict JSON bodies (415 for other types, no coercion, duplicate keys refused, bad JSON a 400).
 - `before_request`: OPTIONS names every method of a path; a query parameter given twice, or one the endpoint does not
-  take, or an integer not in plain decimal digits, is a 400.
+  take, or an integer not in plain decimal digits, or `null` for a choice, is a 400.
 - `strict_path_integers`: an integer in a path is plain decimal digits (int() reads `1_0` as 10).
-- `ClosedStructSchemaPlugin`: `additionalProperties: false` for structs that forbid unknown fields.
+- `DocumentedStructSchemaPlugin`: `additionalProperties: false` for structs that forbid unknown fields; a struct's
+  `example` as its schema's, written `Verbatim` (Litestar drops an example's null members).
+- `PublicOperation`: an operation anyone may call says `security: []` (Litestar cannot write an empty list).
+- `EnumMemberNamesPlugin`: an enum's schema names its members (`x-enum-varnames`), for generated clients.
 - `BearerAuthenticationMiddleware`: only the Bearer scheme; a verified token's signature is not checked again.
 - `resolve_dependencies_in_turn`: a handler's dependencies resolved one after another, not a task each.
 - `SwaggerPage`, `RedocPage`: the docs pages' inline script carries a nonce, so the page's CSP can admit it alone; their
@@ -21,10 +24,11 @@ import json
 import logging
 import re
 import secrets
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 from litestar import HttpMethod, Request, Response
@@ -39,7 +43,9 @@ from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.openapi.plugins import OpenAPIRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Schema
+from litestar.openapi.spec import Operation, Schema
+from litestar.openapi.spec.base import BaseSchemaObject
+from litestar.plugins import OpenAPISchemaPlugin
 from litestar.router import Router
 from litestar.routes.base import parsers_map as path_parsers
 from litestar.security.jwt import JWTAuthenticationMiddleware, Token
@@ -150,17 +156,30 @@ def strict_path_integers() -> None:
     path_parsers[int] = decimal_integer
 
 
+# How a query value must be spelt, where Litestar's reading is not enough, and what to say when it is not.
+QueryRule = tuple[re.Pattern[str], str]
+INTEGER_RULE: QueryRule = (DECIMAL_INTEGER, "must be an integer written in decimal digits")
+
+
+def query_rule(field: FieldDefinition | None) -> QueryRule | None:
+    """The rule of a query parameter of this type: an integer (`int`, `int | None`) is plain decimal digits; a choice
+    (`Literal[...]`, `Literal[...] | None`) is one of its values, as written (Litestar reads `null` as absent)."""
+    if field is None:
+        return None
+    types = [field.annotation, *(field.args if field.is_optional else ())]
+    if int in types:
+        return INTEGER_RULE
+    if choices := [str(value) for kind in types if get_origin(kind) is Literal for value in get_args(kind)]:
+        return re.compile("|".join(map(re.escape, choices))), f"must be one of: {', '.join(choices)}"
+    return None
+
+
 @cache
-def query_parameters(handler: HTTPRouteHandler, path_parameters: frozenset[str]) -> dict[str, bool]:
-    """The query parameters `handler` takes, by name, each with whether it is an integer."""
+def query_parameters(handler: HTTPRouteHandler, path_parameters: frozenset[str]) -> dict[str, QueryRule | None]:
+    """The query parameters `handler` takes, by name, each with the rule of its values, if it has one."""
     model = handler.create_kwargs_model(dict.fromkeys(path_parameters))  # type: ignore[arg-type]
     signature = handler.parsed_fn_signature.parameters
-
-    def is_integer(name: str) -> bool:  # `int`, or `int | None`
-        field = signature.get(name)
-        return field is not None and (field.annotation is int or (field.is_optional and int in field.args))
-
-    return {param.field_alias: is_integer(param.field_name) for param in model.expected_query_params}
+    return {param.field_alias: query_rule(signature.get(param.field_name)) for param in model.expected_query_params}
 
 
 async def before_request(request: Request[Any, Any, Any]) -> Response[None] | None:
@@ -173,6 +192,8 @@ async def before_request(request: Request[Any, Any, Any]) -> Response[None] | No
     - A query parameter the endpoint does not take is a 400, as an unknown field in a body: Litestar ignores it,
       so `?wait=5` where there is no long poll, or a misspelt `ofset`, would be answered as if not sent.
     - An integer query parameter is plain decimal digits, else a 400 (see DECIMAL_INTEGER).
+    - A query parameter with a set of values (a Literal) takes one of them: Litestar reads `?status=null` as no
+      filter, which the document does not offer.
     """
     if request.method == HttpMethod.OPTIONS:
         template = request.scope["path_template"]
@@ -186,26 +207,86 @@ async def before_request(request: Request[Any, Any, Any]) -> Response[None] | No
     for name, value in query:
         if name not in taken:
             raise InvalidInput("not a parameter of this endpoint", field=name)
-        if taken[name] and not DECIMAL_INTEGER.fullmatch(value):
-            raise InvalidInput("must be an integer written in decimal digits", field=name)
+        if (rule := taken[name]) is not None and not rule[0].fullmatch(value):
+            raise InvalidInput(rule[1], field=name)
     return None
 
 
-# --- the OpenAPI schema of closed structs -------------------------------------------------------------------------
+# --- the OpenAPI schema of structs --------------------------------------------------------------------------------
 
 
-class ClosedStructSchemaPlugin(StructSchemaPlugin):
-    """A msgspec Struct's schema, with `additionalProperties: false` when it forbids unknown fields (Litestar's
-    own leaves that out, so the document would allow what the API refuses)."""
+class DocumentedStructSchemaPlugin(StructSchemaPlugin):
+    """A msgspec Struct's schema, as the API reads and writes it:
 
-    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
-        return (super().is_plugin_supported_field(field_definition)
-                and field_definition.type_.__struct_config__.forbid_unknown_fields)
+    - `additionalProperties: false` when it forbids unknown fields (Litestar's own leaves that out, so the document
+      would allow what the API refuses);
+    - its `example` class variable, a whole realistic object, as the schema's `examples` (Litestar takes examples of
+      fields only, so a body or an answer would be shown as a patchwork of unrelated values), written verbatim.
+    """
 
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
         schema = super().to_openapi_schema(field_definition, schema_creator)
-        schema.additional_properties = False
+        struct = field_definition.type_
+        if struct.__struct_config__.forbid_unknown_fields:
+            schema.additional_properties = False
+        if (example := getattr(struct, "example", None)) is not None:
+            schema.examples = [Verbatim(example)]
         return schema
+
+
+@dataclass
+class Verbatim(BaseSchemaObject):
+    """A value written into the document as it is. Litestar leaves out every null member of an object it writes, an
+    example's too, and an example of `"cancelled_at": null` without it lacks a required field."""
+
+    value: Any
+
+    def to_schema(self) -> Any:  # type: ignore[override]
+        return self.value
+
+
+# --- the OpenAPI document for generated clients ----------------------------------------------------------------
+
+
+@dataclass
+class PublicOperation(Operation):
+    """The operation of an endpoint anyone may call: `security: []`, which lifts the bearer requirement for it alone.
+
+    Every other operation declares bearer itself. Litestar writes an operation's `security` as the handler's
+    requirements `or None`, so the empty list, OpenAPI's only way to say "no authentication", never reaches the
+    document; `[{}]` says "authentication optional", and a generated client (openapi-python-client) then demands a
+    token for the call. A handler takes it as its `operation_class` (security.PUBLIC).
+    """
+
+    def __post_init__(self) -> None:
+        self.security = []
+
+
+@dataclass
+class NamedEnumSchema(Schema):
+    """A Schema with `x-enum-varnames`: the names of an enum's members, in the order of its values."""
+
+    member_names: list[str] | None = field(default=None, metadata={"alias": "x-enum-varnames"})
+
+
+class EnumMemberNamesPlugin(OpenAPISchemaPlugin):
+    """An enum's component schema names its members in `x-enum-varnames`, as openapi-python-client and
+    openapi-generator read it.
+
+    A generator otherwise makes names from the values, and distinct values can make one name: `GMT+0`, `GMT-0` and
+    `GMT0` are all `GMT0` to openapi-python-client, which gives up, and `Etc/GMT+5` and `Etc/GMT-5` (opposite offsets)
+    would be one member. Litestar's Schema has no extension fields, so the registered schema becomes a NamedEnumSchema.
+    """
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return field_definition.is_enum
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        reference = schema_creator.for_enum_field(field_definition)  # registers the component, then refers to it
+        schema = schema_creator.schema_registry.get_schema_for_field_definition(field_definition)
+        schema.__class__ = NamedEnumSchema  # a subclass that only adds a field: the same object, one more key
+        schema.member_names = [member.name for member in field_definition.annotation]  # type: ignore[attr-defined]
+        return reference  # type: ignore[return-value]
 
 
 # --- the docs pages: their inline script, and their viewers served from here ------------------------------------

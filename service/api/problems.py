@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 from litestar import Request, Response
@@ -29,12 +29,19 @@ PROBLEM_TYPE_BASE = "https://docs.clinic.example/problems/"
 
 
 class FieldProblem(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {"field": "start_time", "message": "must be on the 5-minute grid"}
+
     field: str
     message: str
 
 
 class Problem(msgspec.Struct):
     """RFC 9457 problem details. Some problems add members of their own (e.g. a 409's `conflicting_window`)."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "type": "https://docs.clinic.example/problems/invalid-input", "title": "Invalid input", "status": 400,
+        "detail": "Validation failed for POST /appointments",
+        "errors": [{"field": "start_time", "message": "must be on the 5-minute grid"}]}
 
     type: str
     title: str

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import re
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
-from litestar.pagination import OffsetPagination
 from msgspec import Meta
 
 from service.core.appointments import AppointmentStatus, RequestStatus
 from service.core.db import Row
 from service.core.times import from_row
 from service.core.zones import known_zones
-
-T = TypeVar("T")
 
 # The patterns below are checked here by Python's `re` and published in the OpenAPI document, where they are
 # ECMAScript, whose `\s` is not Python's (it lacks \x1c-\x1f and \x85, and has \ufeff). So whitespace is spelled
@@ -26,12 +23,27 @@ WS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u20
 # reads a lone `\S` as "no whitespace at all" and would call "Dr House" invalid.
 NOT_BLANK = rf"^[\s\S]*[^{WS}][\s\S]*$"
 Specialty = Annotated[str, Meta(min_length=1, max_length=100, pattern=NOT_BLANK)]
+
+
+def zone_member_name(zone: str) -> str:
+    """The name of a zone's member of TimeZoneName, for generated clients: `Europe/Berlin` → `EUROPE_BERLIN`,
+    `Etc/GMT+5` → `ETC_GMT_PLUS_5` (the sign of an offset spelt out: `Etc/GMT-5` is the opposite offset)."""
+    signed = re.sub(r"\+(?=\d)", "_PLUS_", re.sub(r"-(?=\d)", "_MINUS_", zone))
+    return re.sub(r"[^A-Za-z0-9]+", "_", signed).strip("_").upper()
+
+
 # Every IANA time zone name the zoneinfo database knows (e.g. Europe/Berlin): the document lists exactly what the
-# API takes.
-TimeZoneName = enum.StrEnum("TimeZoneName", {name: name for name in sorted(known_zones())})
+# API takes, and names each member (x-enum-varnames, extensions.EnumMemberNamesPlugin).
+TimeZoneName = enum.StrEnum("TimeZoneName", {zone_member_name(name): name for name in sorted(known_zones())})
 
 
 class AppointmentOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {
+        "id": 58, "booking_request_id": 104, "doctor_id": 7, "doctor_name": "Dr Ada Weber", "patient_id": 12,
+        "patient_name": "Pat Jones", "appointment_type_id": None, "start_time": "2030-01-15T10:00:00Z",
+        "end_time": "2030-01-15T10:30:00Z", "notes": "Follow-up on the blood test", "status": "confirmed",
+        "created_at": "2030-01-08T14:02:11Z", "cancelled_at": None, "cancelled_by": None, "cancel_reason": None}
+
     id: int
     booking_request_id: int
     doctor_id: int
@@ -49,12 +61,13 @@ class AppointmentOut(msgspec.Struct):
     cancel_reason: str | None
 
 
-def page(cls: type[T], rows: Sequence[Row], total: int, limit: int, offset: int) -> OffsetPagination[T]:
-    """A page of a list endpoint: its rows as `cls`, and where it stands in the whole."""
-    return OffsetPagination([from_row(cls, row) for row in rows], limit=limit, offset=offset, total=total)
-
-
 class BookingRequestOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {
+        "request_id": 104, "status": "confirmed", "doctor_id": 7, "appointment_type_id": None,
+        "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
+        "notes": "Follow-up on the blood test", "appointment_id": 58, "reason": None,
+        "created_at": "2030-01-08T14:02:11Z", "decided_at": "2030-01-08T14:02:11Z"}
+
     request_id: int
     status: RequestStatus
     doctor_id: int
@@ -70,3 +83,38 @@ class BookingRequestOut(msgspec.Struct):
 
 def request_out(row: Row) -> BookingRequestOut:
     return from_row(BookingRequestOut, {**row, "request_id": row["id"]})
+
+
+class Page(msgspec.Struct):
+    """A page of a list: where it stands in the whole. Each kind of page declares its own `items`, so that the document
+    names the page after its kind and its items by their schema (Litestar names a generic struct after its module
+    path, and documents a subclass of one with bare objects for items)."""
+
+    limit: int
+    offset: int
+    total: int
+
+
+def page_example(item: Any) -> dict[str, Any]:
+    """The example of a page of `item`s: one item, of that kind's example."""
+    return {"items": [item.example], "limit": 50, "offset": 0, "total": 1}
+
+
+class AppointmentPage(Page):
+    example: ClassVar[dict[str, Any]] = page_example(AppointmentOut)
+
+    items: list[AppointmentOut]
+
+
+class BookingRequestPage(Page):
+    example: ClassVar[dict[str, Any]] = page_example(BookingRequestOut)
+
+    items: list[BookingRequestOut]
+
+
+P = TypeVar("P", bound=Page)
+
+
+def page(kind: type[P], items: list[Any], total: int, limit: int, offset: int) -> P:
+    """A page of a list endpoint: its items, and where it stands in the whole."""
+    return kind(items=items, limit=limit, offset=offset, total=total)

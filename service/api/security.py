@@ -10,15 +10,15 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.security.jwt import JWTAuth, Token
 
-from service.api.extensions import BearerAuthenticationMiddleware
+from service.api.extensions import BearerAuthenticationMiddleware, PublicOperation
 from service.core.accounts import JWT_ALGORITHM, REQUIRED_CLAIMS, CurrentUser, Role, user_from_row
 from service.core.db import Database
 from service.core.errors import Forbidden, NotAuthenticated
 from service.core.settings import Settings
 
 # Route handler kwargs (`@get(..., **PUBLIC)`) of an endpoint that needs no token: the auth middleware skips it, and
-# its OpenAPI operation overrides the document's bearer requirement with the empty one (anyone may call it).
-PUBLIC: dict[str, Any] = {"opt": {"exclude_from_auth": True}, "security": [{}]}
+# its OpenAPI operation declares no security (`security: []`) where every other one declares bearer.
+PUBLIC: dict[str, Any] = {"opt": {"exclude_from_auth": True}, "operation_class": PublicOperation}
 
 
 class UserCache:

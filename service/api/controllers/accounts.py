@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, get, post
@@ -29,6 +29,10 @@ Name = Annotated[str, Meta(min_length=1, max_length=255, pattern=NOT_BLANK)]
 
 
 class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {
+        "email": "ada.weber@clinic.example", "name": "Dr Ada Weber", "role": "Doctor", "password": "correct-horse-42",
+        "specialty": "Cardiology", "timezone": "Europe/Berlin"}
+
     email: Email
     name: Name
     role: Role
@@ -38,20 +42,30 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {"email": "ada.weber@clinic.example", "password": "correct-horse-42"}
+
     email: Email
     password: Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
 class ForgotPasswordIn(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {"email": "ada.weber@clinic.example"}
+
     email: Email
 
 
 class ResetPasswordIn(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {"token": "Zq4xv7MTe2hRk9LpW3sYc8Nf", "new_password": "battery-staple-77"}
+
     token: Annotated[str, Meta(min_length=1, max_length=256)]
     new_password: Password
 
 
 class UserOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {
+        "id": 7, "email": "ada.weber@clinic.example", "name": "Dr Ada Weber", "role": "Doctor",
+        "specialty": "Cardiology", "created_at": "2029-11-02T08:30:00Z"}
+
     id: int
     email: str
     name: str
@@ -61,12 +75,19 @@ class UserOut(msgspec.Struct):
 
 
 class TokenOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {
+        "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI3Iiwicm9sZSI6IkRvY3RvciJ9.kW8fQ2vJ0bX3",
+        "expires_in": 1800, "token_type": "bearer"}
+
     access_token: str
     expires_in: int
     token_type: str = "bearer"
 
 
 class AcceptedOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {
+        "detail": "If an account exists for this email, a reset token is on its way to it"}
+
     detail: str
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, delete, get, patch, post
@@ -29,6 +29,10 @@ Horizon = Annotated[int, Meta(ge=1, le=730, description="1 to 730 days")]
 
 
 class AppointmentTypeIn(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {
+        "name": "First visit", "duration_minutes": 40, "buffer_before_minutes": 10, "buffer_after_minutes": 10,
+        "min_notice_minutes": 120, "max_days_ahead": 90}
+
     name: TypeName
     duration_minutes: Duration
     buffer_before_minutes: Buffer = 0
@@ -40,6 +44,8 @@ class AppointmentTypeIn(msgspec.Struct, forbid_unknown_fields=True):
 class AppointmentTypePatch(msgspec.Struct, forbid_unknown_fields=True):
     """The fields to change; a field left out stays as it is."""
 
+    example: ClassVar[dict[str, Any]] = {"duration_minutes": 45, "min_notice_minutes": 1440}
+
     name: TypeName | msgspec.UnsetType = msgspec.UNSET
     duration_minutes: Duration | msgspec.UnsetType = msgspec.UNSET
     buffer_before_minutes: Buffer | msgspec.UnsetType = msgspec.UNSET
@@ -49,6 +55,10 @@ class AppointmentTypePatch(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AppointmentTypeOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {
+        "id": 3, "doctor_id": 7, "name": "First visit", "duration_minutes": 40, "buffer_before_minutes": 10,
+        "buffer_after_minutes": 10, "min_notice_minutes": 120, "max_days_ahead": 90, "active": True}
+
     id: int
     doctor_id: int
     name: str

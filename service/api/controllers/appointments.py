@@ -5,25 +5,24 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, Response, delete, get, post
 from litestar.openapi import ResponseSpec
-from litestar.pagination import OffsetPagination
-from litestar.params import Body, FromQuery, HeaderParameter, QueryParameter
+from litestar.params import Body, HeaderParameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from msgspec import Meta
 
 from service.api.dependencies import DatabaseDep, ListenerDep, RedisDep, ScheduleDep, TransactionDep, UserDep
-from service.api.params import MAX_ID, From, Id, Limit, Offset, To
+from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit, Offset, To
 from service.api.problems import problem_responses
 from service.api.schedule_cache import announce_schedule_change
-from service.api.schemas import AppointmentOut, page, request_out
+from service.api.schemas import AppointmentOut, AppointmentPage, page, request_out
 from service.api.security import requires_patient
 from service.core import appointments
 from service.core.accounts import CurrentUser
-from service.core.appointments import AppointmentStatus, status_url
+from service.core.appointments import status_url
 from service.core.db import Database, Row
 from service.core.errors import Conflict
 from service.core.queue import enqueue_booking
@@ -39,6 +38,10 @@ IDEMPOTENCY_KEY = r"^[ -~]+$"
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
     """A start and an end, or a start and one of the doctor's appointment types (its length and rules)."""
 
+    example: ClassVar[dict[str, Any]] = {
+        "doctor_id": 7, "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
+        "notes": "Follow-up on the blood test"}
+
     doctor_id: Annotated[int, Meta(ge=1, le=MAX_ID)]
     start_time: datetime
     end_time: datetime | None = None
@@ -47,6 +50,8 @@ class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BookingAccepted(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {"request_id": 104, "status": "pending", "status_url": "/booking-requests/104"}
+
     request_id: int
     status: str
     status_url: str
@@ -113,10 +118,10 @@ class AppointmentController(Controller):
          responses=problem_responses(400, 401, 503))
     async def my_appointments(
         self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
-        status: FromQuery[AppointmentStatus | None] = None, limit: Limit = 50, offset: Offset = 0,
-    ) -> OffsetPagination[AppointmentOut]:
+        status: AppointmentStatusFilter = None, limit: Limit = 50, offset: Offset = 0,
+    ) -> AppointmentPage:
         rows, total = await appointments.list_appointments(db, user, status, start, end, limit, offset)
-        return page(AppointmentOut, rows, total, limit, offset)
+        return page(AppointmentPage, [from_row(AppointmentOut, row) for row in rows], total, limit, offset)
 
     @get("/{appointment_id:int}", operation_id="getAppointment", summary="One of your appointments",
          responses=problem_responses(400, 401, 404, 503))

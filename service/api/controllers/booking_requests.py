@@ -6,16 +6,14 @@ from functools import partial
 from typing import Annotated
 
 from litestar import Controller, get
-from litestar.pagination import OffsetPagination
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import QueryParameter
 
 from service.api.dependencies import DatabaseDep, ListenerDep, UserDep
-from service.api.params import Id, Limit, Offset
+from service.api.params import Id, Limit, Offset, RequestStatusFilter
 from service.api.problems import problem_responses
-from service.api.schemas import BookingRequestOut, request_out
+from service.api.schemas import BookingRequestOut, BookingRequestPage, page, request_out
 from service.api.security import requires_patient
 from service.core import appointments
-from service.core.appointments import RequestStatus
 
 MAX_POLL_SECONDS = 30
 
@@ -42,8 +40,8 @@ class BookingRequestController(Controller):
     @get("/", guards=[requires_patient], operation_id="listBookingRequests",
          summary="Your booking requests, newest first", responses=problem_responses(400, 401, 403, 503))
     async def list_requests(
-        self, user: UserDep, db: DatabaseDep, status: FromQuery[RequestStatus | None] = None, limit: Limit = 50,
+        self, user: UserDep, db: DatabaseDep, status: RequestStatusFilter = None, limit: Limit = 50,
         offset: Offset = 0,
-    ) -> OffsetPagination[BookingRequestOut]:
+    ) -> BookingRequestPage:
         rows, total = await appointments.list_requests(db, user.id, status, limit, offset)
-        return OffsetPagination([request_out(row) for row in rows], limit=limit, offset=offset, total=total)
+        return page(BookingRequestPage, [request_out(row) for row in rows], total, limit, offset)

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import ResponseHeader
-from litestar.pagination import OffsetPagination
-from litestar.params import Body, FromQuery, QueryParameter
+from litestar.params import Body, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
-from service.api.params import MAX_ID, RFC3339, From, Id, Limit, Offset, To, next_page_link
+from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit, Offset, To, next_page_link, query_time
 from service.api.problems import problem_responses
 from service.api.schedule_cache import CACHE_SECONDS, announce_schedule_change
-from service.api.schemas import AppointmentOut, Specialty, TimeZoneName, page
+from service.api.schemas import AppointmentOut, AppointmentPage, Page, Specialty, TimeZoneName, page, page_example
 from service.api.security import PUBLIC, requires_doctor
 from service.core import appointments, directory, doctors, hours, schedule
 from service.core import windows as windows_
-from service.core.appointments import AppointmentStatus
 from service.core.errors import InvalidInput
 from service.core.schedule import Interval, Slot
 from service.core.times import from_row, parse_time, to_db, utcnow
@@ -31,6 +29,13 @@ from service.core.windows import MAX_WINDOWS_PER_REQUEST
 
 class DoctorOut(msgspec.Struct):
     """A doctor's public profile: no login email (a doctor sees their own at /auth/me)."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "id": 7, "name": "Dr Ada Weber", "specialty": "Cardiology", "timezone": "Europe/Berlin",
+        "created_at": "2029-11-02T08:30:00Z", "next_available_slot": {
+            "start_time": "2030-01-15T09:00:00Z", "end_time": "2030-01-15T09:30:00Z",
+            "local_start_time": "2030-01-15T10:00:00+01:00", "local_end_time": "2030-01-15T10:30:00+01:00",
+            "availability_id": 31}}
 
     id: int
     name: str
@@ -41,19 +46,32 @@ class DoctorOut(msgspec.Struct):
     next_available_slot: Slot | None | msgspec.UnsetType = msgspec.UNSET
 
 
+class DoctorPage(Page):
+    example: ClassVar[dict[str, Any]] = page_example(DoctorOut)
+
+    items: list[DoctorOut]
+
+
 class DoctorPatch(msgspec.Struct, forbid_unknown_fields=True):
     """The fields to change; a field left out stays as it is."""
+
+    example: ClassVar[dict[str, Any]] = {"specialty": "Cardiology", "timezone": "Europe/Berlin"}
 
     specialty: Specialty | None | msgspec.UnsetType = msgspec.UNSET
     timezone: TimeZoneName | msgspec.UnsetType = msgspec.UNSET
 
 
 class WindowIn(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {"start_time": "2030-01-15T09:00:00Z", "end_time": "2030-01-15T12:00:00Z"}
+
     start_time: datetime
     end_time: datetime
 
 
 class WindowOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {
+        "id": 31, "doctor_id": 7, "start_time": "2030-01-15T09:00:00Z", "end_time": "2030-01-15T12:00:00Z"}
+
     id: int
     doctor_id: int
     start_time: datetime
@@ -63,6 +81,12 @@ class WindowOut(msgspec.Struct):
 class AvailabilityOut(msgspec.Struct):
     """An available interval (weekly hours ∪ windows − time off) and its free parts. `id` is the one-off window it
     comes from, if it comes from one alone."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "id": 31, "doctor_id": 7, "start_time": "2030-01-15T09:00:00Z", "end_time": "2030-01-15T12:00:00Z",
+        "local_start_time": "2030-01-15T10:00:00+01:00", "local_end_time": "2030-01-15T13:00:00+01:00",
+        "free": [{"start_time": "2030-01-15T09:00:00Z", "end_time": "2030-01-15T10:00:00Z"},
+                 {"start_time": "2030-01-15T10:30:00Z", "end_time": "2030-01-15T12:00:00Z"}]}
 
     id: int | None
     doctor_id: int
@@ -74,6 +98,15 @@ class AvailabilityOut(msgspec.Struct):
 
 
 class SlotsOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {
+        "doctor_id": 7, "duration": 30, "next_from": None, "slots": [
+            {"start_time": "2030-01-15T09:00:00Z", "end_time": "2030-01-15T09:30:00Z",
+             "local_start_time": "2030-01-15T10:00:00+01:00", "local_end_time": "2030-01-15T10:30:00+01:00",
+             "availability_id": 31},
+            {"start_time": "2030-01-15T09:30:00Z", "end_time": "2030-01-15T10:00:00Z",
+             "local_start_time": "2030-01-15T10:30:00+01:00", "local_end_time": "2030-01-15T11:00:00+01:00",
+             "availability_id": 31}]}
+
     doctor_id: int
     duration: int
     slots: list[Slot]
@@ -112,20 +145,21 @@ class DoctorController(Controller):
         specialty: Annotated[str | None, QueryParameter(max_length=100)] = None,
         appointment_type_name: Annotated[str | None, QueryParameter(
             min_length=1, max_length=100, description="Only doctors offering an active type of this name")] = None,
-        available_after: Annotated[str | None, QueryParameter(schema_extra=RFC3339, description=(
-            "Look for each doctor's next free slot from this instant (RFC 3339)"))] = None,
+        available_after: Annotated[str | None, query_time("available_after", (
+            "Look for each doctor's next free slot from this instant (RFC 3339)"), "2030-01-15T09:00:00Z")] = None,
         sort: Annotated[Literal["name", "next_available"], QueryParameter(description="The order")] = "name",
         limit: Limit = 50,
         offset: Offset = 0,
-    ) -> OffsetPagination[DoctorOut]:
+    ) -> DoctorPage:
         if available_after is None and appointment_type_name is None and sort == "name":
-            return page(DoctorOut, *await doctors.list_doctors(db, q, specialty, limit, offset), limit, offset)
-        after = (to_db(parse_time(available_after, "available_after"), "available_after")
-                 if available_after is not None else None)
+            rows, total = await doctors.list_doctors(db, q, specialty, limit, offset)
+            return page(DoctorPage, [from_row(DoctorOut, row) for row in rows], total, limit, offset)
+        after = (None if available_after is None  # `available_after=` is no time: a 400, as for `from` and `to`
+                 else to_db(parse_time(available_after, "available_after"), "available_after"))
         found, total = await directory.search(db, q, specialty, appointment_type_name, after,
                                               sort == "next_available", limit, offset)
-        return OffsetPagination([from_row(DoctorOut, {**row, "next_available_slot": slot}) for row, slot in found],
-                                limit=limit, offset=offset, total=total)
+        return page(DoctorPage, [from_row(DoctorOut, {**row, "next_available_slot": slot}) for row, slot in found],
+                    total, limit, offset)
 
     @get("/{doctor_id:int}", **PUBLIC, operation_id="getDoctor", summary="A doctor's profile",
          responses=problem_responses(400, 404, 503))
@@ -221,7 +255,7 @@ class DoctorController(Controller):
          summary="Your schedule, with each patient's name", responses=problem_responses(400, 401, 403, 503))
     async def my_appointments(
         self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
-        status: FromQuery[AppointmentStatus | None] = None, limit: Limit = 50, offset: Offset = 0,
-    ) -> OffsetPagination[AppointmentOut]:
+        status: AppointmentStatusFilter = None, limit: Limit = 50, offset: Offset = 0,
+    ) -> AppointmentPage:
         rows, total = await appointments.list_appointments(db, user, status, start, end, limit, offset)
-        return page(AppointmentOut, rows, total, limit, offset)
+        return page(AppointmentPage, [from_row(AppointmentOut, row) for row in rows], total, limit, offset)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 from litestar import Controller, Response, get
@@ -18,6 +18,8 @@ State = Literal["ok", "unavailable"]
 
 
 class HealthOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {"status": "ok", "mysql": "ok", "redis": "ok"}
+
     status: State
     mysql: State
     redis: State

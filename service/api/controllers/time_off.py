@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, delete, get, post
@@ -22,6 +22,10 @@ from service.core.times import from_row, utcnow
 
 
 class TimeOffIn(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {
+        "start_time": "2030-02-04T00:00:00Z", "end_time": "2030-02-09T00:00:00Z", "reason": "Cardiology congress",
+        "cancel_appointments": False}
+
     start_time: datetime
     end_time: datetime
     reason: Annotated[str, Meta(max_length=500)] | None = None
@@ -29,6 +33,10 @@ class TimeOffIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TimeOffOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {
+        "id": 5, "doctor_id": 7, "start_time": "2030-02-04T00:00:00Z", "end_time": "2030-02-09T00:00:00Z",
+        "reason": "Cardiology congress", "created_at": "2030-01-10T16:20:00Z"}
+
     id: int
     doctor_id: int
     start_time: datetime
@@ -38,6 +46,8 @@ class TimeOffOut(msgspec.Struct):
 
 
 class TimeOffCreated(TimeOffOut):
+    example: ClassVar[dict[str, Any]] = {**TimeOffOut.example, "cancelled_appointment_ids": []}
+
     cancelled_appointment_ids: list[int] = msgspec.field(default_factory=list)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, get, put
@@ -23,6 +23,8 @@ WallClock = Annotated[str, Meta(min_length=5, max_length=5, examples=["09:00"],
 
 
 class WeeklyInterval(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {"weekday": 1, "start": "09:00", "end": "12:00"}
+
     weekday: Annotated[int, Meta(ge=1, le=7, description="ISO weekday: 1 Monday … 7 Sunday")]
     start: WallClock
     end: Annotated[str, Meta(min_length=5, max_length=5, examples=["12:00"],
@@ -30,10 +32,16 @@ class WeeklyInterval(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class WeeklyHoursIn(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {"hours": [
+        {"weekday": 1, "start": "09:00", "end": "12:00"}, {"weekday": 1, "start": "14:00", "end": "17:00"},
+        {"weekday": 3, "start": "09:00", "end": "13:00"}]}
+
     hours: Annotated[list[WeeklyInterval], Meta(max_length=MAX_WEEKLY_INTERVALS)]
 
 
 class WeeklyHoursOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {"timezone": "Europe/Berlin", **WeeklyHoursIn.example}
+
     timezone: str
     hours: list[WeeklyInterval]
 
