@@ -313,7 +313,8 @@ async def test_running_the_job_again_changes_nothing(
     before = rows(mysql, "SELECT * FROM booking_requests")
     redeliveries = [f"redelivery-{run}" for run in range(3)]
     for job_id in redeliveries:  # at-least-once delivery: the same job, delivered again
-        assert await arq_redis.enqueue_job("book_appointment", appointment["booking_request_id"], _job_id=job_id)
+        assert await arq_redis.enqueue_job("book_appointment", appointment["booking_request_id"], doctor["id"],
+                                           _job_id=job_id)
     await jobs_done(arq_redis, redeliveries)
     assert rows(mysql, "SELECT * FROM booking_requests") == before
     assert len(rows(mysql, "SELECT id FROM appointments")) == 1
@@ -383,7 +384,7 @@ async def test_long_polling_answers_within_milliseconds_of_the_decision(
     poll = asyncio.create_task(decision(client, patient, request_id, wait=20))
     await asyncio.sleep(0.5)
     assert not poll.done()
-    await arq_redis.enqueue_job("book_appointment", request_id, _job_id=f"booking:{request_id}")
+    await arq_redis.enqueue_job("book_appointment", request_id, doctor["id"], _job_id=f"booking:{request_id}")
     decided = await poll
     answered_at = utcnow()
     decided_at = datetime.fromisoformat(decided["decided_at"]).replace(tzinfo=None)
