@@ -1,8 +1,9 @@
 -- name: find_appointment_for_user
--- Visible to its patient and its doctor only; anyone else gets nothing (and a 404).
+-- Visible to its patient and its doctor only; anyone else gets nothing (and a 404). So the patient's email, which
+-- the doctor needs to reach them, goes to no one else.
 SELECT a.id, a.booking_request_id, a.doctor_id, d.name AS doctor_name, a.patient_id, p.name AS patient_name,
-       a.appointment_type_id, a.start_time, a.end_time, a.notes, a.status, a.created_at, a.cancelled_at,
-       a.cancelled_by, a.cancel_reason
+       p.email AS patient_email, a.appointment_type_id, a.start_time, a.end_time, a.notes, a.status, a.created_at,
+       a.cancelled_at, a.cancelled_by, a.cancel_reason
 FROM appointments a
 JOIN users d ON d.id = a.doctor_id
 JOIN users p ON p.id = a.patient_id
@@ -11,8 +12,8 @@ WHERE a.id = %(id)s AND (a.patient_id = %(user_id)s OR a.doctor_id = %(user_id)s
 -- name: list_appointments_for_user
 -- Exactly one of doctor_id / patient_id is given; the server folds the other test away and uses its index.
 SELECT a.id, a.booking_request_id, a.doctor_id, d.name AS doctor_name, a.patient_id, p.name AS patient_name,
-       a.appointment_type_id, a.start_time, a.end_time, a.notes, a.status, a.created_at, a.cancelled_at,
-       a.cancelled_by, a.cancel_reason
+       p.email AS patient_email, a.appointment_type_id, a.start_time, a.end_time, a.notes, a.status, a.created_at,
+       a.cancelled_at, a.cancelled_by, a.cancel_reason
 FROM appointments a
 JOIN users d ON d.id = a.doctor_id
 JOIN users p ON p.id = a.patient_id

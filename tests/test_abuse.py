@@ -1125,3 +1125,88 @@ def test_cors_allow_origins_lets_in_exactly_those_origins(processes: Processes) 
         assert "access-control-allow-origin" not in asked.headers
         read = httpx.get(f"{api}/doctors", headers={"Origin": stranger})
         assert read.status_code == 200 and "access-control-allow-origin" not in read.headers
+
+
+# --- privacy: what each answer shows, and to whom --------------------------------------------------------------
+
+DOCTOR_KEYS = {"id", "name", "specialty", "timezone", "created_at"}
+SLOT_KEYS = {"start_time", "end_time", "local_start_time", "local_end_time", "availability_id"}
+APPOINTMENT_TYPE_KEYS = {"id", "doctor_id", "name", "duration_minutes", "buffer_before_minutes",
+                         "buffer_after_minutes", "min_notice_minutes", "max_days_ahead", "active"}
+
+
+def keys(value: dict[str, Any], expected: set[str]) -> None:
+    assert set(value) == expected, f"unexpected {set(value) - expected}, missing {expected - set(value)}: {value}"
+
+
+async def test_public_answers_carry_exactly_their_fields_and_nothing_of_anyone_else(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """What anyone may read without a token, field by field: no login email, no patient, no internal reason."""
+    doctor = await factory.doctor(specialty="Cardiology", timezone="Europe/Berlin")
+    await factory.weekly_hours(doctor, [(day(3).isoweekday(), "09:00", "12:00")])
+    await factory.window(doctor, at(9), at(12))
+    visit = await factory.appointment_type(doctor, duration_minutes=30, buffer_after_minutes=10)
+    await factory.booked(await factory.patient(), doctor["id"], at(10), at(10.5))
+    await factory.time_off(doctor, at(9, offset=4), at(12, offset=4), reason="surgery: private")
+    doctor_id, span = doctor["id"], {"from": iso(day(2)), "to": iso(day(5))}
+
+    listing = (await client.get("/doctors")).json()
+    keys(listing, {"items", "limit", "offset", "total"})
+    for item in listing["items"]:
+        keys(item, DOCTOR_KEYS)
+    ranked = (await client.get("/doctors", params={"sort": "next_available", "available_after": iso(day(2))})).json()
+    for item in ranked["items"]:
+        keys(item, DOCTOR_KEYS | {"next_available_slot"})
+        if item["next_available_slot"] is not None:
+            keys(item["next_available_slot"], SLOT_KEYS)
+    keys((await client.get(f"/doctors/{doctor_id}")).json(), DOCTOR_KEYS)
+
+    slots = (await client.get(f"/doctors/{doctor_id}/slots", params={**span, "appointment_type_id": visit["id"]}))
+    keys(slots.json(), {"doctor_id", "duration", "slots", "next_from"})
+    assert slots.json()["slots"]
+    for slot in slots.json()["slots"]:
+        keys(slot, SLOT_KEYS)
+    for query in (span, {}):
+        available = (await client.get(f"/doctors/{doctor_id}/availability", params=query)).json()
+        assert available
+        for interval in available:
+            keys(interval, {"id", "doctor_id", "start_time", "end_time", "local_start_time", "local_end_time",
+                            "free"})
+            for free in interval["free"]:
+                keys(free, {"start_time", "end_time"})
+    hours = (await client.get(f"/doctors/{doctor_id}/weekly-hours")).json()
+    keys(hours, {"timezone", "hours"})
+    for interval in hours["hours"]:
+        keys(interval, {"weekday", "start", "end"})
+    types = (await client.get(f"/doctors/{doctor_id}/appointment-types")).json()
+    assert types
+    for appointment_type in types:
+        keys(appointment_type, APPOINTMENT_TYPE_KEYS)
+    keys((await client.get("/health")).json(), {"status", "mysql", "redis"})
+    everything = " ".join([(await client.get(path, params=query)).text for path, query in (
+        ("/doctors", {}), (f"/doctors/{doctor_id}/availability", span), (f"/doctors/{doctor_id}/slots", span))])
+    assert doctor["email"] not in everything and "surgery" not in everything
+
+
+async def test_a_patients_email_is_shown_on_their_appointments_to_their_doctor_and_to_them_only(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    doctor, other_doctor = await factory.doctor(), await factory.doctor()
+    patient, other_patient = await factory.patient(), await factory.patient()
+    await factory.window(doctor, at(9), at(12))
+    appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
+    assert appointment["patient_email"] == patient["email"]
+    path = f"/appointments/{appointment['id']}"
+    for user in (doctor, patient):
+        seen = (await client.get(path, headers=user.headers)).json()
+        assert seen["patient_email"] == patient["email"] and seen["patient_name"] == patient["name"]
+        mine = (await client.get("/appointments/my-appointments", headers=user.headers)).json()["items"]
+        assert [a["patient_email"] for a in mine] == [patient["email"]]
+    schedule = (await client.get("/doctors/my-appointments", headers=doctor.headers)).json()["items"]
+    assert [a["patient_email"] for a in schedule] == [patient["email"]]
+    for stranger in (other_doctor, other_patient):
+        problem(await client.get(path, headers=stranger.headers), 404)
+        assert (await client.get("/appointments/my-appointments", headers=stranger.headers)).json()["items"] == []
+    cancelled = await client.delete(path, headers=doctor.headers, params={"reason": "ill"})
+    assert cancelled.json()["patient_email"] == patient["email"]

@@ -38,11 +38,15 @@ TimeZoneName = enum.StrEnum("TimeZoneName", {zone_member_name(name): name for na
 
 
 class AppointmentOut(msgspec.Struct):
+    """An appointment, as its doctor and its patient see it (no one else sees it at all): the patient's email is
+    how the doctor reaches them."""
+
     example: ClassVar[dict[str, Any]] = {
         "id": 58, "booking_request_id": 104, "doctor_id": 7, "doctor_name": "Dr Ada Weber", "patient_id": 12,
-        "patient_name": "Pat Jones", "appointment_type_id": None, "start_time": "2030-01-15T10:00:00Z",
-        "end_time": "2030-01-15T10:30:00Z", "notes": "Follow-up on the blood test", "status": "confirmed",
-        "created_at": "2030-01-08T14:02:11Z", "cancelled_at": None, "cancelled_by": None, "cancel_reason": None}
+        "patient_name": "Pat Jones", "patient_email": "pat.jones@example.com", "appointment_type_id": None,
+        "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
+        "notes": "Follow-up on the blood test", "status": "confirmed", "created_at": "2030-01-08T14:02:11Z",
+        "cancelled_at": None, "cancelled_by": None, "cancel_reason": None}
 
     id: int
     booking_request_id: int
@@ -50,6 +54,7 @@ class AppointmentOut(msgspec.Struct):
     doctor_name: str
     patient_id: int
     patient_name: str
+    patient_email: str
     appointment_type_id: int | None
     start_time: datetime
     end_time: datetime
