@@ -28,4 +28,6 @@ EXPOSE 8000
 
 # X-Forwarded-For is believed only from FORWARDED_ALLOW_IPS (the rate limits count per client address): behind a load
 # balancer, set it to the balancer's address; never "*" where clients can reach the container directly.
-CMD ["sh", "-c", "exec uvicorn service.api.app:app --host 0.0.0.0 --port 8000 --no-access-log --no-server-header --workers ${API_WORKERS:-1} --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-127.0.0.1}\""]
+# Several API workers share their metrics through files in a directory emptied at each start (prometheus-client's
+# multiprocess mode).
+CMD ["sh", "-c", "if [ \"${API_WORKERS:-1}\" -gt 1 ]; then export PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus; rm -rf \"$PROMETHEUS_MULTIPROC_DIR\"; mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\"; fi; exec uvicorn service.api.app:app --host 0.0.0.0 --port 8000 --no-access-log --no-server-header --workers ${API_WORKERS:-1} --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-127.0.0.1}\""]

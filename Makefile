@@ -31,7 +31,10 @@ run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
 	@echo "Swagger:  http://127.0.0.1:$(PORT)/schema/swagger"
 	@echo "ReDoc:    http://127.0.0.1:$(PORT)/schema/redoc"
 	@echo "Health:   http://127.0.0.1:$(PORT)/health"
-	@trap 'kill 0' INT TERM EXIT; \
+	@echo "Metrics:  http://127.0.0.1:$(PORT)/metrics"
+	@# Several API workers share their metrics through files in a fresh directory (prometheus-client's multiprocess mode).
+	@if [ "$(API_WORKERS)" -gt 1 ]; then export PROMETHEUS_MULTIPROC_DIR=$$(mktemp -d); fi; \
+	trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/python -m worker & \
 	$(BIN)/uvicorn service.api.app:app --host $(HOST) --port $(PORT) --workers $(API_WORKERS) --no-server-header \
 		--forwarded-allow-ips '$(FORWARDED_ALLOW_IPS)' & \

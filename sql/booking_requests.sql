@@ -108,3 +108,8 @@ SELECT id, doctor_id FROM booking_requests
 WHERE status = 'pending' AND created_at < %(before)s
 ORDER BY id
 LIMIT %(limit)s;
+
+-- name: count_stale_pending_requests
+-- For /metrics: one range of idx_booking_requests_status_created, however many requests there are.
+SELECT COUNT(*) FROM booking_requests
+WHERE status = 'pending' AND created_at < %(before)s;

@@ -11,7 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -21,6 +21,7 @@ import pymysql.cursors
 import pytest
 import redis
 
+from service.core.db import migrate
 from service.core.queue import booking_job_id
 from service.core.settings import Settings
 from tests.factory import Factory
@@ -55,11 +56,12 @@ class Processes:
         self.running.append(proc)
         return proc
 
-    def start_api(self, extra_env: dict[str, str] | None = None, port: int | None = None) -> str:
-        """An API process; returns its base URL once it answers."""
+    def start_api(self, extra_env: dict[str, str] | None = None, port: int | None = None, workers: int = 1) -> str:
+        """An API process (with `workers`, uvicorn's supervisor of that many); returns its base URL once it
+        answers."""
         port = port or free_port()
         self._spawn("api", [str(BIN / "uvicorn"), "service.api.app:app", "--port", str(port), "--no-access-log",
-                            "--no-server-header", "--log-level", "warning"], extra_env)
+                            "--no-server-header", "--log-level", "warning", "--workers", str(workers)], extra_env)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -113,6 +115,30 @@ def drop_database(settings: Settings) -> None:
     with server.cursor() as cursor:
         cursor.execute(f"DROP DATABASE IF EXISTS `{address.database}`")
     server.close()
+
+
+@contextmanager
+def scratch_database(settings: Settings, name: str) -> Iterator[str]:
+    """A migrated database of one test's own on the test server, dropped afterwards; yields its DATABASE_URL."""
+    scratch = Settings.from_env({"APP_ENV": "test", "DATABASE_URL": settings.mysql.url(f"{name}_{os.getpid()}")})
+    drop_database(scratch)  # what a run killed midway left
+    migrate(scratch)
+    try:
+        yield scratch.database_url
+    finally:
+        drop_database(scratch)
+
+
+@contextmanager
+def own_redis_db(redis_url: str) -> Iterator[str]:
+    """A Redis database of one test's own on the test server (no other run's workers poll it); yields its URL."""
+    server = redis_url.rsplit("/", 1)[0]
+    number = claim_redis_db(server)
+    try:
+        yield f"{server}/{number}"
+    finally:
+        redis.Redis.from_url(f"{server}/{number}").flushdb()
+        release_redis_db(server, number)
 
 
 # --- servers a test may break: its own redis-server and mariadbd --------------------------------------------

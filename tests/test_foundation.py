@@ -117,9 +117,10 @@ def test_no_password_or_secret_reaches_a_repr() -> None:
     settings = Settings.from_env({
         "JWT_SECRET": jwt_secret, "DATABASE_URL": "mysql://app:db-pass-4711@db:3306/clinic",
         "REDIS_URL": "redis://:redis-pass-4711@cache:6379/0", "SMTP_URL": "smtp://mailer:smtp-pass-4711@mail:587",
+        "METRICS_TOKEN": "metrics-token-4711",
     })
     shown = repr(settings) + repr(settings.mysql) + str(settings.mysql)
-    for hidden in (jwt_secret, "db-pass-4711", "redis-pass-4711", "smtp-pass-4711"):
+    for hidden in (jwt_secret, "db-pass-4711", "redis-pass-4711", "smtp-pass-4711", "metrics-token-4711"):
         assert hidden not in shown
     assert "mysql://app:***@db:3306/clinic" in shown  # still says which account and server
 

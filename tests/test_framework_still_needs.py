@@ -22,13 +22,16 @@ from litestar import Controller, Litestar, Request, delete, get, post
 from litestar._kwargs.kwargs_model import KwargsModel
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import NotAuthorizedException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Schema
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
+from litestar.plugins.prometheus import PrometheusConfig
 from litestar.routes.base import parsers_map as path_parsers
 from litestar.security.jwt import JWTAuth, Token
 from litestar.testing import AsyncTestClient, create_test_client
+from prometheus_client import REGISTRY
 
 JWT_SECRET = "a-test-secret-long-enough-for-hs256-0123456789"
 
@@ -349,3 +352,52 @@ def test_the_docs_pages_load_their_viewer_and_icon_from_cdns(plugin: type[Any]) 
         page = http.get("/schema/page").text
     loaded = re.findall(r"<(?:script|link)[^>]*\s(?:src|href)=['\"]([^'\"]+)", page)
     assert loaded and all(url.startswith("https://") for url in loaded)
+
+
+# 9. around_every_request: middleware for requests that match no route, too.
+
+
+def test_app_level_middleware_does_not_run_for_a_request_that_matches_no_route() -> None:
+    """If this fails, Litestar runs app-level middleware for every request: pass service/api/logs.py's RequestIds
+    to Litestar(middleware=...) and remove around_every_request from service/api/extensions.py."""
+    seen: list[str] = []
+
+    def remember_path(app: Any) -> Any:
+        async def middleware(scope: Any, receive: Any, send: Any) -> None:
+            seen.append(scope["path"])
+            await app(scope, receive, send)
+        return middleware
+
+    @get("/here", sync_to_thread=False)
+    def here() -> str:
+        return "here"
+
+    with create_test_client([here], middleware=[remember_path]) as http:
+        assert http.get("/here").status_code == 200
+        assert http.get("/nowhere").status_code == 404
+        assert http.post("/here").status_code == 405
+    assert seen == ["/here"]
+
+
+# 10. PrometheusMiddlewareSeeingErrors: a request refused by a middleware's exception, counted with its status.
+
+
+def test_a_request_a_middleware_refuses_by_raising_is_counted_as_a_200() -> None:
+    """If this fails, Litestar's Prometheus middleware counts such a request with its answer's status: remove
+    PrometheusMiddlewareSeeingErrors from service/api/extensions.py (and its middleware_class in metrics.py)."""
+
+    def refuse(app: Any) -> Any:
+        async def middleware(scope: Any, receive: Any, send: Any) -> None:
+            raise NotAuthorizedException()
+        return middleware
+
+    @get("/guarded", sync_to_thread=False)
+    def guarded() -> str:
+        return "in"
+
+    config = PrometheusConfig(prefix="plain_litestar", group_path=True)
+    with create_test_client([guarded], middleware=[config.middleware, refuse]) as http:
+        assert http.get("/guarded").status_code == 401
+    labels = {"method": "GET", "path": "/guarded", "app_name": "litestar"}
+    assert REGISTRY.get_sample_value("plain_litestar_requests_total", {**labels, "status_code": "200"}) == 1
+    assert REGISTRY.get_sample_value("plain_litestar_requests_total", {**labels, "status_code": "401"}) is None

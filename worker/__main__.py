@@ -15,7 +15,7 @@ from service.core import faults
 from service.core.queue import BOOK_JOB, SEND_EMAIL_JOB
 from service.core.settings import Settings, SettingsError
 from worker.arq_ext import ClaimingWorker, logging_config
-from worker.jobs import book_appointment, send_email, shutdown, startup, sweep_pending
+from worker.jobs import book_appointment, send_email, shutdown, startup, sweep_pending, with_request_id
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
@@ -23,10 +23,11 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     return {
         "functions": [
             # keep_result=0: once a job ends its id is free again, so the sweep can queue a request anew.
-            func(book_appointment, name=BOOK_JOB, keep_result=0, max_tries=settings.booking_max_tries),
-            func(send_email, name=SEND_EMAIL_JOB, keep_result=0, max_tries=3),
+            func(with_request_id(book_appointment), name=BOOK_JOB, keep_result=0,
+                 max_tries=settings.booking_max_tries),
+            func(with_request_id(send_email), name=SEND_EMAIL_JOB, keep_result=0, max_tries=3),
         ],
-        "cron_jobs": [cron(sweep_pending, second=set(range(0, 60, settings.sweep_every_seconds)),
+        "cron_jobs": [cron(with_request_id(sweep_pending), second=set(range(0, 60, settings.sweep_every_seconds)),
                            run_at_startup=True, keep_result=0)],
         "on_startup": startup,
         "on_shutdown": shutdown,
@@ -48,7 +49,8 @@ def main() -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     faults.arm(os.environ)
-    logging.config.dictConfig(logging_config(settings.access_log))
+    logging.config.dictConfig(logging_config(settings.access_log, settings.json_logs))
+    logging.captureWarnings(True)  # a warning, too, is a line in the log's format
     uvloop.install()  # arq runs on whatever loop policy is installed; uvloop's is markedly cheaper per job
     ClaimingWorker(**worker_options(settings)).run()
     return 0

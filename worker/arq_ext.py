@@ -5,7 +5,7 @@ deserializer in tests/test_booking.py.)
 
 - `ClaimingWorker`: claims the jobs of a poll in one round trip.
 - `renew_leases`: arq's in-progress mark held as a short lease, so a dead worker's job reruns within seconds.
-- `logging_config`: arq's own logging, with its per-job lines behind ACCESS_LOG.
+- `logging_config`: the worker's logging: arq's and the jobs', one format, its per-job lines behind ACCESS_LOG.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import contextlib
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
-from arq.logs import default_log_config
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from service.core.logs import FILTERS, formatter
 
 # How long a booking job stays "in progress" in arq after its worker stops renewing the mark (see renew_leases).
 JOB_LEASE_MS = 5000
@@ -96,16 +97,23 @@ async def renew_leases(redis: Redis, job_ids: set[str]) -> None:
                 await pipe.execute()
 
 
-def logging_config(access_log: bool) -> dict[str, Any]:
-    """arq's own logging, plus the jobs' loggers (worker.*, service.*), which it leaves below WARNING.
+def logging_config(access_log: bool, json_lines: bool) -> dict[str, Any]:
+    """The worker's logging, set up here once: arq's own loggers and the jobs' (worker.*, service.*, which arq
+    leaves below WARNING), every line in one format (text or JSON, LOG_FORMAT) with the request id of the job.
 
     arq logs two lines per job, the worker's access log: ACCESS_LOG=false keeps only its warnings. (arq's CLI would
     reset these levels after importing the settings, which is one reason the worker starts with `python -m worker`.)
+    arq's own lines of a job (start, end) are logged outside the job's task and carry no request id; they name the
+    job, whose id names the booking request.
     """
-    config = default_log_config(verbose=False)
-    config["loggers"]["arq.worker"] = {"level": "INFO" if access_log else "WARNING"}
-    config["formatters"]["jobs"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s", "datefmt": "%H:%M:%S"}
-    config["handlers"]["jobs"] = {"class": "logging.StreamHandler", "formatter": "jobs"}
-    for name in ("worker", "service"):
-        config["loggers"][name] = {"handlers": ["jobs"], "level": "INFO", "propagate": False}
-    return config
+    loggers: dict[str, Any] = {name: {"handlers": ["service"], "level": "INFO", "propagate": False}
+                               for name in ("arq", "worker", "service", "py.warnings")}
+    loggers["arq.worker"] = {"level": "INFO" if access_log else "WARNING"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"service": formatter(json_lines)},
+        "filters": FILTERS,
+        "handlers": {"service": {"class": "logging.StreamHandler", "formatter": "service", "filters": ["request_id"]}},
+        "loggers": loggers,
+    }

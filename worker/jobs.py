@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Retry
 from redis.asyncio import Redis
 
 from service.core import faults
+from service.core.appointments import stale_since
 from service.core.booking import RETRIES_EXHAUSTED, decide_for_doctor
 from service.core.db import CONNECTION_LOST_ERRORS, Database, mysql_error_code
+from service.core.logs import current_request_id, new_request_id
 from service.core.queue import (
+    REQUEST_ID_KWARG,
     Decided,
     Decision,
     decisions_announcement,
@@ -33,6 +37,20 @@ LOCK_WAIT_SECONDS = 0.5
 SWEEP_BATCH = 1000
 
 Context = dict[str, Any]
+Job = Callable[..., Awaitable[Any]]
+
+
+def with_request_id(job: Job) -> Job:
+    """`job`, with its log lines carrying the id of the request that queued it (core/queue.py's job_kwargs), or
+    a new one for a job queued without (a cron job: each run its own, which the jobs it queues carry)."""
+
+    @functools.wraps(job)
+    async def run(ctx: Context, *args: Any, **kwargs: Any) -> Any:
+        # The job runs in a task of its own (arq's), so this stays the job's.
+        current_request_id.set(kwargs.pop(REQUEST_ID_KWARG, None) or new_request_id())
+        return await job(ctx, *args, **kwargs)
+
+    return run
 
 
 async def startup(ctx: Context) -> None:
@@ -91,11 +109,13 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
         # A full batch may leave requests behind that counted on this job (they were folded into it): go on.
         while len((decided := await decide_for_doctor(db, doctor_id, batch_size)).decisions) == batch_size:
             decided_count += batch_size
+            log_decisions(decided)
             await publish_decisions(redis, decided)
     except Exception as exc:
         if lock is not None:
             await release(lock)
         return await retry_or_fail(ctx, request_id, doctor_id, exc, last_try)
+    log_decisions(decided)
     if faults.armed:
         faults.hit("after_commit")
     if lock is None:
@@ -103,6 +123,14 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
     else:  # the release and the decisions' announcement in one round trip
         await release(lock, then_publish=decisions_announcement(redis, decided))
     return f"decided {decided_count + len(decided.decisions)}"
+
+
+def log_decisions(decided: Decided) -> None:
+    """One line per committed batch naming each request it decided and how, so a request folded into this job
+    (queued by another HTTP request, whose id this line does not carry) is found by its own id."""
+    if decided.decisions:
+        log.info("doctor %s: decided booking request(s) %s", decided.doctor_id, ", ".join(
+            f"{d.request_id} {d.status}" + (f" ({d.reason})" if d.reason else "") for d in decided.decisions))
 
 
 async def release(lock: DoctorLock, then_publish: tuple[str, bytes] | None = None) -> None:
@@ -125,6 +153,7 @@ async def retry_or_fail(ctx: Context, request_id: int, doctor_id: int, exc: Exce
     if not failed_rows:  # another job decided it meanwhile: that decision stands, and was published
         return "already decided"
     failed = Decided(doctor_id, now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)])
+    log_decisions(failed)
     await publish_decisions(ctx["redis"], failed)
     return "failed"
 
@@ -137,7 +166,7 @@ async def sweep_pending(ctx: Context) -> int:
     """Queue again every request pending for longer than it should be: its job was lost with Redis or a
     worker. Re-queueing one whose job still exists is a no-op (same job id)."""
     settings: Settings = ctx["settings"]
-    before = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
+    before = stale_since(settings.sweep_after_seconds)
     stale = await ctx["db"].fetch_all("list_stale_pending_requests", {"before": before, "limit": SWEEP_BATCH})
     queued = [row["id"] for row in stale
               if await enqueue_booking(ctx["redis"], row["id"], row["doctor_id"], fold=False)]

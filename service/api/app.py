@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
@@ -14,7 +13,6 @@ from litestar.config.cors import CORSConfig
 from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.stores.memory import MemoryStore
@@ -26,6 +24,7 @@ from service.api.controllers.appointments import AppointmentController
 from service.api.controllers.booking_requests import BookingRequestController
 from service.api.controllers.doctors import DoctorController
 from service.api.controllers.health import HealthController
+from service.api.controllers.metrics import MetricsController, metrics_token_guard
 from service.api.controllers.time_off import TimeOffController
 from service.api.controllers.weekly_hours import WeeklyHoursController
 from service.api.dependencies import DatabaseDep
@@ -35,11 +34,14 @@ from service.api.extensions import (
     JsonRequest,
     RedocPage,
     SwaggerPage,
+    around_every_request,
     before_request,
     resolve_dependencies_in_turn,
     strict_path_integers,
 )
 from service.api.headers import add_security_headers
+from service.api.logs import RequestIds, log_uvicorn_through_ours, logging_config
+from service.api.metrics import count_http_requests, process_ending
 from service.api.notifications import Notifications
 from service.api.problems import EXCEPTION_HANDLERS, problem_details_plugin
 from service.api.ratelimit import AddressRateLimit
@@ -104,8 +106,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     resolve_dependencies_in_turn()
     strict_path_integers()
-    # An access log line per request costs real time on the booking path; ACCESS_LOG=false drops it.
-    logging.getLogger("uvicorn.access").disabled = not settings.access_log
     redis = redis_client(settings)
     passwords = Passwords(settings.bcrypt_rounds, settings.password_hash_concurrency)
     user_cache = UserCache(settings.auth_cache_seconds)
@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await listener.stop()
             await app.state.db.close()
             await redis.aclose()
+            process_ending()
 
     def provide_db(state: State) -> Database:
         return state.db
@@ -137,12 +138,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def value(thing: object) -> Provide:
         return Provide(lambda: thing, use_cache=True, sync_to_thread=False)
 
-    return Litestar(
+    # Off in production unless METRICS_TOKEN is set; behind it whenever it is.
+    metrics = settings.metrics_enabled
+    metrics_route = [Router("/", route_handlers=[MetricsController],
+                            guards=[metrics_token_guard(settings.metrics_token)])] if metrics else []
+    app = Litestar(
         route_handlers=[
             # The address limit guards only the account endpoints (guessing, hashing); no other request pays for it.
             Router("/", route_handlers=[AuthController], middleware=[AddressRateLimit(redis, settings)]),
             DoctorController, WeeklyHoursController, TimeOffController, AppointmentTypeController,
-            AppointmentController, BookingRequestController, HealthController,
+            AppointmentController, BookingRequestController, HealthController, *metrics_route,
         ],
         dependencies={
             "settings": value(settings),
@@ -157,7 +162,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        on_app_init=[auth.on_app_init],
+        on_app_init=[auth.on_app_init, *([count_http_requests] if metrics else [])],
         # Every operation declares bearer itself (generators such as openapi-python-client read only an operation's
         # own `security`); those of security.PUBLIC declare none.
         security=[auth.security_requirement],
@@ -177,12 +182,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             path="/schema",
             render_plugins=[SwaggerPage(path="/swagger"), RedocPage(path="/redoc")],
         ),
-        logging_config=LoggingConfig(
-            root={"level": "INFO", "handlers": ["queue_listener"]},
-            log_exceptions="never",  # the 500 handler logs what is unexpected, once
-        ),
+        logging_config=logging_config(settings),
         debug=False,
     )
+    log_uvicorn_through_ours(settings.access_log)
+    around_every_request(app, RequestIds)  # every request has an id, a route matched or not
+    return app
 
 
 @cache

@@ -13,6 +13,7 @@ from datetime import datetime
 import msgspec
 from redis.asyncio import Redis
 
+from service.api.metrics import count_decided, count_stored
 from service.api.schedule_cache import ScheduleVersions
 from service.api.security import UserCache
 from service.core.db import Row
@@ -59,9 +60,12 @@ class Notifications:
         """A request this process has just stored, so its long polls here need not read it back.
 
         The decisions message keeps it current. One that came before this call (a job of the doctor already queued
-        may decide the request the moment it is committed) was kept aside for it.
+        may decide the request the moment it is committed) was kept aside for it. The metrics of bookings count
+        here, where each request is stored and decided once (metrics.py).
         """
+        count_stored()
         if (early := self._early.pop(row["id"], None)) is not None:
+            count_decided(early[0], row["created_at"], early[1])
             row = decided_row(row, *early)
         self._recent[row["id"]] = row
         if len(self._recent) > RECENT_REQUESTS:
@@ -118,6 +122,8 @@ class Notifications:
         for decision in decided.decisions:
             request_id, outcome = decision.request_id, (decision, decided.decided_at)
             if (row := self._recent.get(request_id)) is not None:
+                if row["status"] == "pending":  # pub/sub is at most once, but the same decision twice is not counted
+                    count_decided(decision, row["created_at"], decided.decided_at)
                 self._recent[request_id] = decided_row(row, *outcome)
             else:
                 self._early[request_id] = outcome

@@ -123,6 +123,13 @@ def unexpected_error_handler(request: Request, exc: Exception) -> Response[Any]:
     return answer.to_response(request)
 
 
+def status_of(exc: Exception) -> int:
+    """The status the app answers `exc` with, for what sees the exception but not the answer (metrics)."""
+    if isinstance(exc, AppError | HTTPException):
+        return exc.status_code if exc.status_code < 500 or isinstance(exc, AppError) else 500
+    return 503 if mysql_error_code(exc) in RETRYABLE_ERRORS or _is_dependency_down(exc) else 500
+
+
 def _is_dependency_down(exc: BaseException) -> bool:
     from asyncmy.errors import InterfaceError, OperationalError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -16,6 +17,8 @@ from service.core.times import on_grid, time_range, to_db, utcnow
 AppointmentStatus = Literal["confirmed", "cancelled"]
 RequestStatus = Literal["pending", "confirmed", "rejected", "failed"]
 MAX_APPOINTMENT = timedelta(hours=8)
+
+log = logging.getLogger("service.appointments")
 
 
 def status_url(request_id: int) -> str:
@@ -88,8 +91,21 @@ async def store_request(
         raise
     if not inserted:
         raise NotFound(f"no doctor with id {doctor_id}")
+    log.info("booking request %s stored (doctor %s)", request_id, doctor_id)  # the worker logs its decision
     return request_id, {"id": request_id, **stored, "status": "pending", "reason": None, "appointment_id": None,
                         "decided_at": None}
+
+
+def stale_since(sweep_after_seconds: int) -> datetime:
+    """A request still pending that was stored before this has waited longer than a decision takes: the sweep
+    queues it again (SWEEP_AFTER_SECONDS)."""
+    return utcnow() - timedelta(seconds=sweep_after_seconds)
+
+
+async def count_stale_pending(db: Database, sweep_after_seconds: int) -> int:
+    """How many requests are pending for longer than a decision takes (one range of the (status, created_at)
+    index)."""
+    return await db.fetch_value("count_stale_pending_requests", {"before": stale_since(sweep_after_seconds)})
 
 
 async def find_by_idempotency_key(db: Database, patient_id: int, key: str, digest: str | None) -> int | None:

@@ -20,6 +20,8 @@ import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from service.core.logs import current_request_id
+
 log = logging.getLogger("service.queue")
 
 # arq's key layout (arq.constants).
@@ -31,6 +33,10 @@ IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
 # The worker's job functions, by name.
 BOOK_JOB = "book_appointment"
 SEND_EMAIL_JOB = "send_email"
+
+# The job's keyword argument naming the request that queued it (the X-Request-ID of its log lines), which the
+# worker sets again for the job's own lines (worker/jobs.py).
+REQUEST_ID_KWARG = "x_request_id"
 
 JOB_EXPIRES_MS = 24 * 3600 * 1000  # as arq: a job not started within a day is dropped (the sweep re-queues)
 # A marker outliving its job (say the job's worker died before starting it) only holds new requests back from
@@ -48,9 +54,16 @@ def queued_marker_key(doctor_id: int) -> str:
     return f"booking:queued:{doctor_id}"
 
 
-def serialize_job(function: str, args: tuple[Any, ...], enqueued_ms: int) -> bytes:
+def serialize_job(function: str, args: tuple[Any, ...], enqueued_ms: int,
+                  kwargs: dict[str, Any] | None = None) -> bytes:
     """A job as arq's `serialize_job` writes it (pickle is arq's default serializer)."""
-    return pickle.dumps({"t": None, "f": function, "a": args, "k": {}, "et": enqueued_ms})
+    return pickle.dumps({"t": None, "f": function, "a": args, "k": kwargs or {}, "et": enqueued_ms})
+
+
+def job_kwargs() -> dict[str, Any]:
+    """What every job carries besides its arguments: the id of the request (or sweep) that queued it, if any."""
+    request_id = current_request_id.get()
+    return {REQUEST_ID_KWARG: request_id} if request_id else {}
 
 
 # What arq's enqueue_job does (skip if the job or its result exists, store the job, add it to the queue), in one
@@ -78,11 +91,13 @@ def _enqueue_script(redis: Redis) -> AsyncScript:
 async def enqueue(redis: Redis, function: str, args: tuple[Any, ...], job_id: str, *, marker: str = "",
                   fold: bool = False) -> bool:
     """Queue one job in one round trip; False if it was not added (the same job id is queued or running, or
-    `fold` and the `marker` key is set). `marker`, if given, is set while the job waits."""
+    `fold` and the `marker` key is set). `marker`, if given, is set while the job waits. The job carries the
+    current request id (job_kwargs)."""
     now_ms = int(time.time() * 1000)
+    job = serialize_job(function, args, now_ms, job_kwargs())
     return bool(await _enqueue_script(redis)(
         keys=[JOB_KEY_PREFIX + job_id, RESULT_KEY_PREFIX + job_id, QUEUE_NAME, marker],
-        args=[JOB_EXPIRES_MS, serialize_job(function, args, now_ms), now_ms, job_id, int(fold), QUEUED_MARKER_MS],
+        args=[JOB_EXPIRES_MS, job, now_ms, job_id, int(fold), QUEUED_MARKER_MS],
     ))
 
 
@@ -98,6 +113,11 @@ async def enqueue_booking(redis: Redis, request_id: int, doctor_id: int, *, fold
     except Exception as exc:  # noqa: BLE001
         log.warning("could not queue booking request %s (the sweep will): %r", request_id, exc)
         return False
+
+
+async def queue_depth(redis: Redis) -> int:
+    """Jobs in arq's queue: waiting, deferred for a retry, or running (arq removes a job once it ends)."""
+    return await redis.zcard(QUEUE_NAME)
 
 
 async def enqueue_email(redis: Redis, to: str, subject: str, body: str) -> bool:

@@ -113,16 +113,31 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     max_body_bytes: Annotated[int, _between(1024, 10 * 1024 * 1024)] = 64 * 1024
     # Web origins whose pages may call the API from a browser, comma-separated; empty: no CORS headers at all.
     cors_allow_origins: str = ""
+    # text or json log lines; empty: json in production, text elsewhere (see json_logs).
+    log_format: Literal["", "text", "json"] = ""
+    # If set, GET /metrics wants `Authorization: Bearer <it>`; production serves /metrics only when it is set.
+    metrics_token: str = ""
 
     def __repr__(self) -> str:
-        """Every setting but the secrets, which must never reach a log: the JWT secret and the URLs' passwords."""
-        shown = {name: getattr(self, name) for name in self.__struct_fields__ if name != "jwt_secret"}
-        return "Settings({}, jwt_secret=<hidden>)".format(", ".join(
+        """Every setting but the secrets, which must never reach a log: the JWT secret, the metrics token and the
+        URLs' passwords."""
+        shown = {name: getattr(self, name) for name in self.__struct_fields__ if name not in SECRETS}
+        return "Settings({}, jwt_secret=<hidden>, metrics_token=<hidden>)".format(", ".join(
             f"{name}={(redacted(value) if isinstance(value, str) else value)!r}" for name, value in shown.items()))
 
     @property
     def mysql(self) -> MySQLAddress:
         return MySQLAddress.parse(self.database_url)
+
+    @property
+    def json_logs(self) -> bool:
+        """JSON lines unless LOG_FORMAT says text; by default only in production, where logs are shipped and parsed."""
+        return self.log_format == "json" or (not self.log_format and self.app_env == "production")
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """GET /metrics is served: always outside production, and in production only behind METRICS_TOKEN."""
+        return self.app_env != "production" or bool(self.metrics_token)
 
     @property
     def cors_origins(self) -> list[str]:
@@ -148,6 +163,7 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
 
 
 ENV_NAMES = tuple(field.encode_name for field in msgspec.structs.fields(Settings))
+SECRETS = ("jwt_secret", "metrics_token")  # never printed
 
 
 def _explain(exc: msgspec.ValidationError, given: Mapping[str, str]) -> str:
@@ -170,7 +186,9 @@ def _check_origins(origins: list[str]) -> None:
 
 def _check_production(settings: Settings) -> None:
     """What production must not run with: a guessable JWT secret, mail to the log, a database without a password."""
-    _check_secret_is_random(settings.jwt_secret)
+    _check_secret_is_random("JWT_SECRET", settings.jwt_secret, "anyone holding it can sign a token for any user")
+    if settings.metrics_token:
+        _check_secret_is_random("METRICS_TOKEN", settings.metrics_token, "anyone could read the metrics")
     if not settings.smtp_url:
         raise SettingsError("SMTP_URL must be set in production: without it the worker writes every email, "
                             "password-reset tokens included, to its log")
@@ -185,16 +203,16 @@ def _check_production(settings: Settings) -> None:
                     "rate limits (see SECURITY.md)")
 
 
-def _check_secret_is_random(secret: str) -> None:
-    """Refuse a JWT secret that anyone could guess: one short enough to search, or made of an example's words or a
-    pattern. Anyone holding it can sign a token for any user."""
+def _check_secret_is_random(name: str, secret: str, else_: str) -> None:
+    """Refuse a secret (JWT_SECRET, METRICS_TOKEN) that anyone could guess: one short enough to search, or made of
+    an example's words or a pattern. `else_` says what guessing it would give away."""
     if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise SettingsError(f"JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes in production; "
+        raise SettingsError(f"{name} must be set to at least {MIN_SECRET_BYTES} bytes in production ({else_}); "
                             + MAKE_A_SECRET)
     letters = re.sub(r"[^a-z0-9]", "", secret.lower())
     if any(word in letters for word in PLACEHOLDER_WORDS) or len(set(secret)) < MIN_SECRET_VARIETY or _repeats(secret):
-        raise SettingsError("JWT_SECRET looks made up (an example's words, too few different characters, or a "
-                            "repeated piece) and anyone could guess it; " + MAKE_A_SECRET)
+        raise SettingsError(f"{name} looks made up (an example's words, too few different characters, or a "
+                            f"repeated piece) and anyone could guess it ({else_}); " + MAKE_A_SECRET)
 
 
 def _repeats(text: str) -> bool:
