@@ -10,7 +10,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 # Proxies whose X-Forwarded-For names the client (rate limits count per client): behind a load balancer, its address.
 export FORWARDED_ALLOW_IPS ?= 127.0.0.1
 
-.PHONY: install run migrate test bench lint check-services docker-secrets clean
+.PHONY: install run migrate demo test bench lint check-services docker-secrets clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ check-services: install  ## say plainly when MySQL or Redis is not there
 
 migrate: check-services  ## create the database if missing and apply the migrations
 	$(BIN)/python -m service migrate
+
+demo: migrate  ## a small clinic to try in the development database (doctors, patients, bookings); prints logins
+	$(BIN)/python -m service demo
 
 run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
 	@echo "API:      http://127.0.0.1:$(PORT)"
