@@ -1,12 +1,13 @@
 """Schedule reads (slots, availability) served from each API process's response cache, dropped on change.
 
-They are the hottest public reads, and a doctor's answer changes only when the doctor's windows or confirmed
-appointments do. Litestar's response cache keeps each answer for CACHE_SECONDS under a key that carries the
-doctor's schedule version in this process; every change bumps the version, so the next read misses:
+They are the hottest public reads, and a doctor's answer changes only when the doctor's schedule does (windows,
+weekly hours, time zone, time off, appointment types, confirmed appointments). Litestar's response cache keeps
+each answer for CACHE_SECONDS under a key that carries the doctor's schedule version in this process; every
+change bumps the version, so the next read misses:
 
 - the worker's decisions message names the doctor (a confirmation bumps it; see notifications.py);
-- window changes and cancellations announce the doctor (queue.SCHEDULE_CHANGED) once committed, and bump this
-  process's version at once, so its own next read sees the change.
+- every other change (windows, hours, time zone, time off, types, cancellations) announces the doctor
+  (queue.SCHEDULE_CHANGED) once committed, and bumps this process's version at once, so its own next read sees it.
 
 Pub/sub is at-most-once and arrives a moment after the commit, so another process may answer from its cache for
 that moment; CACHE_SECONDS bounds any staleness, and a resubscription bumps every version.
@@ -65,8 +66,8 @@ class ScheduleVersions:
 
 
 async def announce_schedule_change(redis: Redis, versions: ScheduleVersions, doctor_id: int) -> None:
-    """After a commit that changed a doctor's windows or appointments: retire the cached answers, here at once,
-    in the other API processes through Redis."""
+    """After a commit that changed a doctor's schedule: retire the cached answers, here at once, in the other API
+    processes through Redis."""
     versions.changed(doctor_id)
     try:
         await publish_schedule_changed(redis, doctor_id)
