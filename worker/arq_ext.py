@@ -109,6 +109,7 @@ def logging_config(access_log: bool, json_lines: bool) -> dict[str, Any]:
     loggers: dict[str, Any] = {name: {"handlers": ["service"], "level": "INFO", "propagate": False}
                                for name in ("arq", "worker", "service", "py.warnings")}
     loggers["arq.worker"] = {"level": "INFO" if access_log else "WARNING"}
+    loggers["worker.access"] = {"level": "INFO" if access_log else "WARNING"}
     return {
         "version": 1,
         "disable_existing_loggers": False,

@@ -33,6 +33,8 @@ from worker.lock import DoctorLock
 from worker.mail import send_email as deliver_email
 
 log = logging.getLogger("worker")
+# A line per batch, like arq's per-job lines: ACCESS_LOG=false silences it (arq_ext.logging_config).
+access_log = logging.getLogger("worker.access")
 LOCK_WAIT_SECONDS = 0.5
 SWEEP_BATCH = 1000
 
@@ -129,7 +131,7 @@ def log_decisions(decided: Decided) -> None:
     """One line per committed batch naming each request it decided and how, so a request folded into this job
     (queued by another HTTP request, whose id this line does not carry) is found by its own id."""
     if decided.decisions:
-        log.info("doctor %s: decided booking request(s) %s", decided.doctor_id, ", ".join(
+        access_log.info("doctor %s: decided booking request(s) %s", decided.doctor_id, ", ".join(
             f"{d.request_id} {d.status}" + (f" ({d.reason})" if d.reason else "") for d in decided.decisions))
 
 

@@ -46,6 +46,7 @@ def log_uvicorn_through_ours(access_log: bool) -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = not access_log
+    logging.getLogger("service.access").disabled = not access_log  # the line per booking stored
 
 
 class RequestIds:

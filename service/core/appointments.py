@@ -19,6 +19,8 @@ RequestStatus = Literal["pending", "confirmed", "rejected", "failed"]
 MAX_APPOINTMENT = timedelta(hours=8)
 
 log = logging.getLogger("service.appointments")
+# A line per booking, like an access log: ACCESS_LOG=false silences it (the API's logging setup).
+access_log = logging.getLogger("service.access")
 
 
 def status_url(request_id: int) -> str:
@@ -91,7 +93,7 @@ async def store_request(
         raise
     if not inserted:
         raise NotFound(f"no doctor with id {doctor_id}")
-    log.info("booking request %s stored (doctor %s)", request_id, doctor_id)  # the worker logs its decision
+    access_log.info("booking request %s stored (doctor %s)", request_id, doctor_id)  # the worker logs its decision
     return request_id, {"id": request_id, **stored, "status": "pending", "reason": None, "appointment_id": None,
                         "decided_at": None}
 
