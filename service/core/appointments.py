@@ -12,7 +12,7 @@ from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error
 from service.core.doctors import lock_doctor
 from service.core.errors import Conflict, InvalidInput, NotFound
 from service.core.schedule import bookable_type
-from service.core.times import on_grid, time_range, to_db, utcnow
+from service.core.times import grid_span, on_grid, time_range, to_db, utcnow
 
 AppointmentStatus = Literal["confirmed", "cancelled"]
 RequestStatus = Literal["pending", "confirmed", "rejected", "failed"]
@@ -30,10 +30,7 @@ def status_url(request_id: int) -> str:
 def check_booking(start_time: datetime, end_time: datetime) -> tuple[datetime, datetime]:
     """The asked-for slot as naive UTC: on the 5-minute grid, in the future, ending after it starts, at most 8
     hours."""
-    start = on_grid(to_db(start_time, "start_time"), "start_time")
-    end = on_grid(to_db(end_time, "end_time"), "end_time")
-    if end <= start:
-        raise InvalidInput("must be after start_time", field="end_time")
+    start, end = grid_span(start_time, end_time)
     if start <= utcnow():
         raise InvalidInput("must be in the future", field="start_time")
     if end - start > MAX_APPOINTMENT:

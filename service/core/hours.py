@@ -9,7 +9,7 @@ from service.core.accounts import CurrentUser
 from service.core.db import Connection, Database, Row
 from service.core.doctors import lock_doctor
 from service.core.errors import Conflict, InvalidInput, NotFound
-from service.core.times import GRID_MINUTES, on_grid, to_db, utcnow
+from service.core.times import GRID_MINUTES, grid_span, utcnow
 from service.core.zones import check_timezone
 
 MAX_WEEKLY_INTERVALS = 100  # 14 a day, with room to spare
@@ -76,10 +76,7 @@ async def weekly_hours(db: Database, doctor_id: int) -> tuple[str, list[Row]]:
 
 
 def check_time_off(start_time: datetime, end_time: datetime, now: datetime) -> tuple[datetime, datetime]:
-    start = on_grid(to_db(start_time, "start_time"), "start_time")
-    end = on_grid(to_db(end_time, "end_time"), "end_time")
-    if end <= start:
-        raise InvalidInput("must be after start_time", field="end_time")
+    start, end = grid_span(start_time, end_time)
     if end <= now:
         raise InvalidInput("must be in the future", field="end_time")
     if end - start > MAX_TIME_OFF:

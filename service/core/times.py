@@ -39,6 +39,16 @@ def on_grid(value: datetime, field: str) -> datetime:
     return value
 
 
+def grid_span(start_time: datetime, end_time: datetime, field_prefix: str = "") -> tuple[datetime, datetime]:
+    """An input [start_time, end_time) as naive UTC on the 5-minute grid, ending after it starts; a 400 naming the
+    field otherwise. (Windows, bookings and time off each add their own rules: how long, and in the future.)"""
+    start = on_grid(to_db(start_time, field_prefix + "start_time"), field_prefix + "start_time")
+    end = on_grid(to_db(end_time, field_prefix + "end_time"), field_prefix + "end_time")
+    if end <= start:
+        raise InvalidInput("must be after start_time", field=field_prefix + "end_time")
+    return start, end
+
+
 def parse_time(value: str, field: str) -> datetime:
     """A time sent as text (a query parameter) in RFC 3339, and nothing else: no epoch seconds like `0.5`."""
     try:

@@ -10,7 +10,7 @@ from service.core.db import Connection, Row
 from service.core.doctors import lock_doctor
 from service.core.errors import Conflict, InvalidInput, NotFound
 from service.core.schedule import Interval
-from service.core.times import from_row, on_grid, overlaps, to_db
+from service.core.times import from_row, grid_span, overlaps
 
 MAX_WINDOW = timedelta(hours=24)
 MAX_WINDOWS_PER_REQUEST = 100
@@ -24,10 +24,7 @@ def check_window(
 ) -> tuple[datetime, datetime]:
     """A window to publish, as naive UTC: on the 5-minute grid, after now, ending after it starts, at most 24
     hours."""
-    start = on_grid(to_db(start_time, field_prefix + "start_time"), field_prefix + "start_time")
-    end = on_grid(to_db(end_time, field_prefix + "end_time"), field_prefix + "end_time")
-    if end <= start:
-        raise InvalidInput("must be after start_time", field=field_prefix + "end_time")
+    start, end = grid_span(start_time, end_time, field_prefix)
     if start <= now:
         raise InvalidInput("must be in the future", field=field_prefix + "start_time")
     if end - start > MAX_WINDOW:
