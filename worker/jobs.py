@@ -130,7 +130,7 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
 def log_decisions(decided: Decided) -> None:
     """One line per committed batch naming each request it decided and how, so a request folded into this job
     (queued by another HTTP request, whose id this line does not carry) is found by its own id."""
-    if decided.decisions:
+    if decided.decisions and access_log.isEnabledFor(logging.INFO):  # the line is built only to be written
         access_log.info("doctor %s: decided booking request(s) %s", decided.doctor_id, ", ".join(
             f"{d.request_id} {d.status}" + (f" ({d.reason})" if d.reason else "") for d in decided.decisions))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from service.core import faults
-from service.core.availability import NO_RULES, DoctorTime, Taken
+from service.core.availability import DoctorTime, Taken
 from service.core.db import RETRYABLE_ERRORS, Connection, Database, Row, mysql_error_code
 from service.core.queue import Decided, Decision
 from service.core.schedule import doctor_time_from_rows, read_bounds, rules_of
@@ -53,7 +53,7 @@ def decide(
     for request in requests:
         start, end, type_id = request.start_time, request.end_time, request.appointment_type_id
         patient = patients.setdefault(request.patient_id, Taken())
-        rules = rules_of(types.get(type_id)) if type_id is not None else NO_RULES
+        rules = rules_of(types.get(type_id))  # no type: no rules beyond "in the future"
         if type_id is not None and type_id not in types:
             reason: str | None = TYPE_UNAVAILABLE
         else:
@@ -125,6 +125,16 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
     return Decided(doctor_id, now, decisions)
 
 
+NO_BUFFERS = {"buffer_before_minutes": 0, "buffer_after_minutes": 0}
+
+
+def buffers_of(appointment_type: Row | None) -> dict[str, int]:
+    """The buffers an appointment keeps from its type (none without one)."""
+    if appointment_type is None:
+        return NO_BUFFERS
+    return {name: appointment_type[name] for name in NO_BUFFERS}
+
+
 async def record_decisions(
     tx: Connection, doctor_id: int, requests: list[PendingRequest], decisions: list[Decision], now: datetime,
     types: dict[int, Row],
@@ -132,12 +142,10 @@ async def record_decisions(
     by_id = {r.id: r for r in requests}
     confirmed = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
     if confirmed:
-        no_type = {"buffer_before_minutes": 0, "buffer_after_minutes": 0}
         appointments = [{"booking_request_id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id,
                          "appointment_type_id": r.appointment_type_id, "start_time": r.start_time,
                          "end_time": r.end_time, "notes": r.notes, "now": now,
-                         "buffer_before_minutes": types.get(r.appointment_type_id, no_type)["buffer_before_minutes"],
-                         "buffer_after_minutes": types.get(r.appointment_type_id, no_type)["buffer_after_minutes"]}
+                         **buffers_of(types.get(r.appointment_type_id))}
                         for r in confirmed]
         confirmed_ids = tuple(r.id for r in confirmed)
         if len(appointments) == 1:  # the usual batch: the insert itself says the new id
