@@ -10,8 +10,10 @@ from typing import Annotated, Any, ClassVar, TypeVar
 import msgspec
 from msgspec import Meta
 
+from service.core import appointments
+from service.core.accounts import CurrentUser
 from service.core.appointments import AppointmentStatus, RequestStatus
-from service.core.db import Row
+from service.core.db import Database, Row
 from service.core.times import from_row
 from service.core.zones import known_zones
 
@@ -123,3 +125,10 @@ P = TypeVar("P", bound=Page)
 def page(kind: type[P], items: list[Any], total: int, limit: int, offset: int) -> P:
     """A page of a list endpoint: its items, and where it stands in the whole."""
     return kind(items=items, limit=limit, offset=offset, total=total)
+
+
+async def appointments_page(db: Database, user: CurrentUser, status: str | None, start: str | None,
+                            end: str | None, limit: int, offset: int) -> AppointmentPage:
+    """The caller's appointments as a page: what both `my-appointments` endpoints answer."""
+    rows, total = await appointments.list_appointments(db, user, status, start, end, limit, offset)
+    return page(AppointmentPage, [from_row(AppointmentOut, row) for row in rows], total, limit, offset)

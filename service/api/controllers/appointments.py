@@ -18,7 +18,7 @@ from service.api.dependencies import DatabaseDep, ListenerDep, RedisDep, Schedul
 from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit, Offset, To
 from service.api.problems import problem_responses
 from service.api.schedule_cache import announce_schedule_change
-from service.api.schemas import AppointmentOut, AppointmentPage, page, request_out
+from service.api.schemas import AppointmentOut, AppointmentPage, appointments_page, request_out
 from service.api.security import requires_patient
 from service.core import appointments
 from service.core.accounts import CurrentUser
@@ -120,8 +120,7 @@ class AppointmentController(Controller):
         self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
         status: AppointmentStatusFilter = None, limit: Limit = 50, offset: Offset = 0,
     ) -> AppointmentPage:
-        rows, total = await appointments.list_appointments(db, user, status, start, end, limit, offset)
-        return page(AppointmentPage, [from_row(AppointmentOut, row) for row in rows], total, limit, offset)
+        return await appointments_page(db, user, status, start, end, limit, offset)
 
     @get("/{appointment_id:int}", operation_id="getAppointment", summary="One of your appointments",
          responses=problem_responses(400, 401, 404, 503))

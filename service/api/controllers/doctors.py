@@ -17,9 +17,9 @@ from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, Transac
 from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit, Offset, To, next_page_link, query_time
 from service.api.problems import problem_responses
 from service.api.schedule_cache import CACHE_SECONDS, announce_schedule_change
-from service.api.schemas import AppointmentOut, AppointmentPage, Page, Specialty, TimeZoneName, page, page_example
+from service.api.schemas import AppointmentPage, Page, Specialty, TimeZoneName, appointments_page, page, page_example
 from service.api.security import PUBLIC, requires_doctor
-from service.core import appointments, directory, doctors, hours, schedule
+from service.core import directory, doctors, hours, schedule
 from service.core import windows as windows_
 from service.core.errors import InvalidInput
 from service.core.schedule import Interval, Slot
@@ -257,5 +257,4 @@ class DoctorController(Controller):
         self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
         status: AppointmentStatusFilter = None, limit: Limit = 50, offset: Offset = 0,
     ) -> AppointmentPage:
-        rows, total = await appointments.list_appointments(db, user, status, start, end, limit, offset)
-        return page(AppointmentPage, [from_row(AppointmentOut, row) for row in rows], total, limit, offset)
+        return await appointments_page(db, user, status, start, end, limit, offset)
