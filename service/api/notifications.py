@@ -119,6 +119,8 @@ class Notifications:
             return
         if any(decision.status == "confirmed" for decision in decided.decisions):
             self.schedule.changed(decided.doctor_id)  # before the pollers wake and read slots again
+        for doctor_id in decided.freed_doctor_ids:  # appointments moved away from them
+            self.schedule.changed(doctor_id)
         for decision in decided.decisions:
             request_id, outcome = decision.request_id, (decision, decided.decided_at)
             if (row := self._recent.get(request_id)) is not None:

@@ -1,4 +1,5 @@
-"""Appointment types: what a patient can book with a doctor (length, buffers, notice, horizon)."""
+"""Appointment types: what a patient can book with a doctor (length, buffers, notice, horizon, and how long before
+the start a patient may still cancel)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from service.core.times import GRID_MINUTES, utcnow
 
 MAX_ACTIVE_TYPES = 50
 FIELDS = ("name", "duration_minutes", "buffer_before_minutes", "buffer_after_minutes", "min_notice_minutes",
-          "max_days_ahead")
+          "max_days_ahead", "cancel_notice_minutes")
 ON_THE_GRID = ("duration_minutes", "buffer_before_minutes", "buffer_after_minutes")
 
 

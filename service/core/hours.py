@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+from service.core import history
 from service.core.accounts import CurrentUser
 from service.core.db import Connection, Database, Row
 from service.core.doctors import lock_doctor
 from service.core.errors import Conflict, InvalidInput, NotFound
-from service.core.times import GRID_MINUTES, grid_span, utcnow
+from service.core.times import GRID_MINUTES, grid_span, rfc3339, utcnow
 from service.core.zones import check_timezone
 
 MAX_WEEKLY_INTERVALS = 100  # 14 a day, with room to spare
@@ -104,12 +105,15 @@ async def add_time_off(tx: Connection, doctor_id: int, actor: CurrentUser, start
         raise Conflict(f"{len(inside)} confirmed appointment(s) lie inside this time off; cancel them first, or "
                        "send cancel_appointments: true with a reason",
                        appointments=[{"id": a["id"], "patient_id": a["patient_id"],
-                                      "start_time": a["start_time"].isoformat() + "Z",
-                                      "end_time": a["end_time"].isoformat() + "Z"} for a in inside])
+                                      "start_time": rfc3339(a["start_time"]),
+                                      "end_time": rfc3339(a["end_time"])} for a in inside])
     reason = reason.strip() if reason else None
     if inside:
         await tx.execute("cancel_appointments_by_doctor", {"ids": tuple(a["id"] for a in inside), "now": now,
                                                            "user_id": actor.id, "reason": reason})
+        await history.record(tx, [history.entry("cancelled", now, actor, appointment_id=a["id"],
+                                                from_status="confirmed", to_status="cancelled", reason=reason)
+                                  for a in inside])
     row = {"doctor_id": doctor_id, "start_time": start, "end_time": end, "reason": reason, "created_by": actor.id,
            "now": now}
     _, time_off_id = await tx.execute("insert_time_off", row)

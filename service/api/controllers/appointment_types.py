@@ -26,6 +26,9 @@ Duration = Annotated[int, Meta(ge=5, le=480, description="5 to 480 minutes, a mu
 Buffer = Annotated[int, Meta(ge=0, le=240, description="0 to 240 minutes, a multiple of 5")]
 Notice = Annotated[int, Meta(ge=0, le=30 * 24 * 60, description="0 to 43,200 minutes (30 days)")]
 Horizon = Annotated[int, Meta(ge=1, le=730, description="1 to 730 days")]
+CancelNotice = Annotated[int, Meta(ge=0, le=30 * 24 * 60, description=(
+    "0 to 43,200 minutes (30 days): how long before the start a patient may still cancel or move an appointment "
+    "of this type; null: the clinic's CANCEL_NOTICE_MINUTES"))]
 
 
 class AppointmentTypeIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,6 +42,7 @@ class AppointmentTypeIn(msgspec.Struct, forbid_unknown_fields=True):
     buffer_after_minutes: Buffer = 0
     min_notice_minutes: Notice = 0
     max_days_ahead: Horizon = 365
+    cancel_notice_minutes: CancelNotice | None = None
 
 
 class AppointmentTypePatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,12 +56,14 @@ class AppointmentTypePatch(msgspec.Struct, forbid_unknown_fields=True):
     buffer_after_minutes: Buffer | msgspec.UnsetType = msgspec.UNSET
     min_notice_minutes: Notice | msgspec.UnsetType = msgspec.UNSET
     max_days_ahead: Horizon | msgspec.UnsetType = msgspec.UNSET
+    cancel_notice_minutes: CancelNotice | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class AppointmentTypeOut(msgspec.Struct):
     example: ClassVar[dict[str, Any]] = {
         "id": 3, "doctor_id": 7, "name": "First visit", "duration_minutes": 40, "buffer_before_minutes": 10,
-        "buffer_after_minutes": 10, "min_notice_minutes": 120, "max_days_ahead": 90, "active": True}
+        "buffer_after_minutes": 10, "min_notice_minutes": 120, "max_days_ahead": 90, "cancel_notice_minutes": 1440,
+        "active": True}
 
     id: int
     doctor_id: int
@@ -67,6 +73,7 @@ class AppointmentTypeOut(msgspec.Struct):
     buffer_after_minutes: int
     min_notice_minutes: int
     max_days_ahead: int
+    cancel_notice_minutes: int | None
     active: bool
 
 
