@@ -11,7 +11,6 @@ import signal
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +19,7 @@ import pytest
 
 from service.core.availability import OUTSIDE_AVAILABILITY, SLOT_TAKEN, Available, DoctorTime, Taken
 from service.core.booking import APPOINTMENT_NOT_CONFIRMED, Moving, PendingRequest, decide
-from tests.factory import Factory, User, at, day, iso
+from tests.factory import Factory, User, at, iso
 from tests.support import ROOT, Rig, accepted_ids, no_overlapping_confirmed, problem, rows, settle, snapshot, until
 
 MINUTE = timedelta(minutes=1)
