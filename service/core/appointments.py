@@ -10,7 +10,7 @@ from typing import Literal
 from service.core.accounts import CurrentUser
 from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
 from service.core.doctors import lock_doctor
-from service.core.errors import Conflict, InvalidInput, NotFound
+from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from service.core.schedule import bookable_type
 from service.core.times import grid_span, on_grid, time_range, to_db, utcnow
 
@@ -38,9 +38,13 @@ def check_booking(start_time: datetime, end_time: datetime) -> tuple[datetime, d
     return start, end
 
 
-def fingerprint(doctor_id: int, type_id: int | None, start: datetime, end: datetime, notes: str | None) -> str:
-    """What makes two bodies "the same request" for an Idempotency-Key."""
+def fingerprint(doctor_id: int, type_id: int | None, start: datetime, end: datetime, notes: str | None,
+                requested_by: int | None = None) -> str:
+    """What makes two bodies "the same request" for an Idempotency-Key. Keys are the patient's: one sent by staff
+    on the patient's behalf is another request (`by…|` cannot start a patient's own, which starts with a number)."""
     canonical = f"{doctor_id}|{type_id or ''}|{start.isoformat()}|{end.isoformat()}|{notes or ''}"
+    if requested_by is not None:
+        canonical = f"by{requested_by}|{canonical}"
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -65,20 +69,22 @@ async def requested_span(db: Database, doctor_id: int, start_time: datetime, end
 
 async def store_request(
     db: Database, patient_id: int, doctor_id: int, start_time: datetime, end_time: datetime | None,
-    notes: str | None, idempotency_key: str | None, type_id: int | None = None,
+    notes: str | None, idempotency_key: str | None, type_id: int | None = None, requested_by: int | None = None,
 ) -> tuple[int, Row | None]:
-    """Store the pending request, or find the one this Idempotency-Key already made.
+    """Store the pending request, or find the one this Idempotency-Key already made. `requested_by`: the staff
+    member asking on the patient's behalf (staff.booking_patient), None when the patient asks.
 
     Returns the request id and, if it is new, its row as stored.
     """
     start, end = await requested_span(db, doctor_id, start_time, end_time, type_id)
-    digest = fingerprint(doctor_id, type_id, start, end, notes) if idempotency_key else None
+    digest = fingerprint(doctor_id, type_id, start, end, notes, requested_by) if idempotency_key else None
     if idempotency_key:
         first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
         if first is not None:
             return first, None
-    stored = {"patient_id": patient_id, "doctor_id": doctor_id, "appointment_type_id": type_id, "start_time": start,
-              "end_time": end, "notes": notes, "created_at": utcnow()}
+    stored = {"patient_id": patient_id, "requested_by": requested_by, "doctor_id": doctor_id,
+              "appointment_type_id": type_id, "start_time": start, "end_time": end, "notes": notes,
+              "created_at": utcnow()}
     try:
         inserted, request_id = await db.execute(
             "insert_booking_request", {**stored, "idempotency_key": idempotency_key, "fingerprint": digest})
@@ -117,9 +123,10 @@ async def find_by_idempotency_key(db: Database, patient_id: int, key: str, diges
     return first["id"]
 
 
-async def read_own_request(db: Database, request_id: int, patient_id: int) -> Row:
-    """The request if it is this patient's; 404 otherwise, so others cannot even learn that it exists."""
-    row = await db.fetch_one("find_booking_request_for_patient", {"id": request_id, "patient_id": patient_id})
+async def read_own_request(db: Database, request_id: int, user_id: int) -> Row:
+    """The request if it is this user's: its patient's, or the staff member's who asked for it on the patient's
+    behalf; 404 otherwise, so others cannot even learn that it exists."""
+    row = await db.fetch_one("find_booking_request_for_user", {"id": request_id, "user_id": user_id})
     if row is None:
         raise NotFound(f"no booking request {request_id} of yours")
     return row
@@ -135,6 +142,13 @@ async def list_requests(db: Database, patient_id: int, status: str | None, limit
     return rows, total
 
 
+async def booked_appointment(db: Database, request: Row) -> Row:
+    """The appointment a confirmed request made, for whoever may read the request (its patient, or the staff
+    member who asked for it), as its patient sees it."""
+    return await db.fetch_one("find_appointment_for_user", {"id": request["appointment_id"],
+                                                            "user_id": request["patient_id"]})
+
+
 async def find_appointment(db: Database | Connection, appointment_id: int, user: CurrentUser) -> Row:
     """The appointment if the user is its patient or its doctor; 404 otherwise."""
     row = await db.fetch_one("find_appointment_for_user", {"id": appointment_id, "user_id": user.id})
@@ -148,6 +162,8 @@ async def list_appointments(
     offset: int,
 ) -> tuple[list[Row], int]:
     """The user's appointments: a doctor's schedule or a patient's bookings, by start time; and how many."""
+    if user.role not in ("Doctor", "Patient"):  # staff have none of their own (and no filter must mean all)
+        raise Forbidden("Only a doctor or a patient has appointments of their own")
     range_start, range_end = time_range(start, end)
     params = {
         "doctor_id": user.id if user.role == "Doctor" else None,

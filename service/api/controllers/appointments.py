@@ -19,9 +19,8 @@ from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit,
 from service.api.problems import problem_responses
 from service.api.schedule_cache import announce_schedule_change
 from service.api.schemas import AppointmentOut, AppointmentPage, appointments_page, request_out
-from service.api.security import requires_patient
-from service.core import appointments
-from service.core.accounts import CurrentUser
+from service.api.security import requires_patient_or_staff
+from service.core import appointments, staff
 from service.core.appointments import status_url
 from service.core.db import Database, Row
 from service.core.errors import Conflict
@@ -36,7 +35,8 @@ IDEMPOTENCY_KEY = r"^[ -~]+$"
 
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
-    """A start and an end, or a start and one of the doctor's appointment types (its length and rules)."""
+    """A start and an end, or a start and one of the doctor's appointment types (its length and rules). Staff name
+    the patient they book for (`patient_id`); a patient books for themselves and names no one."""
 
     example: ClassVar[dict[str, Any]] = {
         "doctor_id": 7, "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
@@ -47,6 +47,9 @@ class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
     end_time: datetime | None = None
     appointment_type_id: Annotated[int, Meta(ge=1, le=MAX_ID)] | None = None
     notes: Annotated[str, Meta(max_length=2000)] | None = None
+    patient_id: Annotated[int, Meta(ge=1, le=MAX_ID, description=(
+        "Staff only, and required for staff: the patient booked for (404 if no such patient). A patient sending "
+        "it gets a 403."))] | None = None
 
 
 class BookingAccepted(msgspec.Struct):
@@ -68,12 +71,14 @@ class AppointmentController(Controller):
     tags = ["appointments"]
 
     @post(
-        "/", guards=[requires_patient], status_code=HTTP_202_ACCEPTED, operation_id="bookAppointment",
+        "/", guards=[requires_patient_or_staff], status_code=HTTP_202_ACCEPTED, operation_id="bookAppointment",
         summary="Ask for an appointment; a worker decides it",
         description=(
             "Stores a booking request and answers 202 with its status URL. Send `Prefer: wait=N` (N ≤ 10) to "
             "wait for the decision: 201 with the appointment, or 409 with the reason, if it comes in time. "
-            "The same `Idempotency-Key` returns the first request instead of making another."
+            "The same `Idempotency-Key` returns the first request instead of making another. A patient books for "
+            "themselves; staff book on behalf of the patient named by `patient_id` (the request keeps who asked, "
+            "and its status URL answers both)."
         ),
         responses={HTTP_201_CREATED: ResponseSpec(AppointmentOut, description="Booked (with Prefer: wait)"),
                    **problem_responses(400, 401, 403, 404, 409, 413, 415, 503)},
@@ -90,9 +95,10 @@ class AppointmentController(Controller):
             description="Printable ASCII, compared byte for byte")] = None,
         prefer: Annotated[str | None, HeaderParameter(name="Prefer", max_length=200)] = None,
     ) -> Response[BookingAccepted]:
+        patient_id = await staff.booking_patient(db, user, data.patient_id)
         request_id, stored = await appointments.store_request(
-            db, user.id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
-            data.appointment_type_id)
+            db, patient_id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
+            data.appointment_type_id, requested_by=None if patient_id == user.id else user.id)
         if stored is not None:
             listener.remember(stored)  # before the job is queued: see Notifications.remember
             status = "pending"
@@ -104,7 +110,7 @@ class AppointmentController(Controller):
         if wait := prefer_wait(prefer):
             row = await listener.wait_for_decision(
                 request_id, user.id, partial(appointments.read_own_request, db, request_id, user.id), wait)
-            decided = await decided_response(db, row, user)
+            decided = await decided_response(db, row)
             if decided is not None:
                 return decided
             headers["Preference-Applied"] = f"wait={wait}"
@@ -115,7 +121,8 @@ class AppointmentController(Controller):
 
     @get("/my-appointments", operation_id="listMyAppointments",
          summary="Your appointments: a patient's bookings or a doctor's schedule",
-         responses=problem_responses(400, 401, 503))
+         description="Staff have no appointments of their own: 403.",
+         responses=problem_responses(400, 401, 403, 503))
     async def my_appointments(
         self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
         status: AppointmentStatusFilter = None, limit: Limit = 50, offset: Offset = 0,
@@ -146,10 +153,10 @@ class AppointmentController(Controller):
         return from_row(AppointmentOut, appointment)
 
 
-async def decided_response(db: Database, row: Row, user: CurrentUser) -> Response | None:
+async def decided_response(db: Database, row: Row) -> Response | None:
     """For `Prefer: wait`: 201 with the appointment, 409 with the reason, or None while still pending."""
     if row["status"] == "confirmed":
-        appointment = await appointments.find_appointment(db, row["appointment_id"], user)
+        appointment = await appointments.booked_appointment(db, row)
         return Response(from_row(AppointmentOut, appointment), status_code=HTTP_201_CREATED,
                         headers={"Location": f"/appointments/{appointment['id']}"})
     if row["status"] in ("rejected", "failed"):
