@@ -143,8 +143,10 @@ def statuses_by_operation(har: dict[str, Any], spec: dict[str, Any]) -> dict[str
     operations = []
     for path, methods in spec["paths"].items():
         pattern = re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$")
-        operations += [(method.upper(), "{" in path, pattern, op["operationId"]) for method, op in methods.items()]
-    operations.sort(key=lambda op: op[1])  # /doctors/me before /doctors/{doctor_id}
+        operations += [(method.upper(), path.count("{"), pattern, op["operationId"])
+                       for method, op in methods.items()]
+    # Fewest parameters first: /doctors/me/time-off/{id} before /doctors/{doctor_id}/time-off/{id}
+    operations.sort(key=lambda op: op[1])
     statuses: dict[str, Counter[int]] = defaultdict(Counter)
     for entry in har["log"]["entries"]:
         path = re.sub(r"^https?://[^/]+", "", entry["request"]["url"]).split("?")[0]

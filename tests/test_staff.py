@@ -183,7 +183,9 @@ async def test_idempotency_keys_are_the_patients_and_a_staff_replay_is_the_same_
     assert first.status_code == replay.status_code == 202, (first.text, replay.text)
     assert first.json()["request_id"] == replay.json()["request_id"]
     # The same key and body from the patient, or from other staff, is not that request: each would read another's.
-    problem(await client.post("/appointments", json=booking(doctor), headers={**patient.headers, **key}), 409)
+    refused = problem(await client.post("/appointments", json=booking(doctor), headers={**patient.headers, **key}),
+                      409)
+    assert "someone else" in refused["detail"]
     other = await factory.staff()
     problem(await client.post("/appointments", json=booking(doctor, patient["id"]), headers={**other.headers, **key}),
             409)

@@ -119,7 +119,8 @@ async def find_by_idempotency_key(db: Database, patient_id: int, key: str, diges
     if first is None:
         return None
     if first["request_fingerprint"] != digest:
-        raise Conflict("this Idempotency-Key was already used with a different request body")
+        raise Conflict("this Idempotency-Key was already used for this patient with a different request body, "
+                       "or by someone else (the patient, or staff on their behalf)")
     return first["id"]
 
 
