@@ -61,7 +61,7 @@ DOCTOR_OPERATIONS = ["updateMyDoctorProfile", "addAvailability", "deleteAvailabi
 PATIENT_OPERATIONS = ["bookAppointment", "listBookingRequests", "getBookingRequest", "getCurrentUser",
                       "listMyAppointments", "getAppointment", "cancelAppointment"]
 # Any doctor's schedule, called with a staff member's token (a doctor may call them too, for themselves only).
-STAFF_OPERATIONS = ["replaceWeeklyHours", "addDoctorTimeOff", "listDoctorTimeOff", "deleteDoctorTimeOff",
+STAFF_OPERATIONS = ["findPatient", "replaceWeeklyHours", "addDoctorTimeOff", "listDoctorTimeOff", "deleteDoctorTimeOff",
                     "createDoctorAppointmentType", "updateDoctorAppointmentType", "deactivateDoctorAppointmentType"]
 # Operations with rules a JSON Schema cannot state, which schema-valid data can break (a 400 naming the field):
 # times relative to now or to each other (in the future, end after start, `to` after `from`, at most 24 hours or
@@ -118,7 +118,7 @@ def schemathesis_config(seeded: dict[str, Any], with_tokens: bool) -> str:
                                                    "type_id", "time_off_id")}
     bindings |= {"body.doctor_id": "doctor_id", "body.email": "emails", "body.password": "passwords",
                  "body.appointment_type_id": "type_id", "query.appointment_type_id": "type_id",
-                 "body.patient_id": "patient_id"}
+                 "body.patient_id": "patient_id", "query.email": "emails"}
     bindings |= {f"body.{items}{field}": "times" for items in ("", "[*].") for field in ("start_time", "end_time")}
     bindings |= dict.fromkeys(STRING_FIELDS, "nasty")
     lines += ["[parameters]"]

@@ -156,6 +156,20 @@ async def test_staff_book_for_a_patient_and_the_request_keeps_who_asked(
         {"requested_by": None}]
 
 
+async def test_staff_find_a_patient_by_email_and_no_one_else_can(
+    client: httpx.AsyncClient, factory: Factory,
+) -> None:
+    staff, doctor, patient = await factory.staff(), await factory.doctor(), await factory.patient()
+    found = await client.get("/patients", params={"email": f"  {patient['email'].upper()} "}, headers=staff.headers)
+    assert found.json() == {"id": patient["id"], "name": patient["name"], "email": patient["email"]}, found.text
+    for not_a_patient in (doctor["email"], staff["email"], "nobody@clinic.example", "not an email"):
+        problem(await client.get("/patients", params={"email": not_a_patient}, headers=staff.headers), 404)
+    assert "'email'" in problem(await client.get("/patients", headers=staff.headers), 400)["detail"]
+    for caller in (patient, doctor):
+        problem(await client.get("/patients", params={"email": patient["email"]}, headers=caller.headers), 403)
+    problem(await client.get("/patients", params={"email": patient["email"]}), 401)
+
+
 async def test_a_staff_booking_is_decided_by_the_worker_and_polled_by_its_requester(
     client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection,
 ) -> None:

@@ -7,6 +7,7 @@ POST /auth/register. It has no password until the one-time token printed for it 
 - book on behalf of any patient: POST /appointments with `patient_id` (booking_patient); the booking request
   keeps who asked (`requested_by`), and GET /booking-requests/{id} answers that staff member as it answers the
   patient;
+- find a patient's id by their email (GET /patients?email=, find_patient), to book for them;
 - manage any doctor's weekly hours, time off and appointment types: the `/doctors/{doctor_id}/...` routes
   (check_schedule_access, which every such write asks under the doctor's lock: doctors.lock_schedule).
 
@@ -20,7 +21,14 @@ from __future__ import annotations
 
 import secrets
 
-from service.core.accounts import CurrentUser, Passwords, checked_email, insert_user, store_reset_token
+from service.core.accounts import (
+    CurrentUser,
+    Passwords,
+    checked_email,
+    insert_user,
+    normal_email,
+    store_reset_token,
+)
 from service.core.db import Database, Row
 from service.core.errors import Forbidden, InvalidInput, NotFound
 from service.core.times import utcnow
@@ -60,6 +68,14 @@ async def booking_patient(db: Database, actor: CurrentUser, patient_id: int | No
     if found is None or found["role"] != "Patient":
         raise NotFound(f"no patient with id {patient_id}")
     return patient_id
+
+
+async def find_patient(db: Database, email: str) -> Row:
+    """The patient with this email (in its normal form, as accounts store it); 404 if no patient has it."""
+    found = await db.fetch_one("find_user_by_email", {"email": normal_email(email)})
+    if found is None or found["role"] != "Patient":
+        raise NotFound("no patient with this email")
+    return {key: found[key] for key in ("id", "name", "email")}
 
 
 def check_schedule_access(actor: CurrentUser, doctor_id: int) -> None:
