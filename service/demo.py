@@ -115,9 +115,10 @@ async def make_clinic(db: Database, settings: Settings) -> tuple[dict[str, Row],
         row = await accounts.register(db, passwords, email=doctor.email, name=doctor.name, role="Doctor",
                                       password=PASSWORD, specialty=doctor.specialty, timezone=doctor.timezone)
         users[doctor.email] = row
+        actor = accounts.user_from_row({**row, "token_version": 0})  # each doctor sets up their own schedule
         async with db.transaction() as tx:
-            await hours.replace_weekly_hours(tx, row["id"], hours.check_weekly_hours(doctor.hours))
-            types.append([await appointment_types.create(tx, row["id"], values) for values in doctor.types])
+            await hours.replace_weekly_hours(tx, row["id"], actor, hours.check_weekly_hours(doctor.hours))
+            types.append([await appointment_types.create(tx, row["id"], actor, values) for values in doctor.types])
     for email, name in PATIENTS:
         users[email] = await accounts.register(db, passwords, email=email, name=name, role="Patient",
                                                password=PASSWORD, specialty=None)

@@ -2,24 +2,25 @@
 -- Inserts nothing when there is no such doctor: the existence check and the insert are one round trip.
 -- Under READ COMMITTED the SELECT is a consistent read, so it never waits on a worker's lock of that row.
 INSERT INTO booking_requests
-    (kind, reschedules, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, idempotency_key,
-     request_fingerprint, created_at)
-SELECT %(kind)s, %(reschedules)s, %(patient_id)s, id, %(appointment_type_id)s, %(start_time)s, %(end_time)s, %(notes)s,
-       %(idempotency_key)s, %(fingerprint)s, %(created_at)s
+    (kind, reschedules, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time, notes,
+     idempotency_key, request_fingerprint, created_at)
+SELECT %(kind)s, %(reschedules)s, %(patient_id)s, %(requested_by)s, id, %(appointment_type_id)s, %(start_time)s,
+       %(end_time)s, %(notes)s, %(idempotency_key)s, %(fingerprint)s, %(created_at)s
 FROM users WHERE id = %(doctor_id)s AND role = 'Doctor';
 
 -- name: find_booking_request_by_idempotency_key
 SELECT id, request_fingerprint FROM booking_requests
 WHERE patient_id = %(patient_id)s AND idempotency_key = %(idempotency_key)s;
 
--- name: find_booking_request_for_patient
-SELECT id, kind, reschedules, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, status,
-       reason, appointment_id, created_at, decided_at
-FROM booking_requests WHERE id = %(id)s AND patient_id = %(patient_id)s;
+-- name: find_booking_request_for_user
+-- Its patient's, and the staff member's who asked for it on the patient's behalf.
+SELECT id, kind, reschedules, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time, notes,
+       status, reason, appointment_id, created_at, decided_at
+FROM booking_requests WHERE id = %(id)s AND (patient_id = %(user_id)s OR requested_by = %(user_id)s);
 
 -- name: list_booking_requests_for_patient
-SELECT id, kind, reschedules, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, status,
-       reason, appointment_id, created_at, decided_at
+SELECT id, kind, reschedules, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time, notes,
+       status, reason, appointment_id, created_at, decided_at
 FROM booking_requests
 WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s)
 ORDER BY id DESC

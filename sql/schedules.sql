@@ -117,3 +117,8 @@ WHERE id = %(id)s;
 
 -- name: deactivate_appointment_type
 UPDATE appointment_types SET active = FALSE, updated_at = %(now)s WHERE id = %(id)s;
+
+-- name: insert_schedule_change
+-- Append-only: no query updates or deletes schedule_changes.
+INSERT INTO schedule_changes (doctor_id, actor_id, action, subject_id, changed_at)
+VALUES (%(doctor_id)s, %(actor_id)s, %(action)s, %(subject_id)s, %(now)s);

@@ -30,7 +30,7 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 # Child tables first, so deleting in this order breaks no foreign key.
 TABLES_CHILD_FIRST = ["appointment_history", "appointments", "booking_requests", "password_reset_tokens",
-                      "availabilities", "time_off", "weekly_hours", "appointment_types", "users"]
+                      "availabilities", "time_off", "weekly_hours", "appointment_types", "schedule_changes", "users"]
 
 
 def free_port() -> int:

@@ -112,16 +112,19 @@ class HistoryOut(msgspec.Struct):
 
 class BookingRequestOut(msgspec.Struct):
     example: ClassVar[dict[str, Any]] = {
-        "request_id": 104, "status": "confirmed", "kind": "book", "reschedules": None, "doctor_id": 7,
-        "appointment_type_id": None,
-        "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
+        "request_id": 104, "status": "confirmed", "kind": "book", "reschedules": None, "patient_id": 12,
+        "requested_by": None, "doctor_id": 7, "appointment_type_id": None, "start_time": "2030-01-15T10:00:00Z",
+        "end_time": "2030-01-15T10:30:00Z",
         "notes": "Follow-up on the blood test", "appointment_id": 58, "reason": None,
         "created_at": "2030-01-08T14:02:11Z", "decided_at": "2030-01-08T14:02:11Z"}
 
     request_id: int
     status: RequestStatus
     kind: RequestKind
-    reschedules: int | None
+    reschedules: int | None  # a reschedule: the appointment it moves
+    patient_id: int
+    # The staff member who asked on the patient's behalf; null when the patient asked.
+    requested_by: int | None
     doctor_id: int
     appointment_type_id: int | None
     start_time: datetime

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Literal
 
-from service.core import history
+from service.core import history, staff
 from service.core.accounts import CurrentUser
 from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
-from service.core.errors import Conflict, InvalidInput, NotFound
+from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from service.core.schedule import bookable_type
 from service.core.times import grid_span, on_grid, time_range, to_db, utcnow
 
@@ -41,11 +41,14 @@ def check_booking(start_time: datetime, end_time: datetime) -> tuple[datetime, d
 
 
 def fingerprint(doctor_id: int, type_id: int | None, start: datetime, end: datetime, notes: str | None,
-                reschedules: int | None = None) -> str:
-    """What makes two bodies "the same request" for an Idempotency-Key."""
+                reschedules: int | None = None, requested_by: int | None = None) -> str:
+    """What makes two bodies "the same request" for an Idempotency-Key. Keys are the patient's: one sent by staff
+    on the patient's behalf is another request (`by…|` cannot start a patient's own, which starts with a number)."""
     canonical = f"{doctor_id}|{type_id or ''}|{start.isoformat()}|{end.isoformat()}|{notes or ''}"
     if reschedules is not None:
         canonical += f"|reschedules {reschedules}"
+    if requested_by is not None:
+        canonical = f"by{requested_by}|{canonical}"
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -74,12 +77,14 @@ async def store_request(
     reschedules: int | None = None, check_new: Callable[[], None] | None = None,
 ) -> tuple[int, Row | None]:
     """Store the pending request (a booking, or the move of appointment `reschedules`) with its history row, or
-    find the one this Idempotency-Key already made. `check_new` may refuse a new request (not a replayed one).
+    find the one this Idempotency-Key already made. `actor` asks: the patient, or staff on the patient's behalf
+    (kept as `requested_by`). `check_new` may refuse a new request (not a replayed one).
 
     Returns the request id and, if it is new, its row as stored.
     """
     start, end = await requested_span(db, doctor_id, start_time, end_time, type_id)
-    digest = fingerprint(doctor_id, type_id, start, end, notes, reschedules) if idempotency_key else None
+    requested_by = None if actor.id == patient_id else actor.id
+    digest = fingerprint(doctor_id, type_id, start, end, notes, reschedules, requested_by) if idempotency_key else None
     if idempotency_key:
         first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
         if first is not None:
@@ -87,8 +92,9 @@ async def store_request(
     if check_new is not None:
         check_new()
     kind: RequestKind = "book" if reschedules is None else "reschedule"
-    stored = {"patient_id": patient_id, "doctor_id": doctor_id, "appointment_type_id": type_id, "start_time": start,
-              "end_time": end, "notes": notes, "created_at": utcnow(), "kind": kind, "reschedules": reschedules}
+    stored = {"patient_id": patient_id, "requested_by": requested_by, "doctor_id": doctor_id,
+              "appointment_type_id": type_id, "start_time": start, "end_time": end, "notes": notes,
+              "created_at": utcnow(), "kind": kind, "reschedules": reschedules}
     try:
         async with db.transaction() as tx:
             inserted, request_id = await tx.execute(
@@ -128,13 +134,15 @@ async def find_by_idempotency_key(db: Database, patient_id: int, key: str, diges
     if first is None:
         return None
     if first["request_fingerprint"] != digest:
-        raise Conflict("this Idempotency-Key was already used with a different request body")
+        raise Conflict("this Idempotency-Key was already used for this patient with a different request body, "
+                       "or by someone else (the patient, or staff on their behalf)")
     return first["id"]
 
 
-async def read_own_request(db: Database, request_id: int, patient_id: int) -> Row:
-    """The request if it is this patient's; 404 otherwise, so others cannot even learn that it exists."""
-    row = await db.fetch_one("find_booking_request_for_patient", {"id": request_id, "patient_id": patient_id})
+async def read_own_request(db: Database, request_id: int, user_id: int) -> Row:
+    """The request if it is this user's: its patient's, or the staff member's who asked for it on the patient's
+    behalf; 404 otherwise, so others cannot even learn that it exists."""
+    row = await db.fetch_one("find_booking_request_for_user", {"id": request_id, "user_id": user_id})
     if row is None:
         raise NotFound(f"no booking request {request_id} of yours")
     return row
@@ -150,11 +158,18 @@ async def list_requests(db: Database, patient_id: int, status: str | None, limit
     return rows, total
 
 
+async def booked_appointment(db: Database, request: Row) -> Row:
+    """The appointment a confirmed request made, for whoever may read the request (its patient, or the staff
+    member who asked for it), as its patient sees it."""
+    return await db.fetch_one("find_appointment_for_user", {"id": request["appointment_id"],
+                                                            "user_id": request["patient_id"], "any": False})
+
+
 async def find_appointment(db: Database | Connection, appointment_id: int, user: CurrentUser) -> Row:
     """The appointment if the user is its patient, its doctor, or staff (the front desk sees every one); 404
     otherwise."""
     row = await db.fetch_one("find_appointment_for_user", {"id": appointment_id, "user_id": user.id,
-                                                           "any": user.role == "Staff"})
+                                                           "any": staff.sees_every_appointment(user)})
     if row is None:
         raise NotFound(f"no appointment {appointment_id} of yours")
     return row
@@ -165,6 +180,8 @@ async def list_appointments(
     offset: int,
 ) -> tuple[list[Row], int]:
     """The user's appointments: a doctor's schedule or a patient's bookings, by start time; and how many."""
+    if user.role not in ("Doctor", "Patient"):  # staff have none of their own (and no filter must mean all)
+        raise Forbidden("Only a doctor or a patient has appointments of their own")
     range_start, range_end = time_range(start, end)
     params = {
         "doctor_id": user.id if user.role == "Doctor" else None,

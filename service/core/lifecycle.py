@@ -45,11 +45,6 @@ TOO_LATE_TO_CANCEL = "too_late_to_cancel"
 TOO_EARLY = "too_early"
 
 
-def is_front_desk(user: CurrentUser) -> bool:
-    """Staff act on any appointment, for any patient: the one place that says so for appointments."""
-    return user.role == "Staff"
-
-
 def not_allowed(appointment: Row, to_status: str) -> Conflict:
     current = appointment["status"]
     allowed = [status for status in TRANSITIONS[current] if status != "rescheduled"]

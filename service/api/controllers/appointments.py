@@ -37,9 +37,8 @@ from service.api.schemas import (
     appointments_page,
     request_out,
 )
-from service.api.security import requires_patient
-from service.core import appointments, history, lifecycle
-from service.core.accounts import CurrentUser
+from service.api.security import requires_patient_or_staff
+from service.core import appointments, history, lifecycle, staff
 from service.core.appointments import AppointmentStatus, status_url
 from service.core.db import Database, Row
 from service.core.errors import Conflict
@@ -54,7 +53,8 @@ IDEMPOTENCY_KEY = r"^[ -~]+$"
 
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
-    """A start and an end, or a start and one of the doctor's appointment types (its length and rules)."""
+    """A start and an end, or a start and one of the doctor's appointment types (its length and rules). Staff name
+    the patient they book for (`patient_id`); a patient books for themselves and names no one."""
 
     example: ClassVar[dict[str, Any]] = {
         "doctor_id": 7, "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
@@ -65,6 +65,9 @@ class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
     end_time: datetime | None = None
     appointment_type_id: Annotated[int, Meta(ge=1, le=MAX_ID)] | None = None
     notes: Annotated[str, Meta(max_length=2000)] | None = None
+    patient_id: Annotated[int, Meta(ge=1, le=MAX_ID, description=(
+        "Staff only, and required for staff: the patient booked for (404 if no such patient). A patient sending "
+        "it gets a 403."))] | None = None
 
 
 class RescheduleIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -104,12 +107,14 @@ class AppointmentController(Controller):
     tags = ["appointments"]
 
     @post(
-        "/", guards=[requires_patient], status_code=HTTP_202_ACCEPTED, operation_id="bookAppointment",
+        "/", guards=[requires_patient_or_staff], status_code=HTTP_202_ACCEPTED, operation_id="bookAppointment",
         summary="Ask for an appointment; a worker decides it",
         description=(
             "Stores a booking request and answers 202 with its status URL. Send `Prefer: wait=N` (N ≤ 10) to "
             "wait for the decision: 201 with the appointment, or 409 with the reason, if it comes in time. "
-            "The same `Idempotency-Key` returns the first request instead of making another."
+            "The same `Idempotency-Key` returns the first request instead of making another. A patient books for "
+            "themselves; staff book on behalf of the patient named by `patient_id` (the request keeps who asked, "
+            "and its status URL answers both)."
         ),
         responses={HTTP_201_CREATED: ResponseSpec(AppointmentOut, description="Booked (with Prefer: wait)"),
                    **problem_responses(400, 401, 403, 404, 409, 413, 415, 503)},
@@ -124,10 +129,11 @@ class AppointmentController(Controller):
         idempotency_key: IdempotencyKey = None,
         prefer: Prefer = None,
     ) -> Response[BookingAccepted]:
+        patient_id = await staff.booking_patient(db, user, data.patient_id)
         request_id, stored = await appointments.store_request(
-            db, user, user.id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
+            db, user, patient_id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
             data.appointment_type_id)
-        return await accepted(db, redis, listener, user, user.id, data.doctor_id, request_id, stored, prefer)
+        return await accepted(db, redis, listener, user.id, data.doctor_id, request_id, stored, prefer)
 
     @post(
         "/{appointment_id:int}/reschedule", status_code=HTTP_202_ACCEPTED, operation_id="rescheduleAppointment",
@@ -160,12 +166,12 @@ class AppointmentController(Controller):
             db, settings, user, appointment_id, data.start_time, data.appointment_type_id, data.doctor_id,
             idempotency_key)
         doctor_id = data.doctor_id or appointment["doctor_id"]
-        return await accepted(db, redis, listener, user, appointment["patient_id"], doctor_id, request_id, stored,
-                              prefer)
+        return await accepted(db, redis, listener, user.id, doctor_id, request_id, stored, prefer)
 
     @get("/my-appointments", operation_id="listMyAppointments",
          summary="Your appointments: a patient's bookings or a doctor's schedule",
-         responses=problem_responses(400, 401, 503))
+         description="Staff have no appointments of their own: 403.",
+         responses=problem_responses(400, 401, 403, 503))
     async def my_appointments(
         self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
         status: AppointmentStatusFilter = None, limit: Limit = 50, offset: Offset = 0,
@@ -235,12 +241,12 @@ Prefer = Annotated[str | None, HeaderParameter(name="Prefer", max_length=200)]
 
 
 async def accepted(
-    db: Database, redis: Redis, listener: Notifications, user: CurrentUser, patient_id: int, doctor_id: int,
-    request_id: int, stored: Row | None, prefer: str | None,
+    db: Database, redis: Redis, listener: Notifications, user_id: int, doctor_id: int, request_id: int,
+    stored: Row | None, prefer: str | None,
 ) -> Response[Any]:
-    """The answer to a stored booking or reschedule request: queue it, and say where it stands (202), or with
-    `Prefer: wait` its decision (201/409) if it comes in time."""
-    read = partial(appointments.read_own_request, db, request_id, patient_id)
+    """The answer to a stored booking or reschedule request (asked by its patient or by staff for them): queue it,
+    and say where it stands (202), or with `Prefer: wait` its decision (201/409) if it comes in time."""
+    read = partial(appointments.read_own_request, db, request_id, user_id)
     if stored is not None:
         listener.remember(stored)  # before the job is queued: see Notifications.remember
         status = "pending"
@@ -250,8 +256,8 @@ async def accepted(
         await enqueue_booking(redis, request_id, doctor_id)
     headers = {"Location": status_url(request_id)}
     if wait := prefer_wait(prefer):
-        row = await listener.wait_for_decision(request_id, patient_id, read, wait)
-        decided = await decided_response(db, row, user)
+        row = await listener.wait_for_decision(request_id, user_id, read, wait)
+        decided = await decided_response(db, row)
         if decided is not None:
             return decided
         headers["Preference-Applied"] = f"wait={wait}"
@@ -261,10 +267,10 @@ async def accepted(
     )
 
 
-async def decided_response(db: Database, row: Row, user: CurrentUser) -> Response | None:
+async def decided_response(db: Database, row: Row) -> Response | None:
     """For `Prefer: wait`: 201 with the appointment, 409 with the reason, or None while still pending."""
     if row["status"] == "confirmed":
-        appointment = await appointments.find_appointment(db, row["appointment_id"], user)
+        appointment = await appointments.booked_appointment(db, row)
         return Response(appointment_out(appointment), status_code=HTTP_201_CREATED,
                         headers={"Location": f"/appointments/{appointment['id']}"})
     if row["status"] in ("rejected", "failed"):
