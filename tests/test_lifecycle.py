@@ -357,6 +357,48 @@ async def test_every_role_on_every_new_endpoint_gets_its_answer_and_changes_noth
                               json={"start_time": iso(at(10)), "doctor_id": 2**53 - 1}), 404)
 
 
+async def test_the_front_desk_moves_checks_in_and_cancels_for_any_patient_and_is_recorded(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection,
+) -> None:
+    doctor, patient, desk = await factory.doctor(), await factory.patient(), await factory.staff()
+    await factory.window(doctor, at(9), at(12))
+    strict = await factory.appointment_type(doctor, duration_minutes=30, cancel_notice_minutes=30 * 24 * 60)
+    booked = await client.post("/appointments", headers={**desk.headers, "Prefer": "wait=10"}, json={
+        "doctor_id": doctor["id"], "patient_id": patient["id"], "start_time": iso(at(9)),
+        "appointment_type_id": strict["id"]})
+    assert booked.status_code == 201, booked.text
+    visit = booked.json()
+    assert visit["patient_id"] == patient["id"]
+
+    # Inside the type's notice the patient cannot move it; the front desk can, and the request keeps who asked.
+    assert problem(await reschedule(client, patient, visit["id"], at(10)), 409)["reason"] == "too_late_to_cancel"
+    moved = await reschedule(client, desk, visit["id"], at(10))
+    assert moved.status_code == 201, moved.text
+    new = moved.json()
+    [request] = rows(mysql, "SELECT patient_id, requested_by, kind FROM booking_requests WHERE id = %s",
+                     new["booking_request_id"])
+    assert request == {"patient_id": patient["id"], "requested_by": desk["id"], "kind": "reschedule"}
+    status = await client.get(f"/booking-requests/{new['booking_request_id']}", headers=desk.headers)
+    assert status.status_code == 200 and status.json()["kind"] == "reschedule"
+
+    shifted(mysql, new["id"], soon(20))
+    assert (await set_status(client, desk, new["id"], "checked_in")).json()["status"] == "checked_in"
+    second = await factory.booked(patient, doctor["id"], at(11), at(11.5))
+    problem(await client.delete(f"/appointments/{second['id']}", headers=desk.headers), 400, "reason")
+    cancelled = await client.delete(f"/appointments/{second['id']}", headers=desk.headers,
+                                    params={"reason": "Called to cancel"})
+    assert (cancelled.status_code, cancelled.json()["cancelled_by"]) == (200, desk["id"])
+
+    assert await history_of(client, desk, new["id"]) == [
+        ("requested", "Staff", None, "pending", None), ("rescheduled", "system", "confirmed", "rescheduled", None),
+        ("confirmed", "system", None, "confirmed", None),
+        ("status_changed", "Staff", "confirmed", "checked_in", None)]
+    assert (await history_of(client, patient, second["id"]))[-1] == (
+        "cancelled", "Staff", "confirmed", "cancelled", "Called to cancel")
+    # The desk has no schedule of its own to list.
+    problem(await client.get("/appointments/my-appointments", headers=desk.headers), 403)
+
+
 # --- 6. races, over two API processes and three workers -----------------------------------------------------------
 
 async def test_a_reschedule_racing_a_booking_of_the_same_time_one_wins_and_the_loser_keeps_its_slot(
