@@ -1143,7 +1143,7 @@ def test_cors_allow_origins_lets_in_exactly_those_origins(processes: Processes) 
 DOCTOR_KEYS = {"id", "name", "specialty", "timezone", "created_at"}
 SLOT_KEYS = {"start_time", "end_time", "local_start_time", "local_end_time", "availability_id"}
 APPOINTMENT_TYPE_KEYS = {"id", "doctor_id", "name", "duration_minutes", "buffer_before_minutes",
-                         "buffer_after_minutes", "min_notice_minutes", "max_days_ahead", "active"}
+                         "buffer_after_minutes", "min_notice_minutes", "max_days_ahead", "cancel_notice_minutes", "active"}
 
 
 def keys(value: dict[str, Any], expected: set[str]) -> None:
