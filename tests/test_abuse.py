@@ -57,16 +57,20 @@ def bearer(token: str) -> dict[str, str]:
 # Operations only a doctor may call; every other operation that needs a token is called with a patient's.
 DOCTOR_OPERATIONS = ["updateMyDoctorProfile", "addAvailability", "deleteAvailability", "listMyDoctorAppointments",
                      "replaceMyWeeklyHours", "addTimeOff", "listMyTimeOff", "deleteTimeOff", "createAppointmentType",
-                     "updateAppointmentType", "deactivateAppointmentType"]
+                     "updateAppointmentType", "deactivateAppointmentType", "createWebhook", "listWebhooks",
+                     "deleteWebhook", "listWebhookDeliveries"]
 PATIENT_OPERATIONS = ["bookAppointment", "listBookingRequests", "getBookingRequest", "getCurrentUser",
-                      "listMyAppointments", "getAppointment", "cancelAppointment"]
+                      "listMyAppointments", "getAppointment", "cancelAppointment", "createCalendarFeed",
+                      "listCalendarFeeds", "deleteCalendarFeed"]
 # Operations with rules a JSON Schema cannot state, which schema-valid data can break (a 400 naming the field):
 # times relative to now or to each other (in the future, end after start, `to` after `from`, at most 24 hours or
 # 62 days), a password's 8 to 72 bytes (the schema counts characters), a doctor's cancel needs a reason, a reset
-# token must exist. Only here may the positive_data_acceptance check see a 400.
+# token must exist, a webhook's URL must reach a public address, one user holds at most 20 webhooks and 10 calendar
+# feeds. Only here may the positive_data_acceptance check see a 400.
 SEMANTIC_400 = ["register", "resetPassword", "addAvailability", "bookAppointment", "cancelAppointment",
                 "listMyAppointments", "listMyDoctorAppointments", "getDoctorAvailability", "getDoctorSlots",
-                "replaceMyWeeklyHours", "addTimeOff", "createAppointmentType", "updateAppointmentType"]
+                "replaceMyWeeklyHours", "addTimeOff", "createAppointmentType", "updateAppointmentType", "createWebhook",
+                "createCalendarFeed"]
 # Strings that break naive SQL, LIKE patterns, logs, terminals and UTF-8 handling.
 NASTY_STRINGS = [
     "'; DROP TABLE users; --", '" OR 1=1 --', "%_\\", "Robert'); DELETE FROM appointments;--", "\\'\\\"\\\\",

@@ -29,6 +29,11 @@ async def send_email(settings: Settings, to: str, subject: str, body: str) -> No
     message["To"] = to
     message["Subject"] = subject
     message.set_content(body)
+    await send_message(settings, message)
+
+
+async def send_message(settings: Settings, message: EmailMessage) -> None:
+    """Send a built message (raises if the SMTP server refuses it or is out of reach)."""
     if not settings.smtp_url:
         log.info("SMTP_URL is not set; this email goes to the log instead:\n%s", message)
         return

@@ -7,10 +7,13 @@ import logging
 from datetime import datetime, timedelta
 from typing import Literal
 
+from redis.asyncio import Redis
+
 from service.core.accounts import CurrentUser
 from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
 from service.core.doctors import lock_doctor
 from service.core.errors import Conflict, InvalidInput, NotFound
+from service.core.outbox import CANCELLED, appointment_event, record_events, sequence_at
 from service.core.schedule import bookable_type
 from service.core.times import grid_span, on_grid, time_range, to_db, utcnow
 
@@ -161,9 +164,10 @@ async def list_appointments(
 
 
 async def cancel_appointment(tx: Connection, appointment_id: int, user: CurrentUser,
-                             reason: str | None) -> tuple[Row, bool]:
-    """Cancel as its patient, or as its doctor with a reason, under the doctor's row lock. The appointment as
-    it now stands, and whether this call cancelled it (False: it was cancelled already)."""
+                             reason: str | None, redis: Redis | None = None) -> tuple[Row, bool]:
+    """Cancel as its patient, or as its doctor with a reason, under the doctor's row lock, with its
+    appointment.cancelled event (delivered after the commit through `redis`). The appointment as it now stands, and
+    whether this call cancelled it (False: it was cancelled already)."""
     appointment = await find_appointment(tx, appointment_id, user)
     if appointment["status"] == "cancelled":
         return appointment, False
@@ -172,6 +176,9 @@ async def cancel_appointment(tx: Connection, appointment_id: int, user: CurrentU
     if appointment["start_time"] <= utcnow():
         raise Conflict("the appointment has already started")
     await lock_doctor(tx, appointment["doctor_id"])
-    await tx.execute("cancel_appointment", {"id": appointment_id, "user_id": user.id, "now": utcnow(),
+    now = utcnow()
+    await tx.execute("cancel_appointment", {"id": appointment_id, "user_id": user.id, "now": now,
                                             "reason": reason.strip() if reason else None})
-    return await find_appointment(tx, appointment_id, user), True
+    cancelled = await find_appointment(tx, appointment_id, user)
+    await record_events(tx, [appointment_event(CANCELLED, cancelled, sequence_at(now))], redis, now)
+    return cancelled, True

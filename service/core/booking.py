@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from service.core import faults
 from service.core.availability import DoctorTime, Taken
 from service.core.db import RETRYABLE_ERRORS, Connection, Database, Row, mysql_error_code
+from service.core.outbox import CONFIRMED, REJECTED, Event, appointment_event, record_events, rfc3339
 from service.core.queue import Decided, Decision
 from service.core.schedule import doctor_time_from_rows, read_bounds, rules_of
 from service.core.times import utcnow
@@ -165,6 +166,20 @@ async def record_decisions(
             rejected[d.reason or ""].append(d.request_id)
     for reason, ids in rejected.items():
         await tx.execute("reject_booking_requests", {"ids": tuple(ids), "reason": reason, "now": now})
+    # The batch's events, in the same transaction (one statement); the worker asks for their delivery after commit.
+    await record_events(tx, [decision_event(d, by_id[d.request_id], doctor_id) for d in decisions], now=now)
+
+
+def decision_event(d: Decision, r: PendingRequest, doctor_id: int) -> Event:
+    """appointment.confirmed with the new appointment, or booking.rejected with the request and the reason."""
+    if d.status == "confirmed":
+        return appointment_event(CONFIRMED, {
+            "id": d.appointment_id, "doctor_id": doctor_id, "patient_id": r.patient_id, "booking_request_id": r.id,
+            "appointment_type_id": r.appointment_type_id, "start_time": r.start_time, "end_time": r.end_time})
+    return Event(REJECTED, doctor_id, r.patient_id, None, {"booking_request": {
+        "id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id, "appointment_type_id": r.appointment_type_id,
+        "start_time": rfc3339(r.start_time), "end_time": rfc3339(r.end_time), "status": d.status,
+        "reason": d.reason}})
 
 
 async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attempts: int = 3) -> Decided:

@@ -140,7 +140,7 @@ class AppointmentController(Controller):
         reason: Annotated[str | None, QueryParameter(min_length=1, max_length=500,
                                                 description="Why; required when the doctor cancels")] = None,
     ) -> AppointmentOut:
-        appointment, cancelled = await appointments.cancel_appointment(tx, appointment_id, user, reason)
+        appointment, cancelled = await appointments.cancel_appointment(tx, appointment_id, user, reason, redis)
         if cancelled:
             tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, appointment["doctor_id"]))
         return from_row(AppointmentOut, appointment)

@@ -67,7 +67,7 @@ class TimeOffController(Controller):
     ) -> TimeOffCreated:
         start, end = hours.check_time_off(data.start_time, data.end_time, utcnow())
         row, cancelled = await hours.add_time_off(tx, user.id, user, start, end, data.reason,
-                                                  data.cancel_appointments)
+                                                  data.cancel_appointments, redis)
         tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
         return from_row(TimeOffCreated, {**row, "cancelled_appointment_ids": [a["id"] for a in cancelled]})
 
