@@ -584,3 +584,32 @@ def test_the_access_log_hides_feed_tokens() -> None:
                                ("10.0.0.1:5000", "GET", "/calendar-feeds/pN3q0kXz8c1S-_.ics", "1.1", 200), None)
     assert hide_feed_tokens(record)
     assert record.getMessage() == '10.0.0.1:5000 - "GET /calendar-feeds/***.ics HTTP/1.1" 200'
+
+
+async def test_redis_down_when_an_appointment_is_cancelled_delays_its_emails_and_loses_none(
+    stack: Stack, private_redis: Any,
+) -> None:
+    """The cancellation commits while Redis is away, so no job is queued for its event: once Redis is back (empty),
+    the sweep finds the event in MySQL and the emails go out, once each."""
+    stack.start()
+    async with stack.rig.client(stack.url) as (http, factory):
+        doctor, patient = await clinic(factory)
+        appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
+        await stack.mail_to(patient["email"], 1)
+        await stack.mail_to(doctor["email"], 1)
+
+        private_redis.stop()
+        response = await http.delete(f"/appointments/{appointment['id']}", headers=patient.headers)
+        assert response.status_code == 200, response.text
+        assert rows(stack, "SELECT type, dispatched_at FROM outbox_events WHERE type = 'appointment.cancelled'") == [
+            {"type": "appointment.cancelled", "dispatched_at": None}]
+        private_redis.start()
+        # arq's worker exits when it loses Redis: start it again, as the supervisor would, until the mail is out.
+        deadline = time.monotonic() + 30
+        while len(stack.inbox.to(patient["email"])) < 2:
+            assert time.monotonic() < deadline, "no cancellation email after Redis came back"
+            stack.rig.revive()
+            await asyncio.sleep(0.2)
+        _, cancelled = await stack.mail_to(patient["email"], 2, settle=SETTLE)
+        assert cancelled["Subject"].startswith("Appointment cancelled")
+        await stack.mail_to(doctor["email"], 2)
