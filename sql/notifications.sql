@@ -135,3 +135,6 @@ SELECT COUNT(*) FROM calendar_feeds WHERE user_id = %(user_id)s;
 
 -- name: delete_calendar_feed
 DELETE FROM calendar_feeds WHERE id = %(id)s AND user_id = %(user_id)s;
+
+-- name: count_due_deliveries
+SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= %(now)s;

@@ -613,3 +613,30 @@ async def test_redis_down_when_an_appointment_is_cancelled_delays_its_emails_and
         _, cancelled = await stack.mail_to(patient["email"], 2, settle=SETTLE)
         assert cancelled["Subject"].startswith("Appointment cancelled")
         await stack.mail_to(doctor["email"], 2)
+
+
+def gauge(text: str, name: str) -> float:
+    [line] = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+async def test_the_backlog_is_a_gauge_of_metrics(stack: Stack) -> None:
+    """No worker: the cancellation's event waits in the outbox, and /metrics says so; a worker empties it."""
+    stack.start()
+    async with stack.rig.client(stack.url) as (http, factory):
+        doctor, patient = await clinic(factory)
+        appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
+        await stack.mail_to(patient["email"], 1)
+        await stack.mail_to(doctor["email"], 1)
+        [(worker, _)] = stack.rig.workers
+        stack.rig.processes.stop(worker)
+        assert (await http.delete(f"/appointments/{appointment['id']}", headers=patient.headers)).status_code == 200
+        scraped = (await http.get("/metrics")).text
+        assert gauge(scraped, "notifications_outbox_undispatched") == 1
+        assert gauge(scraped, "notifications_deliveries_due") == 0
+        stack.worker()
+        await stack.mail_to(patient["email"], 2)
+        await until(lambda: rows(stack, "SELECT id FROM deliveries WHERE status = 'pending'") == [], "all sent")
+        scraped = (await http.get("/metrics")).text
+        assert gauge(scraped, "notifications_outbox_undispatched") == 0
+        assert gauge(scraped, "notifications_deliveries_due") == 0

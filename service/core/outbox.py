@@ -156,6 +156,13 @@ async def due_deliveries(db: Database, limit: int = SWEEP_BATCH) -> list[Row]:
     return await db.fetch_all("list_due_deliveries", {"now": utcnow(), "limit": limit})
 
 
+async def backlog(db: Database) -> tuple[int, int]:
+    """For /metrics: events not yet fanned out, and deliveries whose attempt is due (each one index range)."""
+    async with db.connection() as conn:
+        return (await conn.fetch_value("count_undispatched_events"),
+                await conn.fetch_value("count_due_deliveries", {"now": utcnow()}))
+
+
 # --- one delivery ------------------------------------------------------------------------------------------------
 
 async def claim(db: Database, delivery_id: int) -> Row | None:
