@@ -141,6 +141,15 @@ async def clinic(factory: Factory, timezone: str = "Europe/Berlin") -> tuple[Use
     return doctor, await factory.patient()
 
 
+async def booked_and_mailed(stack: Stack, factory: Factory) -> tuple[User, User, dict[str, Any]]:
+    """A doctor, a patient, and an appointment whose confirmation both have received."""
+    doctor, patient = await clinic(factory)
+    appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
+    await stack.mail_to(patient["email"], 1)
+    await stack.mail_to(doctor["email"], 1)
+    return doctor, patient, appointment
+
+
 def rows(stack: Stack, sql: str, *args: object) -> list[dict[str, Any]]:
     return stack.rig.rows(sql, *args)
 
@@ -593,10 +602,7 @@ async def test_redis_down_when_an_appointment_is_cancelled_delays_its_emails_and
     the sweep finds the event in MySQL and the emails go out, once each."""
     stack.start()
     async with stack.rig.client(stack.url) as (http, factory):
-        doctor, patient = await clinic(factory)
-        appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
-        await stack.mail_to(patient["email"], 1)
-        await stack.mail_to(doctor["email"], 1)
+        doctor, patient, appointment = await booked_and_mailed(stack, factory)
 
         private_redis.stop()
         response = await http.delete(f"/appointments/{appointment['id']}", headers=patient.headers)
@@ -624,10 +630,7 @@ async def test_the_backlog_is_a_gauge_of_metrics(stack: Stack) -> None:
     """No worker: the cancellation's event waits in the outbox, and /metrics says so; a worker empties it."""
     stack.start()
     async with stack.rig.client(stack.url) as (http, factory):
-        doctor, patient = await clinic(factory)
-        appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
-        await stack.mail_to(patient["email"], 1)
-        await stack.mail_to(doctor["email"], 1)
+        doctor, patient, appointment = await booked_and_mailed(stack, factory)
         [(worker, _)] = stack.rig.workers
         stack.rig.processes.stop(worker)
         assert (await http.delete(f"/appointments/{appointment['id']}", headers=patient.headers)).status_code == 200
