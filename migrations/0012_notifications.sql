@@ -48,7 +48,9 @@ CREATE TABLE deliveries (
     status ENUM('pending', 'delivered', 'failed', 'skipped') NOT NULL DEFAULT 'pending',
     attempts SMALLINT UNSIGNED NOT NULL DEFAULT 0,
     next_attempt_at DATETIME(6) NOT NULL,
-    -- A worker delivering it holds it until then; a dead worker's claim lapses and the sweep queues it again.
+    -- A worker delivering it holds it (claim: that worker's batch) until then; a dead worker's claim lapses and the
+    -- sweep takes the delivery up again.
+    claim CHAR(32) NULL,
     locked_until DATETIME(6) NULL,
     last_response_code SMALLINT UNSIGNED NULL,
     last_error VARCHAR(500) NULL,

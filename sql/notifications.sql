@@ -25,52 +25,53 @@ VALUES (%(event_id)s, %(channel)s, %(recipient)s, %(webhook_id)s, %(now)s, %(now
 UPDATE outbox_events SET dispatched_at = %(now)s WHERE id IN %(ids)s;
 
 -- name: pending_deliveries_of_events
-SELECT id, attempts FROM deliveries WHERE event_id IN %(ids)s AND status = 'pending';
+SELECT id FROM deliveries WHERE event_id IN %(ids)s AND status = 'pending';
 
 -- name: count_undispatched_events
 SELECT COUNT(*) FROM outbox_events WHERE dispatched_at IS NULL;
 
 -- name: list_due_deliveries
-SELECT id, attempts FROM deliveries
+SELECT id FROM deliveries
 WHERE status = 'pending' AND next_attempt_at <= %(now)s AND (locked_until IS NULL OR locked_until < %(now)s)
 ORDER BY next_attempt_at
 LIMIT %(limit)s;
 
--- name: claim_delivery
--- One attempt: counted now, so a worker killed mid-attempt has used it up.
-UPDATE deliveries SET attempts = attempts + 1, locked_until = %(until)s
-WHERE id = %(id)s AND status = 'pending' AND next_attempt_at <= %(now)s
+-- name: claim_deliveries
+-- One attempt at each: counted now, so a worker killed mid-attempt has used it up.
+UPDATE deliveries SET attempts = attempts + 1, claim = %(claim)s, locked_until = %(until)s
+WHERE id IN %(ids)s AND status = 'pending' AND next_attempt_at <= %(now)s
   AND (locked_until IS NULL OR locked_until < %(now)s);
 
--- name: find_claimed_delivery
+-- name: list_claimed_deliveries
 SELECT d.id, d.channel, d.recipient, d.webhook_id, d.attempts, e.public_id, e.type, e.appointment_id, e.doctor_id,
        e.patient_id, e.payload, e.created_at AS event_created_at, w.url, w.secret, w.disabled_at
 FROM deliveries d
 JOIN outbox_events e ON e.id = d.event_id
 LEFT JOIN webhooks w ON w.id = d.webhook_id
-WHERE d.id = %(id)s;
+WHERE d.id IN %(ids)s AND d.claim = %(claim)s;
 
--- name: delivery_succeeded
+-- name: deliveries_succeeded
 UPDATE deliveries SET status = 'delivered', delivered_at = %(now)s, last_response_code = %(code)s,
-                      last_error = NULL, locked_until = NULL
-WHERE id = %(id)s;
+                      last_error = NULL, claim = NULL, locked_until = NULL
+WHERE id IN %(ids)s AND claim = %(claim)s;
 
 -- name: delivery_skipped
-UPDATE deliveries SET status = 'skipped', last_error = %(error)s, locked_until = NULL WHERE id = %(id)s;
+UPDATE deliveries SET status = 'skipped', last_error = %(error)s, claim = NULL, locked_until = NULL
+WHERE id = %(id)s;
 
 -- name: delivery_will_retry
 UPDATE deliveries SET next_attempt_at = %(next)s, last_error = %(error)s, last_response_code = %(code)s,
-                      locked_until = NULL
+                      claim = NULL, locked_until = NULL
 WHERE id = %(id)s;
 
 -- name: delivery_failed
-UPDATE deliveries SET status = 'failed', last_error = %(error)s, last_response_code = %(code)s, locked_until = NULL
+UPDATE deliveries SET status = 'failed', last_error = %(error)s, last_response_code = %(code)s, claim = NULL,
+                      locked_until = NULL
 WHERE id = %(id)s;
 
 -- name: find_people
--- The doctor and the patient of an event, for its email: addresses, names, the doctor's time zone.
-SELECT id, email, name, role, timezone FROM users WHERE id IN (%(doctor_id)s, %(patient_id)s);
-
+-- The doctors and patients of a batch's emails: addresses, names, the doctors' time zones.
+SELECT id, email, name, role, timezone FROM users WHERE id IN %(ids)s;
 
 -- name: count_webhooks_of_owner
 SELECT COUNT(*) FROM webhooks WHERE owner_id = %(owner_id)s;
@@ -117,8 +118,9 @@ LIMIT %(limit)s;
 -- name: insert_reminders
 INSERT INTO reminders (appointment_id, offset_seconds, created_at) VALUES (%(appointment_id)s, %(offset)s, %(now)s);
 
--- name: find_active_appointment
-SELECT id FROM appointments WHERE id = %(id)s AND status IN %(active)s AND start_time > %(now)s;
+-- name: list_active_appointments
+-- Of these appointments, those still going ahead (a reminder of any other is not sent).
+SELECT id FROM appointments WHERE id IN %(ids)s AND status IN %(active)s AND start_time > %(now)s;
 
 -- name: insert_calendar_feed
 INSERT INTO calendar_feeds (user_id, token_hash, created_at) VALUES (%(user_id)s, %(token_hash)s, %(now)s);

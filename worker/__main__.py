@@ -12,11 +12,11 @@ from arq import cron, func
 from arq.connections import RedisSettings
 
 from service.core import faults
-from service.core.queue import BOOK_JOB, DELIVER_JOB, DISPATCH_JOB, SEND_EMAIL_JOB
+from service.core.queue import BOOK_JOB, DISPATCH_JOB, SEND_EMAIL_JOB
 from service.core.settings import Settings, SettingsError
 from worker.arq_ext import ClaimingWorker, logging_config
 from worker.jobs import book_appointment, send_email, shutdown, startup, sweep_pending, with_request_id
-from worker.notify import deliver, dispatch_outbox, sweep_notifications
+from worker.notify import dispatch_outbox, sweep_notifications
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
@@ -27,9 +27,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             func(with_request_id(book_appointment), name=BOOK_JOB, keep_result=0,
                  max_tries=settings.booking_max_tries),
             func(with_request_id(send_email), name=SEND_EMAIL_JOB, keep_result=0, max_tries=3),
-            # Both record every outcome themselves (a delivery's retries are its own, in MySQL): one try each.
+            # It records every outcome itself (a delivery's retries are its own, in MySQL, taken up by the sweep).
             func(with_request_id(dispatch_outbox), name=DISPATCH_JOB, keep_result=0, max_tries=1),
-            func(with_request_id(deliver), name=DELIVER_JOB, keep_result=0, max_tries=1),
         ],
         "cron_jobs": [cron(with_request_id(sweep), second=set(range(0, 60, settings.sweep_every_seconds)),
                            run_at_startup=True, keep_result=0)

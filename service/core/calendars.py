@@ -8,7 +8,9 @@ One UID per appointment, so calendar programs update the same event; a higher SE
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import default as default_policy
 from email.utils import formataddr, make_msgid
 from typing import Any
 
@@ -19,6 +21,23 @@ from service.core.db import Row
 from service.core.outbox import CANCELLED, CONFIRMED, REMINDER, RESCHEDULED
 from service.core.zones import zone_named
 
+
+class _Headers(HeaderRegistry):
+    """The standard header classes, made once per name: the stock registry builds a new class for every header it
+    is asked for, a third of the time it takes to build a notification email."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        made = self._made.get(name.lower())
+        if made is None:
+            made = self._made[name.lower()] = super().__getitem__(name)
+        return made
+
+
+POLICY = default_policy.clone(header_factory=_Headers())
 PRODID = "-//Doctor Appointments//Notifications//EN"
 UID_DOMAIN = "doctor-appointments"
 
@@ -113,7 +132,7 @@ def notification_email(event: Row, recipient: Row, doctor: Row, patient: Row, ma
     else:
         lines.append(f"This is a reminder of your appointment with {other['name']} on {when}.")
     lines += ["", "The attached invite adds it to your calendar (or updates it there)."]
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     message["From"] = mail_from
     message["To"] = formataddr((recipient["name"], recipient["email"]))
     message["Subject"] = SUBJECTS[event["type"]].format(when=when)

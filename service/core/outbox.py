@@ -2,8 +2,8 @@
 deliveries (one per event, channel and recipient), each delivered until it succeeds or is given up visibly.
 
 Writers call `record_events(tx, events)` inside their transaction: the event exists if and only if the change
-committed. The worker then fans it out (`fan_out`), and delivers each delivery in a job of its own (`claim`,
-`delivered`, `failed_attempt`). A sweep fans out and re-queues whatever a lost Redis or a killed worker left behind,
+committed. The worker then fans it out (`fan_out`) and delivers the new deliveries in batches (`claim`, `delivered`,
+`failed_attempt`). A sweep fans out and re-queues whatever a lost Redis or a killed worker left behind,
 so a delivery can be late, never lost.
 """
 
@@ -42,7 +42,7 @@ EMAILED: dict[str, tuple[str, ...]] = {
 }
 
 # A worker delivering a delivery holds it this long (longer than any delivery takes: SMTP's and webhooks' timeouts
-# are shorter); if it dies, the claim lapses and the sweep queues the delivery again.
+# are shorter); if it dies, the claim lapses and the sweep takes the delivery up again.
 CLAIM_SECONDS = 60
 FAN_OUT_BATCH = 500
 SWEEP_BATCH = 1000
@@ -131,10 +131,10 @@ def deliveries_of(event: Row, webhooks: Iterable[Row], now: datetime) -> list[di
     return rows
 
 
-async def fan_out(db: Database, limit: int = FAN_OUT_BATCH) -> tuple[list[Row], bool]:
+async def fan_out(db: Database, limit: int = FAN_OUT_BATCH) -> tuple[list[int], bool]:
     """Make the deliveries of up to `limit` undispatched events, in one transaction (events another worker is
-    fanning out are skipped, not waited for). Returns the new pending deliveries (id, attempts) and whether there
-    may be more events."""
+    fanning out are skipped, not waited for). Returns the new pending deliveries' ids and whether there may be more
+    events."""
     async with db.transaction() as tx:
         events = await tx.fetch_all("lock_undispatched_events", {"limit": limit})
         if not events:
@@ -148,12 +148,12 @@ async def fan_out(db: Database, limit: int = FAN_OUT_BATCH) -> tuple[list[Row], 
         event_ids = tuple(e["id"] for e in events)
         await tx.execute("mark_events_dispatched", {"ids": event_ids, "now": now})
         made = await tx.fetch_all("pending_deliveries_of_events", {"ids": event_ids}) if rows else []
-    return made, len(events) == limit
+    return [row["id"] for row in made], len(events) == limit
 
 
-async def due_deliveries(db: Database, limit: int = SWEEP_BATCH) -> list[Row]:
-    """Pending deliveries whose time has come and that no live worker holds (id, attempts)."""
-    return await db.fetch_all("list_due_deliveries", {"now": utcnow(), "limit": limit})
+async def due_deliveries(db: Database, limit: int = SWEEP_BATCH) -> list[int]:
+    """Pending deliveries whose time has come and that no live worker holds."""
+    return [row["id"] for row in await db.fetch_all("list_due_deliveries", {"now": utcnow(), "limit": limit})]
 
 
 async def backlog(db: Database) -> tuple[int, int]:
@@ -165,22 +165,30 @@ async def backlog(db: Database) -> tuple[int, int]:
 
 # --- one delivery ------------------------------------------------------------------------------------------------
 
-async def claim(db: Database, delivery_id: int) -> Row | None:
-    """Take a due, pending delivery for one attempt (None if it is not due, done, or another worker holds it), with
-    its event and, for a webhook, the endpoint."""
+async def claim(db: Database, ids: list[int]) -> list[Row]:
+    """Take the due, pending deliveries among `ids` for one attempt each (those another worker holds, or that are
+    done or not due, are left out), with their events and, for webhooks, the endpoints."""
+    if not ids:
+        return []
     now = utcnow()
-    claimed, _ = await db.execute("claim_delivery", {
-        "id": delivery_id, "now": now, "until": now + timedelta(seconds=CLAIM_SECONDS)})
+    token = uuid.uuid4().hex
+    claimed, _ = await db.execute("claim_deliveries", {
+        "ids": tuple(ids), "claim": token, "now": now, "until": now + timedelta(seconds=CLAIM_SECONDS)})
     if not claimed:
-        return None
-    row = await db.fetch_one("find_claimed_delivery", {"id": delivery_id})
-    if row is not None:
+        return []
+    rows = await db.fetch_all("list_claimed_deliveries", {"ids": tuple(ids), "claim": token})
+    for row in rows:
+        row["claim"] = token
         row["data"] = msgspec.json.decode(row["payload"])
-    return row
+    return rows
 
 
-async def delivered(db: Database, delivery: Row, response_code: int | None = None) -> None:
-    await db.execute("delivery_succeeded", {"id": delivery["id"], "now": utcnow(), "code": response_code})
+async def delivered(db: Database, deliveries: list[Row], response_code: int | None = None) -> None:
+    """Mark a batch's successful deliveries (all of one claim) delivered, in one statement."""
+    if deliveries:
+        await db.execute("deliveries_succeeded", {"ids": tuple(d["id"] for d in deliveries),
+                                                  "claim": deliveries[0]["claim"], "now": utcnow(),
+                                                  "code": response_code})
 
 
 async def skipped(db: Database, delivery: Row, why: str) -> None:

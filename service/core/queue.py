@@ -33,8 +33,7 @@ IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
 # The worker's job functions, by name.
 BOOK_JOB = "book_appointment"
 SEND_EMAIL_JOB = "send_email"
-DISPATCH_JOB = "dispatch_outbox"  # fan new outbox events out into deliveries (core/outbox.py)
-DELIVER_JOB = "deliver"  # one attempt at one delivery
+DISPATCH_JOB = "dispatch_outbox"  # fan new outbox events out into deliveries and deliver them (core/outbox.py)
 
 # The job's keyword argument naming the request that queued it (the X-Request-ID of its log lines), which the
 # worker sets again for the job's own lines (worker/jobs.py).
@@ -124,26 +123,6 @@ async def enqueue_dispatch(redis: Redis) -> None:
         await enqueue(redis, DISPATCH_JOB, (), f"outbox:{uuid.uuid4().hex}")
     except Exception as exc:  # noqa: BLE001
         log.warning("could not queue the outbox's dispatch (the sweep will): %r", exc)
-
-
-def delivery_job_id(delivery_id: int, attempts: int) -> str:
-    """One job id per attempt: queueing an attempt again while it waits or runs is a no-op."""
-    return f"delivery:{delivery_id}:{attempts}"
-
-
-async def enqueue_deliveries(redis: Redis, deliveries: list[dict[str, Any]]) -> None:
-    """Queue an attempt at each delivery (rows with id and attempts), in one round trip."""
-    if not deliveries:
-        return
-    now_ms = int(time.time() * 1000)
-    script = _enqueue_script(redis)
-    async with redis.pipeline(transaction=False) as pipe:
-        for d in deliveries:
-            job_id = delivery_job_id(d["id"], d["attempts"])
-            job = serialize_job(DELIVER_JOB, (d["id"],), now_ms, job_kwargs())
-            await script(keys=[JOB_KEY_PREFIX + job_id, RESULT_KEY_PREFIX + job_id, QUEUE_NAME, ""],
-                         args=[JOB_EXPIRES_MS, job, now_ms, job_id, 0, QUEUED_MARKER_MS], client=pipe)
-        await pipe.execute()
 
 
 async def queue_depth(redis: Redis) -> int:

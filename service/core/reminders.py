@@ -4,7 +4,7 @@ Each is made once per appointment and offset (a unique key), in the transaction 
 - for an appointment still going ahead (status in outbox.ACTIVE_STATUSES) whose start has not passed,
 - if it came due after the booking (booked 3 hours ahead: no 24-hour reminder),
 - if no later reminder was made: after a worker outage spanning two due times, only the later one is sent, late.
-The email is sent only if the appointment is still going ahead then too (`still_going_ahead`).
+The email is sent only if the appointment is still going ahead then too (`going_ahead`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ async def make_due_reminders(db: Database, offsets: list[int], now: datetime | N
     return made
 
 
-async def still_going_ahead(db: Database, appointment_id: int) -> bool:
-    """Whether a reminder of this appointment should still be sent: it is active and has not started."""
-    return await db.fetch_one("find_active_appointment", {
-        "id": appointment_id, "active": ACTIVE_STATUSES, "now": utcnow()}) is not None
+async def going_ahead(db: Database, appointment_ids: set[int]) -> set[int]:
+    """Those of these appointments whose reminders should still be sent: active, and not yet started."""
+    if not appointment_ids:
+        return set()
+    rows = await db.fetch_all("list_active_appointments", {
+        "ids": tuple(appointment_ids), "active": ACTIVE_STATUSES, "now": utcnow()})
+    return {row["id"] for row in rows}
