@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+import redis
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from icalendar import Calendar
@@ -626,19 +627,26 @@ def gauge(text: str, name: str) -> float:
     return float(line.split()[1])
 
 
-async def test_the_backlog_is_a_gauge_of_metrics(stack: Stack) -> None:
-    """No worker: the cancellation's event waits in the outbox, and /metrics says so; a worker empties it."""
+async def test_the_backlog_is_a_gauge_of_metrics_and_waiting_events_share_one_job(stack: Stack) -> None:
+    """No worker: the cancellations' events wait in the outbox, and /metrics says so; while their dispatch job waits
+    unstarted, the second event queues none of its own. A worker empties it all."""
     stack.start()
     async with stack.rig.client(stack.url) as (http, factory):
         doctor, patient, appointment = await booked_and_mailed(stack, factory)
+        later = await factory.booked(patient, doctor["id"], at(11), at(11.5))
+        await stack.mail_to(patient["email"], 2)
         [(worker, _)] = stack.rig.workers
         stack.rig.processes.stop(worker)
-        assert (await http.delete(f"/appointments/{appointment['id']}", headers=patient.headers)).status_code == 200
+        for cancelled in (appointment, later):
+            response = await http.delete(f"/appointments/{cancelled['id']}", headers=patient.headers)
+            assert response.status_code == 200
+        queue = redis.Redis.from_url(stack.rig.env["REDIS_URL"])
+        assert len([job for job in queue.zrange("arq:queue", 0, -1) if job.startswith(b"outbox:")]) == 1
         scraped = (await http.get("/metrics")).text
-        assert gauge(scraped, "notifications_outbox_undispatched") == 1
+        assert gauge(scraped, "notifications_outbox_undispatched") == 2
         assert gauge(scraped, "notifications_deliveries_due") == 0
         stack.worker()
-        await stack.mail_to(patient["email"], 2)
+        await stack.mail_to(patient["email"], 4)
         await until(lambda: rows(stack, "SELECT id FROM deliveries WHERE status = 'pending'") == [], "all sent")
         scraped = (await http.get("/metrics")).text
         assert gauge(scraped, "notifications_outbox_undispatched") == 0

@@ -11,6 +11,7 @@ from service.core import outbox
 from service.core.calendars import notification_email
 from service.core.db import Database, Row
 from service.core.outbox import REMINDER
+from service.core.queue import DISPATCH_QUEUED
 from service.core.reminders import going_ahead, make_due_reminders
 from service.core.settings import Settings
 from service.core.times import utcnow
@@ -39,6 +40,8 @@ async def shutdown(ctx: Context) -> None:
 
 async def dispatch_outbox(ctx: Context) -> int:
     """Fan the outbox's new events out into deliveries, and deliver them."""
+    # Events committed from now on queue a job of their own (this one may read before them; see enqueue_dispatch).
+    await ctx["redis"].delete(DISPATCH_QUEUED)
     made_count = 0
     for _ in range(MAX_FAN_OUT_ROUNDS):
         made, more = await outbox.fan_out(ctx["db"])

@@ -116,11 +116,15 @@ async def enqueue_booking(redis: Redis, request_id: int, doctor_id: int, *, fold
         return False
 
 
+DISPATCH_QUEUED = "outbox:dispatch-queued"  # set while a dispatch job waits in the queue, not yet started
+
+
 async def enqueue_dispatch(redis: Redis) -> None:
-    """Ask a worker to fan out the outbox's new events (after the commit that wrote them). Each call queues a job of
-    its own, so none is folded into a run that has already read. If Redis is away, the sweep does it later."""
+    """Ask a worker to fan out and deliver the outbox's new events (after the commit that wrote them). While a
+    dispatch job waits unstarted (its marker is set), none is added: that job reads after this commit (it deletes
+    the marker first, as booking jobs do). If Redis is away, the sweep does it later."""
     try:
-        await enqueue(redis, DISPATCH_JOB, (), f"outbox:{uuid.uuid4().hex}")
+        await enqueue(redis, DISPATCH_JOB, (), f"outbox:{uuid.uuid4().hex}", marker=DISPATCH_QUEUED, fold=True)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not queue the outbox's dispatch (the sweep will): %r", exc)
 
