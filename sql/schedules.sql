@@ -69,7 +69,8 @@ DELETE FROM time_off WHERE id = %(id)s;
 -- name: list_confirmed_appointments_between
 -- Confirmed appointments of a doctor that overlap [from, to): those a time off would sweep away. Appointments last
 -- at most 8 hours, so the scan starts a day before.
-SELECT a.id, a.patient_id, p.name AS patient_name, a.start_time, a.end_time
+SELECT a.id, a.doctor_id, a.patient_id, p.name AS patient_name, a.appointment_type_id, a.booking_request_id,
+       a.start_time, a.end_time
 FROM appointments a JOIN users p ON p.id = a.patient_id
 WHERE a.doctor_id = %(doctor_id)s AND a.status = 'confirmed'
   AND a.start_time < %(to)s AND a.start_time > %(from)s - INTERVAL 1 DAY AND a.end_time > %(from)s

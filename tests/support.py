@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.message
+import email.policy
+import email.utils
 import os
 import signal
 import socket
@@ -29,8 +33,11 @@ from tests.factory import Factory
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 # Child tables first, so deleting in this order breaks no foreign key.
-TABLES_CHILD_FIRST = ["appointment_history", "appointments", "booking_requests", "password_reset_tokens",
-                      "availabilities", "time_off", "weekly_hours", "appointment_types", "schedule_changes", "users"]
+TABLES_CHILD_FIRST = [
+    "deliveries", "outbox_events", "webhooks", "reminders", "calendar_feeds", "appointment_history", "appointments",
+    "booking_requests", "password_reset_tokens", "availabilities", "time_off", "weekly_hours", "appointment_types",
+    "schedule_changes", "users",
+]
 
 
 def free_port() -> int:
@@ -326,10 +333,18 @@ def rows(mysql: pymysql.Connection, sql: str, *args: object) -> list[dict[str, A
         return list(cursor.fetchall())
 
 
+# What the worker changes in the background, on its own time, whatever requests come: the deliveries and reminders
+# it makes, and the outbox events it marks dispatched.
+WORKERS_TABLES = {"deliveries", "reminders"}
+WORKERS_COLUMNS = {"outbox_events": "dispatched_at"}
+
+
 def snapshot(mysql: pymysql.Connection) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every table: what a refused request must leave exactly as it was."""
-    return {table: rows(mysql, f"SELECT * FROM {table} ORDER BY id")  # fixed table names, no input
-            for table in TABLES_CHILD_FIRST}
+    """Every row of every table (but what the worker changes meanwhile): what a refused request must leave exactly
+    as it was."""
+    return {table: [{k: v for k, v in row.items() if k != WORKERS_COLUMNS.get(table)}
+                    for row in rows(mysql, f"SELECT * FROM {table} ORDER BY id")]  # fixed table names, no input
+            for table in TABLES_CHILD_FIRST if table not in WORKERS_TABLES}
 
 
 def lock_waits(mysql: pymysql.Connection, database: str) -> int:
@@ -496,6 +511,20 @@ async def settle(rig: Rig, accepted: list[int], timeout: float = 30, revive: boo
 def accepted_ids(responses: list[httpx.Response]) -> list[int]:
     assert [r.status_code for r in responses] == [202] * len(responses), [r.text for r in responses]
     return [r.json()["request_id"] for r in responses]
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802 - aiosmtpd
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+    def to(self, address: str) -> list[email.message.EmailMessage]:
+        return [message for message in self.messages if email.utils.parseaddr(message["To"])[1] == address]
 
 
 def process_state(proc: subprocess.Popen[bytes]) -> str:

@@ -57,22 +57,25 @@ def bearer(token: str) -> dict[str, str]:
 # Operations only a doctor may call; every other operation that needs a token is called with a patient's.
 DOCTOR_OPERATIONS = ["updateMyDoctorProfile", "addAvailability", "deleteAvailability", "listMyDoctorAppointments",
                      "replaceMyWeeklyHours", "addTimeOff", "listMyTimeOff", "deleteTimeOff", "createAppointmentType",
-                     "updateAppointmentType", "deactivateAppointmentType", "setAppointmentStatus"]
+                     "updateAppointmentType", "deactivateAppointmentType", "setAppointmentStatus", "createWebhook",
+                     "listWebhooks", "deleteWebhook", "listWebhookDeliveries"]
 PATIENT_OPERATIONS = ["bookAppointment", "listBookingRequests", "getBookingRequest", "getCurrentUser",
                       "listMyAppointments", "getAppointment", "cancelAppointment", "rescheduleAppointment",
-                      "getAppointmentHistory"]
+                      "getAppointmentHistory", "createCalendarFeed", "listCalendarFeeds", "deleteCalendarFeed"]
 # Any doctor's schedule, called with a staff member's token (a doctor may call them too, for themselves only).
 STAFF_OPERATIONS = ["findPatient", "replaceWeeklyHours", "addDoctorTimeOff", "listDoctorTimeOff", "deleteDoctorTimeOff",
                     "createDoctorAppointmentType", "updateDoctorAppointmentType", "deactivateDoctorAppointmentType"]
 # Operations with rules a JSON Schema cannot state, which schema-valid data can break (a 400 naming the field):
 # times relative to now or to each other (in the future, end after start, `to` after `from`, at most 24 hours or
 # 62 days), a password's 8 to 72 bytes (the schema counts characters), a doctor's cancel needs a reason, a reset
-# token must exist. Only here may the positive_data_acceptance check see a 400.
+# token must exist, a webhook's URL must reach a public address, one user holds at most 20 webhooks and 10 calendar
+# feeds. Only here may the positive_data_acceptance check see a 400.
 SEMANTIC_400 = ["register", "resetPassword", "addAvailability", "bookAppointment", "cancelAppointment",
                 "rescheduleAppointment", "setAppointmentStatus",
                 "listMyAppointments", "listMyDoctorAppointments", "getDoctorAvailability", "getDoctorSlots",
                 "replaceMyWeeklyHours", "addTimeOff", "createAppointmentType", "updateAppointmentType",
-                "replaceWeeklyHours", "addDoctorTimeOff", "createDoctorAppointmentType", "updateDoctorAppointmentType"]
+                "replaceWeeklyHours", "addDoctorTimeOff", "createDoctorAppointmentType", "updateDoctorAppointmentType",
+                "createWebhook", "createCalendarFeed"]
 # Strings that break naive SQL, LIKE patterns, logs, terminals and UTF-8 handling.
 NASTY_STRINGS = [
     "'; DROP TABLE users; --", '" OR 1=1 --', "%_\\", "Robert'); DELETE FROM appointments;--", "\\'\\\"\\\\",
@@ -1143,7 +1146,8 @@ def test_cors_allow_origins_lets_in_exactly_those_origins(processes: Processes) 
 DOCTOR_KEYS = {"id", "name", "specialty", "timezone", "created_at"}
 SLOT_KEYS = {"start_time", "end_time", "local_start_time", "local_end_time", "availability_id"}
 APPOINTMENT_TYPE_KEYS = {"id", "doctor_id", "name", "duration_minutes", "buffer_before_minutes",
-                         "buffer_after_minutes", "min_notice_minutes", "max_days_ahead", "cancel_notice_minutes", "active"}
+                         "buffer_after_minutes", "min_notice_minutes", "max_days_ahead", "cancel_notice_minutes",
+                         "active"}
 
 
 def keys(value: dict[str, Any], expected: set[str]) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import email
-import email.policy
 import hashlib
 import json
 import re
@@ -34,6 +32,7 @@ from yoyo import get_backend, read_migrations
 from service.core.accounts import PrioritySlots
 from service.core.db import MIGRATIONS_DIR
 from service.core.settings import Settings
+from tests import support
 from tests.factory import PASSWORD, Factory, User, at, iso
 from tests.support import ROOT, Processes, claim_redis_db, free_port, release_redis_db
 
@@ -508,18 +507,8 @@ async def test_a_patient_cannot_publish_availability(
 
 # --- forgot and reset password, through a real SMTP server --------------------------------------------------
 
-class Inbox:
-    """An aiosmtpd handler that keeps every message it is given."""
-
-    def __init__(self) -> None:
-        self.messages: list[email.message.EmailMessage] = []
-
-    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802 - aiosmtpd
-        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
-        return "250 OK"
-
-    def to(self, address: str) -> list[email.message.EmailMessage]:
-        return [message for message in self.messages if message["To"] == address]
+class Inbox(support.Inbox):
+    """Every message the SMTP server was given; the reset tokens in them."""
 
     async def wait_for(self, address: str, count: int = 1, seconds: float = 10) -> list[str]:
         """The reset tokens of the first `count` emails to `address`, waiting for them to arrive."""

@@ -26,7 +26,8 @@ GENERATOR = Path(sys.executable).parent / "openapi-python-client"
 PACKAGE = "clinic_client"  # the generated package's name, as imported here
 BEARER = [{"BearerToken": []}]
 PUBLIC_OPERATIONS = {"register", "login", "forgotPassword", "resetPassword", "listDoctors", "getDoctor",
-                     "getDoctorAvailability", "getDoctorSlots", "getWeeklyHours", "listAppointmentTypes", "health"}
+                     "getDoctorAvailability", "getDoctorSlots", "getWeeklyHours", "listAppointmentTypes", "health",
+                     "readCalendarFeed"}
 QUERY_TIMES = {"from", "to", "available_after"}
 
 

@@ -229,6 +229,7 @@ def test_a_scrape_answers_without_the_gauges_mysql_and_redis_could_not_give(proc
         assert time.monotonic() - started < 5
     names = {name for name, _ in found}
     assert "booking_queue_depth" not in names and "booking_requests_pending_stale" not in names
+    assert "notifications_outbox_undispatched" not in names and "notifications_deliveries_due" not in names
     assert "http_requests_total" in names  # the scrape itself, or the /health calls before it
 
 

@@ -12,10 +12,11 @@ from arq import cron, func
 from arq.connections import RedisSettings
 
 from service.core import faults
-from service.core.queue import BOOK_JOB, SEND_EMAIL_JOB
+from service.core.queue import BOOK_JOB, DISPATCH_JOB, SEND_EMAIL_JOB
 from service.core.settings import Settings, SettingsError
 from worker.arq_ext import ClaimingWorker, logging_config
 from worker.jobs import book_appointment, send_email, shutdown, startup, sweep_pending, with_request_id
+from worker.notify import dispatch_outbox, sweep_notifications
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
@@ -26,9 +27,12 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             func(with_request_id(book_appointment), name=BOOK_JOB, keep_result=0,
                  max_tries=settings.booking_max_tries),
             func(with_request_id(send_email), name=SEND_EMAIL_JOB, keep_result=0, max_tries=3),
+            # It records every outcome itself (a delivery's retries are its own, in MySQL, taken up by the sweep).
+            func(with_request_id(dispatch_outbox), name=DISPATCH_JOB, keep_result=0, max_tries=1),
         ],
-        "cron_jobs": [cron(with_request_id(sweep_pending), second=set(range(0, 60, settings.sweep_every_seconds)),
-                           run_at_startup=True, keep_result=0)],
+        "cron_jobs": [cron(with_request_id(sweep), second=set(range(0, 60, settings.sweep_every_seconds)),
+                           run_at_startup=True, keep_result=0)
+                      for sweep in (sweep_pending, sweep_notifications)],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),

@@ -22,10 +22,12 @@ from service.core.queue import (
     Decided,
     decisions_announcement,
     enqueue_booking,
+    enqueue_dispatch,
     publish_decisions,
     queued_marker_key,
 )
 from service.core.settings import Settings
+from worker import notify
 from worker.arq_ext import lease_commands, renew_leases
 from worker.lock import DoctorLock
 from worker.mail import send_email as deliver_email
@@ -58,11 +60,13 @@ async def startup(ctx: Context) -> None:
     ctx["db"] = await Database.connect(ctx["settings"], min_size=2)
     ctx["leases"] = set()
     ctx["lease_renewal"] = asyncio.create_task(renew_leases(ctx["redis"], ctx["leases"]))
+    await notify.startup(ctx)
     gc.freeze()  # startup's objects live as long as the worker: keep full collections short (see api/app.py)
 
 
 async def shutdown(ctx: Context) -> None:
     ctx["lease_renewal"].cancel()
+    await notify.shutdown(ctx)
     await ctx["db"].close()
 
 
@@ -118,6 +122,8 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
     log_decisions(decided)
     if faults.armed:
         faults.hit("after_commit")
+    if decided_count or decided.decisions:  # each committed batch wrote its events to the outbox
+        await enqueue_dispatch(redis)
     if lock is None:
         await publish_decisions(redis, decided)
     else:  # the release and the decisions' announcement in one round trip

@@ -22,11 +22,13 @@ from service.api.controllers.accounts import AuthController
 from service.api.controllers.appointment_types import AppointmentTypeController
 from service.api.controllers.appointments import AppointmentController
 from service.api.controllers.booking_requests import BookingRequestController
+from service.api.controllers.calendar_feeds import CalendarFeedController
 from service.api.controllers.doctors import DoctorController
 from service.api.controllers.health import HealthController
 from service.api.controllers.metrics import MetricsController, metrics_token_guard
 from service.api.controllers.patients import PatientController
 from service.api.controllers.time_off import TimeOffController
+from service.api.controllers.webhooks import WebhookController
 from service.api.controllers.weekly_hours import WeeklyHoursController
 from service.api.dependencies import DatabaseDep
 from service.api.extensions import (
@@ -70,6 +72,7 @@ TAGS = [
     Tag(name="appointments", description="Book, read and cancel appointments"),
     Tag(name="booking requests", description="Follow a booking until it is decided"),
     Tag(name="front desk", description="What staff look up to book on a patient's behalf"),
+    Tag(name="notifications", description="Webhooks and calendar feeds of your appointments"),
     Tag(name="health", description="Liveness of the service and what it depends on"),
 ]
 
@@ -149,7 +152,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # The address limit guards only the account endpoints (guessing, hashing); no other request pays for it.
             Router("/", route_handlers=[AuthController], middleware=[AddressRateLimit(redis, settings)]),
             DoctorController, WeeklyHoursController, TimeOffController, AppointmentTypeController,
-            AppointmentController, BookingRequestController, PatientController, HealthController, *metrics_route,
+            AppointmentController, BookingRequestController, PatientController, WebhookController,
+            CalendarFeedController, HealthController, *metrics_route,
         ],
         dependencies={
             "settings": value(settings),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 
 from litestar.datastructures import MutableScopeHeaders
 from litestar.logging import LoggingConfig
@@ -46,7 +47,19 @@ def log_uvicorn_through_ours(access_log: bool) -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = not access_log
+    logging.getLogger("uvicorn.access").addFilter(hide_feed_tokens)
     logging.getLogger("service.access").disabled = not access_log  # the line per booking stored
+
+
+FEED_TOKEN = re.compile(r"(/calendar-feeds/)[^/?#\s]+(\.ics)")
+
+
+def hide_feed_tokens(record: logging.LogRecord) -> bool:
+    """A calendar feed's URL is its secret: uvicorn's access line (client, method, path, version, status) shows it
+    as /calendar-feeds/***.ics."""
+    if isinstance(record.args, tuple) and len(record.args) > 2 and isinstance(record.args[2], str):
+        record.args = (*record.args[:2], FEED_TOKEN.sub(r"\1***\2", record.args[2]), *record.args[3:])
+    return True
 
 
 class RequestIds:

@@ -7,9 +7,8 @@
   so every API process counts its own and the sum over processes is the whole: stored, decided by outcome, and the
   time from stored to decided. A decision is missed only if its process restarted, or lost Redis, in between.
 - Read when scraped, from the one place that knows (cheap, and each given up after SCRAPE_TIMEOUT: a gauge that
-  could not be read is left out of the answer, which is never a 500): jobs in arq's queue, and requests pending
-  for longer than the sweep waits.
-- The outbox backlog joins these when notifications are sent through one (there is none yet).
+  could not be read is left out of the answer, which is never a 500): jobs in arq's queue, requests pending
+  for longer than the sweep waits, and the notifications' backlog (outbox events not fanned out, deliveries due).
 
 With METRICS_TOKEN set, a scrape must send `Authorization: Bearer <token>`; production serves /metrics only then.
 Several uvicorn workers in one container share their counts through PROMETHEUS_MULTIPROC_DIR (`make run`, the

@@ -15,6 +15,16 @@ from datetime import datetime, timedelta
 from service.core import faults, history
 from service.core.availability import DoctorTime, Taken
 from service.core.db import RETRYABLE_ERRORS, Connection, Database, Row, mysql_error_code
+from service.core.outbox import (
+    CONFIRMED,
+    REJECTED,
+    RESCHEDULED,
+    Event,
+    appointment_event,
+    record_events,
+    rfc3339,
+    sequence_at,
+)
 from service.core.queue import Decided, Decision
 from service.core.schedule import doctor_time_from_rows, read_bounds, rules_of
 from service.core.times import utcnow
@@ -54,6 +64,8 @@ class Moving:
     doctor_id: int
     status: str
     start_time: datetime
+    end_time: datetime
+    patient_id: int
 
 
 def decide(
@@ -164,7 +176,7 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
         doctor = doctor_time_from_rows(schedule_rows, zone_named(rows[0]["timezone"]), ranges, set(moving))
         patients = {p: Taken(patient_taken.get(p, ()), patient_moving.get(p)) for p in patient_ids}
         decisions = decide(requests, doctor, patients, now, types, moving)
-    await record_decisions(tx, doctor_id, requests, decisions, now, types)
+    await record_decisions(tx, doctor_id, requests, decisions, now, types, moving)
     if faults.armed:
         faults.hit("before_commit")
     freed = sorted({moving[d.rescheduled_from].doctor_id for d in decisions if d.rescheduled_from} - {doctor_id})
@@ -183,7 +195,8 @@ async def lock_moving_appointments(tx: Connection, doctor_id: int, appointment_i
         raise LockOrder(missing | locked_first)
     if above := sorted(d for d in others if d > doctor_id):
         await tx.fetch_all("lock_users", {"ids": tuple(above)})
-    return {row["id"]: Moving(row["id"], row["doctor_id"], row["status"], row["start_time"])
+    return {row["id"]: Moving(row["id"], row["doctor_id"], row["status"], row["start_time"], row["end_time"],
+                              row["patient_id"])
             for row in await tx.fetch_all("find_appointments_by_id", {"ids": appointment_ids})}
 
 
@@ -199,9 +212,9 @@ def buffers_of(appointment_type: Row | None) -> dict[str, int]:
 
 async def record_decisions(
     tx: Connection, doctor_id: int, requests: list[PendingRequest], decisions: list[Decision], now: datetime,
-    types: dict[int, Row],
+    types: dict[int, Row], moving: dict[int, Moving] | None = None,
 ) -> None:
-    """Write a batch's decisions: appointments made (and moved), requests decided, and their history."""
+    """Write a batch's decisions: appointments made (and moved), requests decided, their history and their events."""
     by_id = {r.id: r for r in requests}
     confirmed = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
     changes: list[Row] = []
@@ -243,6 +256,28 @@ async def record_decisions(
     for reason, ids in rejected.items():
         await tx.execute("reject_booking_requests", {"ids": tuple(ids), "reason": reason, "now": now})
     await history.record(tx, changes)
+    # The batch's events, in the same transaction (one statement); the worker asks for their delivery after commit.
+    await record_events(tx, [decision_event(d, by_id[d.request_id], doctor_id, now, moving or {})
+                             for d in decisions], now=now)
+
+
+def decision_event(d: Decision, r: PendingRequest, doctor_id: int, now: datetime, moving: dict[int, Moving]) -> Event:
+    """appointment.confirmed with the new appointment (appointment.rescheduled, with the old one, for a move), or
+    booking.rejected with the request and the reason."""
+    if d.status == "confirmed":
+        made = {"id": d.appointment_id, "doctor_id": doctor_id, "patient_id": r.patient_id, "booking_request_id": r.id,
+                "appointment_type_id": r.appointment_type_id, "start_time": r.start_time, "end_time": r.end_time}
+        if d.rescheduled_from is None:
+            return appointment_event(CONFIRMED, made)
+        old = moving[d.rescheduled_from]
+        previous = {"id": old.id, "doctor_id": old.doctor_id, "patient_id": old.patient_id,
+                    "start_time": old.start_time, "end_time": old.end_time, "status": "rescheduled",
+                    "rescheduled_to": d.appointment_id}
+        return appointment_event(RESCHEDULED, made, sequence_at(now), previous, rescheduled_from=old.id)
+    return Event(REJECTED, doctor_id, r.patient_id, None, {"booking_request": {
+        "id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id, "appointment_type_id": r.appointment_type_id,
+        "start_time": rfc3339(r.start_time), "end_time": rfc3339(r.end_time), "status": d.status,
+        "reason": d.reason}})
 
 
 async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attempts: int = 3) -> Decided:

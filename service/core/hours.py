@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+from redis.asyncio import Redis
+
 from service.core import history
 from service.core.accounts import CurrentUser
 from service.core.db import Connection, Database, Row
 from service.core.doctors import find_doctor, lock_doctor, lock_schedule, record_schedule_change
 from service.core.errors import Conflict, InvalidInput, NotFound
+from service.core.outbox import CANCELLED, appointment_event, record_events, sequence_at
 from service.core.staff import check_schedule_access
 from service.core.times import GRID_MINUTES, grid_span, rfc3339, utcnow
 from service.core.zones import check_timezone
@@ -89,10 +92,12 @@ def check_time_off(start_time: datetime, end_time: datetime, now: datetime) -> t
 
 
 async def add_time_off(tx: Connection, doctor_id: int, actor: CurrentUser, start: datetime, end: datetime,
-                       reason: str | None, cancel_appointments: bool) -> tuple[Row, list[Row]]:
+                       reason: str | None, cancel_appointments: bool,
+                       redis: Redis | None = None) -> tuple[Row, list[Row]]:
     """Time off (by the doctor or staff), under the doctor's lock. Confirmed appointments inside it are a 409
     listing them, unless the caller asked to cancel them (with a reason): then they are cancelled in the same
-    transaction. Returns the time off and the appointments it cancelled."""
+    transaction, each with its history row and its appointment.cancelled event (delivered after the commit through
+    `redis`). Returns the time off and the appointments it cancelled."""
     if cancel_appointments and not (reason and reason.strip()):
         raise InvalidInput("say why, when the time off cancels appointments", field="reason")
     await lock_schedule(tx, actor, doctor_id)
@@ -117,6 +122,8 @@ async def add_time_off(tx: Connection, doctor_id: int, actor: CurrentUser, start
         await history.record(tx, [history.entry("cancelled", now, actor, appointment_id=a["id"],
                                                 from_status="confirmed", to_status="cancelled", reason=reason)
                                   for a in inside])
+        await record_events(tx, [appointment_event(CANCELLED, {**a, "status": "cancelled", "cancel_reason": reason},
+                                                   sequence_at(now)) for a in inside], redis, now)
     row = {"doctor_id": doctor_id, "start_time": start, "end_time": end, "reason": reason, "created_by": actor.id,
            "now": now}
     _, time_off_id = await tx.execute("insert_time_off", row)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from service.core import history
+from redis.asyncio import Redis
+
+from service.core import history, outbox
 from service.core.accounts import CurrentUser
 from service.core.appointments import find_appointment, store_request
 from service.core.db import Connection, Database, Row
@@ -83,9 +85,10 @@ async def locked_appointment(tx: Connection, appointment_id: int, user: CurrentU
 
 
 async def cancel(tx: Connection, settings: Settings, appointment_id: int, user: CurrentUser,
-                 reason: str | None) -> tuple[Row, bool]:
-    """Cancel as its patient (within the cancellation policy), or as its doctor or staff with a reason. The
-    appointment as it now stands, and whether this call cancelled it (False: it was cancelled already)."""
+                 reason: str | None, redis: Redis | None = None) -> tuple[Row, bool]:
+    """Cancel as its patient (within the cancellation policy), or as its doctor or staff with a reason, with its
+    history row and its appointment.cancelled event (delivered after the commit through `redis`). The appointment
+    as it now stands, and whether this call cancelled it (False: it was cancelled already)."""
     appointment = await locked_appointment(tx, appointment_id, user)
     if appointment["status"] == "cancelled":
         return appointment, False
@@ -101,17 +104,21 @@ async def cancel(tx: Connection, settings: Settings, appointment_id: int, user: 
     await tx.execute("cancel_appointment", {"id": appointment_id, "user_id": user.id, "now": now, "reason": reason})
     await history.record(tx, [history.entry("cancelled", now, user, appointment_id=appointment_id,
                                             from_status="confirmed", to_status="cancelled", reason=reason)])
-    return await find_appointment(tx, appointment_id, user), True
+    cancelled = await find_appointment(tx, appointment_id, user)
+    await outbox.record_events(tx, [outbox.appointment_event(outbox.CANCELLED, cancelled, outbox.sequence_at(now))],
+                               redis, now)
+    return cancelled, True
 
 
 async def change_status(tx: Connection, settings: Settings, appointment_id: int, user: CurrentUser,
-                        to_status: str, reason: str | None) -> tuple[Row, bool]:
+                        to_status: str, reason: str | None, redis: Redis | None = None) -> tuple[Row, bool]:
     """Set a clinical status, as the appointment's doctor or staff: checked in from an hour before the start,
-    completed or no-show once it has started. The same status again changes nothing (False)."""
+    completed or no-show once it has started, with its history row and appointment.status_changed event. The same
+    status again changes nothing (False)."""
     if user.role == "Patient":
         raise Forbidden("only the appointment's doctor or the front desk set its status")
     if to_status == "cancelled":
-        return await cancel(tx, settings, appointment_id, user, reason)
+        return await cancel(tx, settings, appointment_id, user, reason, redis)
     appointment = await locked_appointment(tx, appointment_id, user)
     current = appointment["status"]
     if current == to_status:
@@ -130,7 +137,10 @@ async def change_status(tx: Connection, settings: Settings, appointment_id: int,
                                                    "to_status": to_status, "now": now})
     await history.record(tx, [history.entry("status_changed", now, user, appointment_id=appointment_id,
                                             from_status=current, to_status=to_status, reason=reason)])
-    return await find_appointment(tx, appointment_id, user), True
+    changed = await find_appointment(tx, appointment_id, user)
+    await outbox.record_events(tx, [outbox.appointment_event(outbox.STATUS_CHANGED, changed, outbox.sequence_at(now),
+                                                             previous_status=current)], redis, now)
+    return changed, True
 
 
 async def request_reschedule(

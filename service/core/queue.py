@@ -33,6 +33,7 @@ IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
 # The worker's job functions, by name.
 BOOK_JOB = "book_appointment"
 SEND_EMAIL_JOB = "send_email"
+DISPATCH_JOB = "dispatch_outbox"  # fan new outbox events out into deliveries and deliver them (core/outbox.py)
 
 # The job's keyword argument naming the request that queued it (the X-Request-ID of its log lines), which the
 # worker sets again for the job's own lines (worker/jobs.py).
@@ -113,6 +114,19 @@ async def enqueue_booking(redis: Redis, request_id: int, doctor_id: int, *, fold
     except Exception as exc:  # noqa: BLE001
         log.warning("could not queue booking request %s (the sweep will): %r", request_id, exc)
         return False
+
+
+DISPATCH_QUEUED = "outbox:dispatch-queued"  # set while a dispatch job waits in the queue, not yet started
+
+
+async def enqueue_dispatch(redis: Redis) -> None:
+    """Ask a worker to fan out and deliver the outbox's new events (after the commit that wrote them). While a
+    dispatch job waits unstarted (its marker is set), none is added: that job reads after this commit (it deletes
+    the marker first, as booking jobs do). If Redis is away, the sweep does it later."""
+    try:
+        await enqueue(redis, DISPATCH_JOB, (), f"outbox:{uuid.uuid4().hex}", marker=DISPATCH_QUEUED, fold=True)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not queue the outbox's dispatch (the sweep will): %r", exc)
 
 
 async def queue_depth(redis: Redis) -> int:

@@ -119,6 +119,15 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     log_format: Literal["", "text", "json"] = ""
     # If set, GET /metrics wants `Authorization: Bearer <it>`; production serves /metrics only when it is set.
     metrics_token: str = ""
+    # Notifications (core/outbox.py): the waits before each retry of a failed delivery (webhook or email), in seconds,
+    # comma-separated; after the last one the delivery is failed. The default spans about a day.
+    delivery_retry_seconds: str = "5,30,300,1800,7200,18000,36000,36000"
+    webhook_connect_timeout_seconds: Annotated[float, _between(0.05, 30)] = 3.0
+    webhook_read_timeout_seconds: Annotated[float, _between(0.05, 60)] = 10.0
+    # Webhooks to loopback, private, link-local or metadata addresses are refused unless this is true (development).
+    webhook_allow_private_networks: bool = False
+    # Reminders before an appointment's start, in minutes, comma-separated (fractions allowed, for tests).
+    reminder_offsets_minutes: str = "1440,120"
 
     def __repr__(self) -> str:
         """Every setting but the secrets, which must never reach a log: the JWT secret, the metrics token and the
@@ -142,6 +151,17 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
         return self.app_env != "production" or bool(self.metrics_token)
 
     @property
+    def retry_delays(self) -> list[float]:
+        """DELIVERY_RETRY_SECONDS as numbers: the wait before retry 1, 2, ..."""
+        return _numbers("DELIVERY_RETRY_SECONDS", self.delivery_retry_seconds, allow_empty=True)
+
+    @property
+    def reminder_offsets(self) -> list[int]:
+        """REMINDER_OFFSETS_MINUTES in whole seconds, largest first, without repeats."""
+        minutes = _numbers("REMINDER_OFFSETS_MINUTES", self.reminder_offsets_minutes, allow_empty=True)
+        return sorted({max(1, round(m * 60)) for m in minutes}, reverse=True)
+
+    @property
     def cors_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_allow_origins.split(",")] if self.cors_allow_origins else []
 
@@ -159,6 +179,7 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
             raise SettingsError(_explain(exc, given)) from None
         settings.mysql  # noqa: B018 - validates DATABASE_URL now rather than at first use
         _check_origins(settings.cors_origins)
+        settings.retry_delays, settings.reminder_offsets  # noqa: B018 - validated now rather than at first use
         if settings.app_env == "production":
             _check_production(settings)
         return msgspec.structs.replace(settings, jwt_secret=_checked_secret(settings))
@@ -173,6 +194,18 @@ def _explain(exc: msgspec.ValidationError, given: Mapping[str, str]) -> str:
     message, _, path = str(exc).rpartition(" - at `$.")
     name = path.rstrip("`")
     return f"{name} is invalid ({message[0].lower() + message[1:]}), got {redacted(given.get(name, ''))!r}"
+
+
+def _numbers(name: str, text: str, *, allow_empty: bool = False) -> list[float]:
+    """A comma-separated list of non-negative numbers (at most a year each), or a SettingsError naming `name`."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        numbers = [-1.0]
+    if any(not 0 <= n <= 366 * 86_400 for n in numbers) or (not numbers and not allow_empty):
+        raise SettingsError(f"{name} must be comma-separated non-negative numbers, got {text!r}")
+    return numbers
 
 
 def _check_origins(origins: list[str]) -> None:

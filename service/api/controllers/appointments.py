@@ -196,7 +196,7 @@ class AppointmentController(Controller):
         redis: RedisDep, schedule_versions: ScheduleDep, settings: SettingsDep,
     ) -> AppointmentOut:
         appointment, changed = await lifecycle.change_status(tx, settings, appointment_id, user, data.status,
-                                                             data.reason)
+                                                             data.reason, redis)
         if changed and appointment["status"] == "cancelled":
             tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, appointment["doctor_id"]))
         return appointment_out(appointment)
@@ -218,7 +218,7 @@ class AppointmentController(Controller):
         reason: Annotated[str | None, QueryParameter(min_length=1, max_length=500, description=(
             "Why; required when the doctor or staff cancel"))] = None,
     ) -> AppointmentOut:
-        appointment, cancelled = await lifecycle.cancel(tx, settings, appointment_id, user, reason)
+        appointment, cancelled = await lifecycle.cancel(tx, settings, appointment_id, user, reason, redis)
         if cancelled:
             tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, appointment["doctor_id"]))
         return appointment_out(appointment)

@@ -7,7 +7,7 @@ import hmac
 import logging
 import os
 from collections.abc import Awaitable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from litestar import Response, get
 from litestar.connection import ASGIConnection
@@ -19,15 +19,17 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from service.api.dependencies import DatabaseDep, RedisDep, SettingsDep
+from service.core import outbox
 from service.core.appointments import count_stale_pending
 from service.core.errors import NotAuthenticated
 from service.core.queue import queue_depth
 
 log = logging.getLogger("service.metrics")
+T = TypeVar("T")
 SCRAPE_TIMEOUT = 1.0
 
 
-async def _within_timeout(reading: Awaitable[int], what: str) -> int | None:
+async def _within_timeout(reading: Awaitable[T], what: str) -> T | None:
     try:
         return await asyncio.wait_for(reading, SCRAPE_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any failure leaves the gauge out of this scrape
@@ -75,11 +77,18 @@ class MetricsController(PrometheusController):
 
     @get("/", include_in_schema=False, opt={"exclude_from_auth": True})
     async def get(self, db: DatabaseDep, redis: RedisDep, settings: SettingsDep) -> Response[bytes]:  # type: ignore[override]
-        depth, stale = await asyncio.gather(
+        depth, stale, notifications = await asyncio.gather(
             _within_timeout(queue_depth(redis), "the queue's depth"),
-            _within_timeout(count_stale_pending(db, settings.sweep_after_seconds), "the stale pending requests"))
-        # The outbox's backlog (notifications waiting to be sent) goes here once notifications go through one.
+            _within_timeout(count_stale_pending(db, settings.sweep_after_seconds), "the stale pending requests"),
+            _within_timeout(outbox.backlog(db), "the notifications' backlog"))
         gauges = []
+        if notifications is not None:
+            undispatched, due = notifications
+            gauges.append(GaugeMetricFamily("notifications_outbox_undispatched",
+                                            "Outbox events not yet fanned out into deliveries", value=undispatched))
+            gauges.append(GaugeMetricFamily("notifications_deliveries_due",
+                                            "Deliveries (email, webhook) whose attempt is due and not yet made",
+                                            value=due))
         if depth is not None:
             gauges.append(GaugeMetricFamily("booking_queue_depth", "Jobs in arq's queue (waiting, deferred or running)",
                                             value=depth))

@@ -127,7 +127,8 @@ class TimeOffController(Controller):
 async def add(data: TimeOffIn, doctor_id: int, user: CurrentUser, tx: Connection, redis: Redis,
               schedule_versions: ScheduleVersions) -> TimeOffCreated:
     start, end = hours.check_time_off(data.start_time, data.end_time, utcnow())
-    row, cancelled = await hours.add_time_off(tx, doctor_id, user, start, end, data.reason, data.cancel_appointments)
+    row, cancelled = await hours.add_time_off(tx, doctor_id, user, start, end, data.reason, data.cancel_appointments,
+                                              redis)
     tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, doctor_id))
     return from_row(TimeOffCreated, {**row, "cancelled_appointment_ids": [a["id"] for a in cancelled]})
 
