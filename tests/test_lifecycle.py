@@ -96,7 +96,7 @@ def test_a_reschedule_may_use_its_own_time_and_frees_it_for_the_rest_of_the_batc
         PendingRequest(12, 1, nine + 60 * MINUTE, nine + 90 * MINUTE, None, reschedules=7),  # moved already
         PendingRequest(13, 2, nine, nine + 15 * MINUTE, None),  # freed by request 11
     ]
-    moving = {7: Moving(7, 99, "confirmed", nine)}
+    moving = {7: Moving(7, 99, "confirmed", nine, nine + 30 * MINUTE, 1)}
     decisions = decide(requests, doctor, patients, nine - timedelta(days=1), {}, moving)
     assert [(d.status, d.reason, d.rescheduled_from) for d in decisions] == [
         ("rejected", SLOT_TAKEN, None), ("confirmed", None, 7), ("rejected", APPOINTMENT_NOT_CONFIRMED, None),
@@ -111,7 +111,7 @@ def test_a_failed_reschedule_keeps_its_old_time_taken() -> None:
                 PendingRequest(12, 2, nine, nine + 30 * MINUTE, None),
                 PendingRequest(13, 1, nine, nine + 30 * MINUTE, None)]
     decisions = decide(requests, doctor, patients, nine - timedelta(days=1), {},
-                       {7: Moving(7, 99, "confirmed", nine)})
+                       {7: Moving(7, 99, "confirmed", nine, nine + 30 * MINUTE, 1)})
     assert [(d.status, d.reason) for d in decisions] == [
         ("rejected", OUTSIDE_AVAILABILITY), ("rejected", SLOT_TAKEN), ("rejected", SLOT_TAKEN)]
     # A patient's own moving appointment counts for their other bookings too.
