@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -28,6 +29,7 @@ from service.core.accounts import issue_access_token
 from service.core.settings import Settings
 from tests.bench.cpu import snapshot, spent
 
+CONNECTION_TRIES = 3
 settings_from_env = cache(lambda: Settings.from_env(os.environ))
 
 PASSWORD = "bench-password-1"
@@ -57,12 +59,13 @@ class Client:
         self.http = session
         self.api = config["api_url"]
         self.rng = random.Random(config.get("seed", 7))
+        self.connection_retries = 0
 
-    async def request(self, method: str, path: str, token: str | None = None,
-                      json: Any = None) -> tuple[int, Any, str | None]:
+    async def request(self, method: str, path: str, token: str | None = None, json: Any = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, Any, str | None]:
         """Status, decoded body and Location; msgspec for the JSON both ways, so the load generator leaves more
         CPU to the service."""
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         data = None
         if json is not None:
             headers["Content-Type"] = "application/json"
@@ -76,11 +79,26 @@ class Client:
         status, body, _ = await self.request(method, path, token, json)
         return status, body
 
+    async def retrying(self, method: str, path: str, token: str, json: Any = None,
+                       headers: dict[str, str] | None = None) -> tuple[int, Any, str | None]:
+        """A request sent again when the connection failed (refused in a crowd, or a kept-alive one closed by the
+        server as it was reused), as a careful client does: only reads, and writes with an Idempotency-Key."""
+        for attempt in range(CONNECTION_TRIES):
+            try:
+                return await self.request(method, path, token, json, headers)
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                if attempt == CONNECTION_TRIES - 1:
+                    raise
+                self.connection_retries += 1
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
     async def submit_and_follow(self, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST a booking (or a reschedule), then long-poll its status URL until it is decided: the outcome and
         its times (`submit`: until the 202, `decision`: until the decision, in seconds)."""
         submitted = time.perf_counter()
-        status, accepted, location = await self.request("POST", path, token, json=body)
+        status, accepted, location = await self.retrying("POST", path, token, body,
+                                                         {"Idempotency-Key": uuid.uuid4().hex})
         accepted_at = time.perf_counter()
         if status != 202:
             return {"status": f"http_{status}", "submit": accepted_at - submitted, "started": submitted,
@@ -89,7 +107,7 @@ class Client:
         state, polls = accepted or {"status": "pending"}, 0
         while state["status"] == "pending":
             polls += 1
-            code, state = await self.call("GET", f"{url}?wait=30", token)
+            code, state, _ = await self.retrying("GET", f"{url}?wait=30", token)
             if code != 200:
                 return {"status": f"http_{code}", "submit": accepted_at - submitted, "started": submitted}
         decided_at = time.perf_counter()
@@ -248,7 +266,8 @@ async def steady(config: dict[str, Any], session: aiohttp.ClientSession) -> dict
     trivial_rps, _ = await load.read_rate(c["trivial_url"], lambda: "/ping", c["concurrency"],
                                           c["read_seconds"])
     return {"warmup": warmup, "saturated": saturated, "paced": paced, "slots_per_s": slots_rps,
-            "slots_uncached_per_s": uncached_rps, "trivial_per_s": trivial_rps}
+            "slots_uncached_per_s": uncached_rps, "trivial_per_s": trivial_rps,
+            "connection_retries": load.connection_retries}
 
 
 async def main(config: dict[str, Any]) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def summary(day: Day, records: list[dict[str, Any]], rate: float, seconds: float
     return {
         "offered_rate": rate, "seconds": seconds, "operations_total": len(records),
         "mix": day.mix, "reschedule": "measured" if day.reschedule_path else MISSING,
-        "errors": sum(not r["ok"] for r in records),
+        "errors": sum(not r["ok"] for r in records), "connection_retries": day.connection_retries,
         "error_examples": [r for r in records if not r["ok"]][:5],
         "operations": operations,
         # (seconds into the phase, submit→decision ms) of each booking and reschedule decided, for the plot

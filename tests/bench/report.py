@@ -56,7 +56,8 @@ def rush_rows(r: dict[str, Any]) -> Rows:
         ("attempts · slots", f"{r['attempts']} · {r['slots']}"),
         ("confirmed (must equal the slots)", str(r["confirmed"])),
         ("other outcomes", ", ".join(f"{k} {n}" for k, n in sorted(others.items()))),
-        ("5xx · never decided", f"{r['http_5xx']} · {r['undecided']}"),
+        ("5xx · never decided · connections retried", f"{r['http_5xx']} · {r['undecided']} · "
+                                                      f"{r['connection_retries']}"),
         ("double bookings · pending", f"{r['double_bookings']} · {r['database']['pending']}"),
         ("submit→202 p50/p95/p99 ms", ms3(r["submit_ms"])),
         ("submit→decision p50/p95/p99 ms", ms3(r["decision_ms"])),
@@ -84,7 +85,8 @@ def directory_rows(r: dict[str, Any]) -> Rows:
 def mixed_rows(r: dict[str, Any]) -> Rows:
     rows = [("offered operations/s · seconds", f"{r['offered_rate']:.0f} · {r['seconds']:.0f}"),
             ("  rate from", r["rate_source"]),
-            ("operations · errors", f"{r['operations_total']} · {r['errors']}")]
+            ("operations · errors · connections retried", f"{r['operations_total']} · {r['errors']} · "
+                                                          f"{r['connection_retries']}")]
     for op, figures in r["operations"].items():
         if isinstance(figures, str):
             rows.append((f"{op}", figures))

@@ -196,6 +196,7 @@ def steady(options: argparse.Namespace, redis_db: int, _: dict[str, Any]) -> dic
         "paced": paced,
         "cpu_ms_per_booking": saturated["cpu_ms_per_booking"],
         "counts": saturated["counts"],
+        "connection_retries": measured["connection_retries"],
         "slots_per_s": measured["slots_per_s"],
         "slots_uncached_per_s": measured["slots_uncached_per_s"],
         "baseline_raw_bookings_per_s": raw_per_s,

@@ -74,6 +74,7 @@ async def load(config: dict[str, Any], session: aiohttp.ClientSession) -> dict[s
         "confirmed": counts.get("confirmed", 0),
         "http_5xx": sum(n for k, n in counts.items() if k.startswith("http_5")),
         "undecided": len(results) - len(decided),
+        "connection_retries": client.connection_retries,
         "seconds_to_last_decision": finished - released,
         "decided_per_s": len(decided) / max(finished - released, 1e-9),
         "submit_ms": ms_percentiles([r["submit"] for r in results if "submit" in r]),
