@@ -60,6 +60,8 @@ class Client:
         self.api = config["api_url"]
         self.rng = random.Random(config.get("seed", 7))
         self.connection_retries = 0
+        # The steady booking sends none, as it always has: a key costs the API a lookup before its insert.
+        self.idempotency_keys = config.get("idempotency_keys", True)
 
     async def request(self, method: str, path: str, token: str | None = None, json: Any = None,
                       headers: dict[str, str] | None = None) -> tuple[int, Any, str | None]:
@@ -82,12 +84,14 @@ class Client:
     async def retrying(self, method: str, path: str, token: str, json: Any = None,
                        headers: dict[str, str] | None = None) -> tuple[int, Any, str | None]:
         """A request sent again when the connection failed (refused in a crowd, or a kept-alive one closed by the
-        server as it was reused), as a careful client does: only reads, and writes with an Idempotency-Key."""
+        server as it was reused), as a careful client does: reads, and writes with an Idempotency-Key; a write
+        without one only when it never reached the server (the connection could not be made)."""
+        safe = method == "GET" or "Idempotency-Key" in (headers or {})
         for attempt in range(CONNECTION_TRIES):
             try:
                 return await self.request(method, path, token, json, headers)
-            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
-                if attempt == CONNECTION_TRIES - 1:
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                if attempt == CONNECTION_TRIES - 1 or not (safe or isinstance(exc, aiohttp.ClientConnectorError)):
                     raise
                 self.connection_retries += 1
                 await asyncio.sleep(0.05 * 2**attempt)
@@ -97,8 +101,8 @@ class Client:
         """POST a booking (or a reschedule), then long-poll its status URL until it is decided: the outcome and
         its times (`submit`: until the 202, `decision`: until the decision, in seconds)."""
         submitted = time.perf_counter()
-        status, accepted, location = await self.retrying("POST", path, token, body,
-                                                         {"Idempotency-Key": uuid.uuid4().hex})
+        key = {"Idempotency-Key": uuid.uuid4().hex} if self.idempotency_keys else None
+        status, accepted, location = await self.retrying("POST", path, token, body, key)
         accepted_at = time.perf_counter()
         if status != 202:
             return {"status": f"http_{status}", "submit": accepted_at - submitted, "started": submitted,

@@ -183,7 +183,8 @@ def steady(options: argparse.Namespace, redis_db: int, _: dict[str, Any]) -> dic
         measured = here.load("steady", {
             "doctors": options.doctors, "patients": options.patients, "days": options.days,
             "requests": options.requests, "concurrency": options.concurrency,
-            "paced_seconds": options.paced_seconds, "read_seconds": options.read_seconds})
+            "paced_seconds": options.paced_seconds, "read_seconds": options.read_seconds,
+            "idempotency_keys": False})
         state = here.check()
         here.processes.stop_all()
         raw_per_s = asyncio.run(raw_booking_baseline(here.settings, options.raw_bookings, options.raw_concurrency))
