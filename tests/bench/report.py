@@ -64,6 +64,8 @@ def rush_rows(r: dict[str, Any]) -> Rows:
         ("seconds from release to last decision", f"{r['seconds_to_last_decision']:.1f}"),
         ("decided/s", f"{r['decided_per_s']:.0f}"),
         ("contested slots · fairness violations", f"{r['contested_slots']} · {r['fairness_violations']}"),
+        ("CPU ms per attempt (% of one core while it lasted):", ""),
+        *((f"  {name}", f"{ms:.2f} ({r['cpu_busy_pct'][name]:.0f} %)") for name, ms in r["cpu_ms_per_attempt"].items()),
     ]
 
 

@@ -10,6 +10,7 @@ everyone would be the service's doing. Fairness is checked afterwards from the d
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from service.core.settings import Settings
+from tests.bench.cpu import snapshot, spent
 from tests.bench.load import Client, iso, ms_percentiles, token_for
 from tests.bench.seed import Seeder
 
@@ -58,10 +60,13 @@ async def load(config: dict[str, Any], session: aiohttp.ClientSession) -> dict[s
 
     tasks = [asyncio.create_task(patient(token, share)) for (_, token), share in zip(patients, shares, strict=True)]
     await asyncio.sleep(0.2)  # every patient waits at the barrier
+    groups = {**config["cpu_groups"], "load generator": [os.getpid()]}
+    cpu_before = snapshot(groups)
     released = time.perf_counter()
     release.set()
     await asyncio.gather(*tasks)
     finished = time.perf_counter()
+    used = spent(cpu_before, snapshot(groups))
     counts: dict[str, int] = {}
     for r in results:
         key = r["status"] if r["status"] != "rejected" else f"rejected_{r['reason']}"
@@ -77,6 +82,9 @@ async def load(config: dict[str, Any], session: aiohttp.ClientSession) -> dict[s
         "connection_retries": client.connection_retries,
         "seconds_to_last_decision": finished - released,
         "decided_per_s": len(decided) / max(finished - released, 1e-9),
+        # where the rush's CPU went, per attempt decided, and each process's share of the time it lasted
+        "cpu_ms_per_attempt": {name: seconds * 1000 / max(len(decided), 1) for name, seconds in used.items()},
+        "cpu_busy_pct": {name: seconds * 100 / max(finished - released, 1e-9) for name, seconds in used.items()},
         "submit_ms": ms_percentiles([r["submit"] for r in results if "submit" in r]),
         "decision_ms": ms_percentiles([r["decision"] for r in decided]),
         # (seconds after the release the attempt was sent, its submit→decision in ms), for the plot
