@@ -1,8 +1,9 @@
 """What every scenario is checked for, from the database, once its load has stopped.
 
-A double booking is two confirmed appointments of one doctor whose blocked spans `[start - buffer_before,
-end + buffer_after)` overlap, or of one patient whose times overlap; a request left pending was answered 202 and
-never decided. Either fails the run. Fairness (the rush) is measured here too: a figure, not a failure.
+A double booking is two appointments holding time (any status but cancelled or rescheduled) of one doctor whose
+blocked spans `[start - buffer_before, end + buffer_after)` overlap, or of one patient whose times overlap, or (once
+slot holds exist) a live hold overlapping such an appointment of its doctor; a request left pending was answered 202
+and never decided. Either fails the run. Fairness (the rush) is measured here too: a figure, not a failure.
 """
 
 from __future__ import annotations
@@ -13,16 +14,26 @@ from typing import Any
 from service.core.settings import Settings
 from tests.bench.seed import connect
 
-DOCTOR_OVERLAPS = """
+# Statuses that free an appointment's time; every other one (confirmed, and later checked_in, completed, no_show)
+# holds it.
+HOLDS_TIME = "{0}.status NOT IN ('cancelled', 'rescheduled')"
+DOCTOR_OVERLAPS = f"""
     SELECT a.id, b.id FROM appointments a JOIN appointments b ON b.doctor_id = a.doctor_id AND a.id < b.id
-    WHERE a.status = 'confirmed' AND b.status = 'confirmed'
+    WHERE {HOLDS_TIME.format("a")} AND {HOLDS_TIME.format("b")}
       AND a.start_time - INTERVAL a.buffer_before_minutes MINUTE < b.end_time + INTERVAL b.buffer_after_minutes MINUTE
       AND b.start_time - INTERVAL b.buffer_before_minutes MINUTE < a.end_time + INTERVAL a.buffer_after_minutes MINUTE
     LIMIT 20"""
-PATIENT_OVERLAPS = """
+PATIENT_OVERLAPS = f"""
     SELECT a.id, b.id FROM appointments a JOIN appointments b ON b.patient_id = a.patient_id AND a.id < b.id
-    WHERE a.status = 'confirmed' AND b.status = 'confirmed'
+    WHERE {HOLDS_TIME.format("a")} AND {HOLDS_TIME.format("b")}
       AND a.start_time < b.end_time AND b.start_time < a.end_time
+    LIMIT 20"""
+# Live slot holds (where the service has them) block their span, buffers included, exactly like an appointment.
+HOLD_OVERLAPS = f"""
+    SELECT h.id, a.id FROM holds h JOIN appointments a ON a.doctor_id = h.doctor_id
+    WHERE h.status = 'held' AND h.expires_at > UTC_TIMESTAMP(6) AND {HOLDS_TIME.format("a")}
+      AND h.start_time - INTERVAL h.buffer_before_minutes MINUTE < a.end_time + INTERVAL a.buffer_after_minutes MINUTE
+      AND a.start_time - INTERVAL a.buffer_before_minutes MINUTE < h.end_time + INTERVAL h.buffer_after_minutes MINUTE
     LIMIT 20"""
 # Per slot asked for (a rush asks only for whole slots: one doctor, one start): the earliest stored request that
 # was not turned down for a reason of its own (its patient was busy), and the one that got the slot.
@@ -64,14 +75,19 @@ def database_state(settings: Settings) -> dict[str, Any]:
             doctor_pairs = [list(pair) for pair in cursor.fetchall()]
             cursor.execute(PATIENT_OVERLAPS)
             patient_pairs = [list(pair) for pair in cursor.fetchall()]
+            hold_pairs: list[list[int]] = []
+            if cursor.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE()"
+                              " AND table_name = 'holds'"):
+                cursor.execute(HOLD_OVERLAPS)
+                hold_pairs = [list(pair) for pair in cursor.fetchall()]
             cursor.execute("SELECT status, COUNT(*) FROM booking_requests GROUP BY status")
             by_status = {status: count for status, count in cursor.fetchall()}
-            cursor.execute("SELECT COUNT(*) FROM appointments WHERE status = 'confirmed'")
+            cursor.execute(f"SELECT COUNT(*) FROM appointments a WHERE {HOLDS_TIME.format('a')}")
             confirmed = cursor.fetchone()[0]
     finally:
         conn.close()
-    return {"double_bookings": len(doctor_pairs) + len(patient_pairs),
-            "double_booking_pairs": {"doctor": doctor_pairs, "patient": patient_pairs},
+    return {"double_bookings": len(doctor_pairs) + len(patient_pairs) + len(hold_pairs),
+            "double_booking_pairs": {"doctor": doctor_pairs, "patient": patient_pairs, "hold": hold_pairs},
             "requests_by_status": by_status, "pending": by_status.get("pending", 0),
             "confirmed_appointments": confirmed}
 
