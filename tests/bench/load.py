@@ -81,12 +81,13 @@ class Client:
         status, body, _ = await self.request(method, path, token, json)
         return status, body
 
-    async def retrying(self, method: str, path: str, token: str, json: Any = None,
+    async def retrying(self, method: str, path: str, token: str | None = None, json: Any = None,
                        headers: dict[str, str] | None = None) -> tuple[int, Any, str | None]:
         """A request sent again when the connection failed (refused in a crowd, or a kept-alive one closed by the
-        server as it was reused), as a careful client does: reads, and writes with an Idempotency-Key; a write
-        without one only when it never reached the server (the connection could not be made)."""
-        safe = method == "GET" or "Idempotency-Key" in (headers or {})
+        server as it was reused), as a careful client does: reads and cancellations (a second DELETE answers the
+        cancelled appointment again), writes with an Idempotency-Key; a write without one only when it never
+        reached the server (the connection could not be made)."""
+        safe = method in ("GET", "DELETE") or "Idempotency-Key" in (headers or {})
         for attempt in range(CONNECTION_TRIES):
             try:
                 return await self.request(method, path, token, json, headers)
@@ -280,7 +281,9 @@ async def main(config: dict[str, Any]) -> dict[str, Any]:
                  "mixed": lambda: import_module("tests.bench.mixed").load,
                  "soak": lambda: import_module("tests.bench.mixed").soak}
     # One connection a concurrent client at most (the rush's patients are thousands of browsers).
-    connector = aiohttp.TCPConnector(limit=config.get("connections", 0), force_close=False)
+    # Idle connections are dropped before uvicorn's keep-alive timeout (5 s) closes them: reusing one the server is
+    # closing at that instant fails the request.
+    connector = aiohttp.TCPConnector(limit=config.get("connections", 0), force_close=False, keepalive_timeout=4)
     timeout = aiohttp.ClientTimeout(total=180)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         return await scenarios[config.get("scenario", "steady")]()(config, session)

@@ -74,7 +74,7 @@ class Day(Client):
         start = self.first_day + timedelta(days=self.rng.randrange(7))
         path = (f"/doctors/{doctor['id']}/slots?appointment_type_id={self.rng.choice(doctor['types'])}"
                 f"&from={iso(start)}&to={iso(start + timedelta(days=7))}")
-        status, _ = await self.call("GET", path)
+        status, _, _ = await self.retrying("GET", path)
         return status == 200, f"http_{status}"
 
     async def book(self) -> tuple[bool, str, float | None]:
@@ -103,7 +103,7 @@ class Day(Client):
         if (appointment := self.take()) is None:
             return True, "no_appointment"
         appointment_id, patient, _ = appointment
-        status, _ = await self.call("DELETE", f"/appointments/{appointment_id}", self.tokens[patient])
+        status, _, _ = await self.retrying("DELETE", f"/appointments/{appointment_id}", self.tokens[patient])
         return status == 200, f"http_{status}"
 
     async def one(self, op: str, began: float) -> dict[str, Any]:
