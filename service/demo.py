@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from service.core import accounts, appointment_types, appointments, hours, schedule
-from service.core.accounts import Passwords
+from service.core.accounts import CurrentUser, Passwords
 from service.core.booking import decide_for_doctor
 from service.core.db import Database, Row
 from service.core.schedule import Slot
@@ -42,7 +42,7 @@ def every(days: range, *spans: tuple[str, str]) -> list[tuple[int, str, str]]:
 
 def visit(name: str, minutes: int, **rules: int) -> dict[str, object]:
     return {"name": name, "duration_minutes": minutes, "buffer_before_minutes": 0, "buffer_after_minutes": 0,
-            "min_notice_minutes": 0, "max_days_ahead": 365, **rules}
+            "min_notice_minutes": 0, "max_days_ahead": 365, "cancel_notice_minutes": None, **rules}
 
 
 DOCTORS = [
@@ -115,9 +115,10 @@ async def make_clinic(db: Database, settings: Settings) -> tuple[dict[str, Row],
         row = await accounts.register(db, passwords, email=doctor.email, name=doctor.name, role="Doctor",
                                       password=PASSWORD, specialty=doctor.specialty, timezone=doctor.timezone)
         users[doctor.email] = row
+        actor = accounts.user_from_row({**row, "token_version": 0})  # each doctor sets up their own schedule
         async with db.transaction() as tx:
-            await hours.replace_weekly_hours(tx, row["id"], hours.check_weekly_hours(doctor.hours))
-            types.append([await appointment_types.create(tx, row["id"], values) for values in doctor.types])
+            await hours.replace_weekly_hours(tx, row["id"], actor, hours.check_weekly_hours(doctor.hours))
+            types.append([await appointment_types.create(tx, row["id"], actor, values) for values in doctor.types])
     for email, name in PATIENTS:
         users[email] = await accounts.register(db, passwords, email=email, name=name, role="Patient",
                                                password=PASSWORD, specialty=None)
@@ -139,7 +140,8 @@ async def book(db: Database, settings: Settings, users: dict[str, Row], types: l
             if slot is None:  # the group's first request picks the slot; the others ask for the same one
                 slot = await free_slot(db, doctor["id"], appointment_type["id"], taken[patient["id"]])
             request_id, _ = await appointments.store_request(
-                db, patient["id"], doctor["id"], slot.start_time, None, None, None, appointment_type["id"])
+                db, as_actor(patient), patient["id"], doctor["id"], slot.start_time, None, None, None,
+                appointment_type["id"])
             local = slot.local_start_time.strftime("%a %d %b %H:%M")
             stored.append((request_id, f"  {patient['name']} with {doctor['name']}, {appointment_type['name']}, "
                                        f"{local} {DOCTORS[doctor_index].timezone}: "))
@@ -148,6 +150,12 @@ async def book(db: Database, settings: Settings, users: dict[str, Row], types: l
         outcome = {d.request_id: d.status + (f" ({d.reason})" if d.reason else "") for d in decided.decisions}
         lines += [line + outcome[request_id] for request_id, line in stored]
     return lines
+
+
+def as_actor(patient: Row) -> CurrentUser:
+    """The patient as the one who asks (the history's actor)."""
+    return CurrentUser(id=patient["id"], email=patient["email"], name=patient["name"], role="Patient",
+                       token_version=0)
 
 
 async def free_slot(db: Database, doctor_id: int, type_id: int, busy: list[tuple[datetime, datetime]]) -> Slot:

@@ -25,9 +25,10 @@ SELECT id, doctor_id, start_time, end_time FROM availabilities WHERE id = %(id)s
 -- name: delete_availability
 DELETE FROM availabilities WHERE id = %(id)s;
 
--- name: find_confirmed_appointment_in_window
+-- name: find_held_appointment_in_window
+-- Appointments that hold their time (held_start: confirmed, checked in, completed, no-show).
 -- Appointments are at most 8 hours: the scan starts a day before the window, not at the doctor's first one.
 SELECT id FROM appointments
-WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
+WHERE doctor_id = %(doctor_id)s AND held_start IS NOT NULL
   AND start_time < %(end_time)s AND start_time > %(start_time)s - INTERVAL 1 DAY AND end_time > %(start_time)s
 LIMIT 1;

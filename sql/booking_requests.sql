@@ -2,24 +2,25 @@
 -- Inserts nothing when there is no such doctor: the existence check and the insert are one round trip.
 -- Under READ COMMITTED the SELECT is a consistent read, so it never waits on a worker's lock of that row.
 INSERT INTO booking_requests
-    (patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, idempotency_key, request_fingerprint,
-     created_at)
-SELECT %(patient_id)s, id, %(appointment_type_id)s, %(start_time)s, %(end_time)s, %(notes)s, %(idempotency_key)s,
-       %(fingerprint)s, %(created_at)s
+    (kind, reschedules, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time, notes,
+     idempotency_key, request_fingerprint, created_at)
+SELECT %(kind)s, %(reschedules)s, %(patient_id)s, %(requested_by)s, id, %(appointment_type_id)s, %(start_time)s,
+       %(end_time)s, %(notes)s, %(idempotency_key)s, %(fingerprint)s, %(created_at)s
 FROM users WHERE id = %(doctor_id)s AND role = 'Doctor';
 
 -- name: find_booking_request_by_idempotency_key
 SELECT id, request_fingerprint FROM booking_requests
 WHERE patient_id = %(patient_id)s AND idempotency_key = %(idempotency_key)s;
 
--- name: find_booking_request_for_patient
-SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, status, reason, appointment_id,
-       created_at, decided_at
-FROM booking_requests WHERE id = %(id)s AND patient_id = %(patient_id)s;
+-- name: find_booking_request_for_user
+-- Its patient's, and the staff member's who asked for it on the patient's behalf.
+SELECT id, kind, reschedules, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time, notes,
+       status, reason, appointment_id, created_at, decided_at
+FROM booking_requests WHERE id = %(id)s AND (patient_id = %(user_id)s OR requested_by = %(user_id)s);
 
 -- name: list_booking_requests_for_patient
-SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, status, reason, appointment_id,
-       created_at, decided_at
+SELECT id, kind, reschedules, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time, notes,
+       status, reason, appointment_id, created_at, decided_at
 FROM booking_requests
 WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s)
 ORDER BY id DESC
@@ -33,7 +34,7 @@ WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s
 -- The doctor's row lock (lock_doctor) and the doctor's pending requests, oldest first, in one round trip: one
 -- row with NULL request columns when nothing is pending, none when there is no such doctor.
 SELECT d.id AS doctor_id, d.timezone, br.id, br.patient_id, br.appointment_type_id, br.start_time, br.end_time,
-       br.notes
+       br.notes, br.reschedules
 FROM users d
 LEFT JOIN booking_requests br ON br.doctor_id = d.id AND br.status = 'pending'
 WHERE d.id = %(doctor_id)s AND d.role = 'Doctor'
@@ -43,16 +44,34 @@ FOR UPDATE;
 
 -- name: lock_pending_requests_of_doctor
 -- Oldest first, so a contested slot goes to whoever asked first.
-SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes
+SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, reschedules
 FROM booking_requests
 WHERE doctor_id = %(doctor_id)s AND status = 'pending'
 ORDER BY id
 LIMIT %(limit)s
 FOR UPDATE;
 
--- name: lock_patients
--- Ascending id order, so two workers locking overlapping sets cannot deadlock on each other.
-SELECT id FROM users WHERE id IN %(patient_ids)s ORDER BY id FOR UPDATE;
+-- name: lock_users
+-- Patients (or other doctors of a batch's reschedules), in ascending id order, so two workers locking overlapping
+-- sets cannot deadlock on each other.
+SELECT id FROM users WHERE id IN %(ids)s ORDER BY id FOR UPDATE;
+
+-- name: doctors_of_appointments
+-- A plain read: an appointment's doctor never changes, so which rows to lock can be known before locking them.
+SELECT id, doctor_id FROM appointments WHERE id IN %(ids)s;
+
+-- name: find_appointments_by_id
+-- After their doctors' row locks: nobody can change them until this transaction ends.
+SELECT id, doctor_id, patient_id, status, start_time, end_time FROM appointments WHERE id IN %(ids)s;
+
+-- name: mark_appointments_rescheduled
+UPDATE appointments SET status = 'rescheduled', status_changed_at = %(now)s
+WHERE id IN %(ids)s AND status = 'confirmed';
+
+-- name: link_rescheduled_appointments
+UPDATE appointments old JOIN appointments moved ON moved.rescheduled_from = old.id
+SET old.rescheduled_to = moved.id
+WHERE old.id IN %(ids)s;
 
 -- name: list_schedule_between
 -- Everything a decision reads for one range of a batch, in one round trip: the doctor's weekly hours, windows,
@@ -73,18 +92,18 @@ WHERE doctor_id = %(doctor_id)s
 UNION ALL
 SELECT 'busy', id, NULL, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
        CAST(buffer_after_minutes AS SIGNED), NULL FROM appointments
-WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
+WHERE doctor_id = %(doctor_id)s AND held_start IS NOT NULL
   AND start_time < %(day_after)s AND start_time > %(day_before)s
 UNION ALL
 SELECT 'patient', id, CAST(patient_id AS SIGNED), start_time, end_time, NULL, NULL, NULL FROM appointments
-WHERE patient_id IN %(patient_ids)s AND status = 'confirmed'
+WHERE patient_id IN %(patient_ids)s AND held_start IS NOT NULL
   AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s;
 
 -- name: insert_appointment
-INSERT INTO appointments (booking_request_id, doctor_id, patient_id, appointment_type_id, start_time, end_time,
-                          buffer_before_minutes, buffer_after_minutes, notes, created_at)
-VALUES (%(booking_request_id)s, %(doctor_id)s, %(patient_id)s, %(appointment_type_id)s, %(start_time)s,
-        %(end_time)s, %(buffer_before_minutes)s, %(buffer_after_minutes)s, %(notes)s, %(now)s);
+INSERT INTO appointments (booking_request_id, rescheduled_from, doctor_id, patient_id, appointment_type_id,
+                          start_time, end_time, buffer_before_minutes, buffer_after_minutes, notes, created_at)
+VALUES (%(booking_request_id)s, %(rescheduled_from)s, %(doctor_id)s, %(patient_id)s, %(appointment_type_id)s,
+        %(start_time)s, %(end_time)s, %(buffer_before_minutes)s, %(buffer_after_minutes)s, %(notes)s, %(now)s);
 
 -- name: confirm_booking_requests
 UPDATE booking_requests br
@@ -99,7 +118,10 @@ SELECT booking_request_id, id FROM appointments WHERE booking_request_id IN %(id
 UPDATE booking_requests SET status = 'rejected', reason = %(reason)s, decided_at = %(now)s
 WHERE id IN %(ids)s AND status = 'pending';
 
--- name: fail_booking_request
+-- name: lock_booking_request
+SELECT id, doctor_id, status, reschedules FROM booking_requests WHERE id = %(id)s FOR UPDATE;
+
+-- name: mark_booking_request_failed
 UPDATE booking_requests SET status = 'failed', reason = %(reason)s, decided_at = %(now)s
 WHERE id = %(id)s AND status = 'pending';
 

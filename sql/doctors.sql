@@ -22,7 +22,7 @@ WHERE role = 'Doctor'
 -- name: list_active_types_named
 -- Each listed doctor's active type of that name (the lowest id, if a doctor has two).
 SELECT id, doctor_id, name, duration_minutes, buffer_before_minutes, buffer_after_minutes, min_notice_minutes,
-       max_days_ahead, active
+       max_days_ahead, cancel_notice_minutes, active
 FROM appointment_types
 WHERE doctor_id IN %(doctor_ids)s AND active AND name = %(type_name)s
 ORDER BY id;
@@ -45,7 +45,7 @@ UNION ALL
 SELECT 'busy', doctor_id, id, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
        CAST(buffer_after_minutes AS SIGNED), NULL
 FROM appointments
-WHERE doctor_id IN %(doctor_ids)s AND status = 'confirmed'
+WHERE doctor_id IN %(doctor_ids)s AND held_start IS NOT NULL
   AND start_time < %(day_after)s AND start_time > %(day_before)s;
 
 -- name: find_doctor

@@ -27,7 +27,7 @@ UNION ALL
 SELECT 'busy', id, start_time, end_time, CAST(buffer_before_minutes AS SIGNED), CAST(buffer_after_minutes AS SIGNED),
        NULL, NULL
 FROM appointments
-WHERE doctor_id = %(doctor_id)s AND status = 'confirmed'
+WHERE doctor_id = %(doctor_id)s AND held_start IS NOT NULL
   AND start_time < %(day_after)s AND start_time > %(day_before)s;
 
 -- name: update_doctor_timezone
@@ -77,41 +77,48 @@ ORDER BY a.start_time;
 
 -- name: cancel_appointments_by_doctor
 UPDATE appointments
-SET status = 'cancelled', cancelled_at = %(now)s, cancelled_by = %(user_id)s, cancel_reason = %(reason)s
+SET status = 'cancelled', status_changed_at = %(now)s, cancelled_at = %(now)s, cancelled_by = %(user_id)s,
+    cancel_reason = %(reason)s
 WHERE id IN %(ids)s AND status = 'confirmed';
 
 -- name: insert_appointment_type
 INSERT INTO appointment_types (doctor_id, name, duration_minutes, buffer_before_minutes, buffer_after_minutes,
-                               min_notice_minutes, max_days_ahead, active, created_at, updated_at)
+                               min_notice_minutes, max_days_ahead, cancel_notice_minutes, active, created_at,
+                               updated_at)
 VALUES (%(doctor_id)s, %(name)s, %(duration_minutes)s, %(buffer_before_minutes)s, %(buffer_after_minutes)s,
-        %(min_notice_minutes)s, %(max_days_ahead)s, TRUE, %(now)s, %(now)s);
+        %(min_notice_minutes)s, %(max_days_ahead)s, %(cancel_notice_minutes)s, TRUE, %(now)s, %(now)s);
 
 -- name: count_active_appointment_types
 SELECT COUNT(*) FROM appointment_types WHERE doctor_id = %(doctor_id)s AND active;
 
 -- name: find_appointment_type
 SELECT id, doctor_id, name, duration_minutes, buffer_before_minutes, buffer_after_minutes, min_notice_minutes,
-       max_days_ahead, active
+       max_days_ahead, cancel_notice_minutes, active
 FROM appointment_types WHERE id = %(id)s;
 
 -- name: list_active_appointment_types
 SELECT id, doctor_id, name, duration_minutes, buffer_before_minutes, buffer_after_minutes, min_notice_minutes,
-       max_days_ahead, active
+       max_days_ahead, cancel_notice_minutes, active
 FROM appointment_types WHERE doctor_id = %(doctor_id)s AND active
 ORDER BY name, id;
 
 -- name: list_appointment_types_by_id
 -- The types a batch of requests names, as they stand under the doctor's lock.
 SELECT id, doctor_id, name, duration_minutes, buffer_before_minutes, buffer_after_minutes, min_notice_minutes,
-       max_days_ahead, active
+       max_days_ahead, cancel_notice_minutes, active
 FROM appointment_types WHERE id IN %(ids)s;
 
 -- name: update_appointment_type
 UPDATE appointment_types
 SET name = %(name)s, duration_minutes = %(duration_minutes)s, buffer_before_minutes = %(buffer_before_minutes)s,
     buffer_after_minutes = %(buffer_after_minutes)s, min_notice_minutes = %(min_notice_minutes)s,
-    max_days_ahead = %(max_days_ahead)s, updated_at = %(now)s
+    max_days_ahead = %(max_days_ahead)s, cancel_notice_minutes = %(cancel_notice_minutes)s, updated_at = %(now)s
 WHERE id = %(id)s;
 
 -- name: deactivate_appointment_type
 UPDATE appointment_types SET active = FALSE, updated_at = %(now)s WHERE id = %(id)s;
+
+-- name: insert_schedule_change
+-- Append-only: no query updates or deletes schedule_changes.
+INSERT INTO schedule_changes (doctor_id, actor_id, action, subject_id, changed_at)
+VALUES (%(doctor_id)s, %(actor_id)s, %(action)s, %(subject_id)s, %(now)s);

@@ -8,8 +8,10 @@ from typing import Any
 
 import httpx
 
-from service.core.accounts import issue_access_token
+from service.core.accounts import Passwords, issue_access_token
+from service.core.db import Database
 from service.core.settings import Settings
+from service.core.staff import create_staff
 
 _counter = itertools.count(1)
 PASSWORD = "correct horse battery"
@@ -54,6 +56,23 @@ class Factory:
         else:  # the same token /auth/login would give, without spending the login rate limit
             user["token"], _ = issue_access_token(user["id"], role, 0, self.settings)
         return user
+
+    async def staff(self, **fields: Any) -> User:
+        """A staff member, made the one way there is (the core function behind `python -m service create-staff`),
+        who sets a password with the printed token and logs in, as a client would."""
+        number = next(_counter)
+        db = await Database.connect(self.settings)
+        try:
+            user, token = await create_staff(db, Passwords(self.settings.bcrypt_rounds),
+                                             fields.get("email", f"staff{number}@clinic.example"),
+                                             fields.get("name", f"Staff {number}"), 60)
+        finally:
+            await db.close()
+        response = await self.client.post("/auth/reset-password", json={"token": token, "new_password": PASSWORD})
+        assert response.status_code == 204, response.text
+        login = await self.client.post("/auth/login", json={"email": user["email"], "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        return User({key: user[key] for key in ("id", "email", "name", "role")}, token=login.json()["access_token"])
 
     async def doctor(self, **fields: Any) -> User:
         return await self.user("Doctor", **fields)

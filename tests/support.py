@@ -29,8 +29,8 @@ from tests.factory import Factory
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 # Child tables first, so deleting in this order breaks no foreign key.
-TABLES_CHILD_FIRST = ["appointments", "booking_requests", "password_reset_tokens", "availabilities", "time_off",
-                      "weekly_hours", "appointment_types", "users"]
+TABLES_CHILD_FIRST = ["appointment_history", "appointments", "booking_requests", "password_reset_tokens",
+                      "availabilities", "time_off", "weekly_hours", "appointment_types", "schedule_changes", "users"]
 
 
 def free_port() -> int:
@@ -348,13 +348,18 @@ def lock_waits(mysql: pymysql.Connection, database: str) -> int:
 # --- the fault rig: one test's processes, on a database and a Redis of that test's own ---------------------------
 
 def no_overlapping_confirmed(mysql: pymysql.Connection) -> None:
-    """The product's promise, checked in the database itself."""
+    """The product's promise, checked in the database itself: no two appointments holding their time overlap, for
+    a patient, or for a doctor with their buffers."""
     with mysql.cursor() as cursor:
         cursor.execute("""
             SELECT a.id, b.id FROM appointments a JOIN appointments b
-              ON a.id < b.id AND a.status = 'confirmed' AND b.status = 'confirmed'
-             AND a.start_time < b.end_time AND b.start_time < a.end_time
-             AND (a.doctor_id = b.doctor_id OR a.patient_id = b.patient_id)
+              ON a.id < b.id AND a.held_start IS NOT NULL AND b.held_start IS NOT NULL
+             AND ((a.patient_id = b.patient_id AND a.start_time < b.end_time AND b.start_time < a.end_time)
+               OR (a.doctor_id = b.doctor_id
+                   AND a.start_time - INTERVAL a.buffer_before_minutes MINUTE
+                       < b.end_time + INTERVAL b.buffer_after_minutes MINUTE
+                   AND b.start_time - INTERVAL b.buffer_before_minutes MINUTE
+                       < a.end_time + INTERVAL a.buffer_after_minutes MINUTE))
         """)
         assert cursor.fetchall() == ()
 

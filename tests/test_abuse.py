@@ -57,16 +57,22 @@ def bearer(token: str) -> dict[str, str]:
 # Operations only a doctor may call; every other operation that needs a token is called with a patient's.
 DOCTOR_OPERATIONS = ["updateMyDoctorProfile", "addAvailability", "deleteAvailability", "listMyDoctorAppointments",
                      "replaceMyWeeklyHours", "addTimeOff", "listMyTimeOff", "deleteTimeOff", "createAppointmentType",
-                     "updateAppointmentType", "deactivateAppointmentType"]
+                     "updateAppointmentType", "deactivateAppointmentType", "setAppointmentStatus"]
 PATIENT_OPERATIONS = ["bookAppointment", "listBookingRequests", "getBookingRequest", "getCurrentUser",
-                      "listMyAppointments", "getAppointment", "cancelAppointment"]
+                      "listMyAppointments", "getAppointment", "cancelAppointment", "rescheduleAppointment",
+                      "getAppointmentHistory"]
+# Any doctor's schedule, called with a staff member's token (a doctor may call them too, for themselves only).
+STAFF_OPERATIONS = ["findPatient", "replaceWeeklyHours", "addDoctorTimeOff", "listDoctorTimeOff", "deleteDoctorTimeOff",
+                    "createDoctorAppointmentType", "updateDoctorAppointmentType", "deactivateDoctorAppointmentType"]
 # Operations with rules a JSON Schema cannot state, which schema-valid data can break (a 400 naming the field):
 # times relative to now or to each other (in the future, end after start, `to` after `from`, at most 24 hours or
 # 62 days), a password's 8 to 72 bytes (the schema counts characters), a doctor's cancel needs a reason, a reset
 # token must exist. Only here may the positive_data_acceptance check see a 400.
 SEMANTIC_400 = ["register", "resetPassword", "addAvailability", "bookAppointment", "cancelAppointment",
+                "rescheduleAppointment", "setAppointmentStatus",
                 "listMyAppointments", "listMyDoctorAppointments", "getDoctorAvailability", "getDoctorSlots",
-                "replaceMyWeeklyHours", "addTimeOff", "createAppointmentType", "updateAppointmentType"]
+                "replaceMyWeeklyHours", "addTimeOff", "createAppointmentType", "updateAppointmentType",
+                "replaceWeeklyHours", "addDoctorTimeOff", "createDoctorAppointmentType", "updateDoctorAppointmentType"]
 # Strings that break naive SQL, LIKE patterns, logs, terminals and UTF-8 handling.
 NASTY_STRINGS = [
     "'; DROP TABLE users; --", '" OR 1=1 --', "%_\\", "Robert'); DELETE FROM appointments;--", "\\'\\\"\\\\",
@@ -89,10 +95,11 @@ async def seed(factory: Factory) -> dict[str, Any]:
     appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
     appointment_type = await factory.appointment_type(doctor, duration_minutes=30, buffer_after_minutes=10)
     time_off = await factory.time_off(doctor, at(9, offset=20), at(17, offset=20))
-    return {"doctor": doctor, "patient": patient, "dictionaries": {
+    staff = await factory.staff()
+    return {"doctor": doctor, "patient": patient, "staff": staff, "dictionaries": {
         "doctor_id": [doctor["id"]], "availability_id": [window["id"]], "appointment_id": [appointment["id"]],
         "type_id": [appointment_type["id"]], "time_off_id": [time_off["id"]],
-        "request_id": [appointment["booking_request_id"]],
+        "request_id": [appointment["booking_request_id"]], "patient_id": [patient["id"]],
         "times": [iso(at(hour, offset=3)) for hour in (0, 8, 9, 9.5, 10, 12, 17, 23.75, 24)],
         "emails": [doctor["email"], patient["email"]], "passwords": [PASSWORD, "'; DROP TABLE users; --"],
         "nasty": NASTY_STRINGS,
@@ -112,14 +119,16 @@ def schemathesis_config(seeded: dict[str, Any], with_tokens: bool) -> str:
     bindings = {f"path.{name}": name for name in ("doctor_id", "availability_id", "appointment_id", "request_id",
                                                    "type_id", "time_off_id")}
     bindings |= {"body.doctor_id": "doctor_id", "body.email": "emails", "body.password": "passwords",
-                 "body.appointment_type_id": "type_id", "query.appointment_type_id": "type_id"}
+                 "body.appointment_type_id": "type_id", "query.appointment_type_id": "type_id",
+                 "body.patient_id": "patient_id", "query.email": "emails"}
     bindings |= {f"body.{items}{field}": "times" for items in ("", "[*].") for field in ("start_time", "end_time")}
     bindings |= dict.fromkeys(STRING_FIELDS, "nasty")
     lines += ["[parameters]"]
     lines += [f'"{key}" = {{ dictionary = "{name}", probability = {0.3 if name == "nasty" else 0.5} }}'
               for key, name in bindings.items()]
     if with_tokens:
-        for operations, user in ((DOCTOR_OPERATIONS, seeded["doctor"]), (PATIENT_OPERATIONS, seeded["patient"])):
+        for operations, user in ((DOCTOR_OPERATIONS, seeded["doctor"]), (PATIENT_OPERATIONS, seeded["patient"]),
+                                 (STAFF_OPERATIONS, seeded["staff"])):
             lines += ["[[operations]]", f"include-operation-id = {toml(operations)}",
                       f"headers = {{ Authorization = {toml(user.headers['Authorization'])} }}"]
     # DELETE /appointments/{id} cancels: the appointment stays readable, with status `cancelled` (README), so
@@ -136,8 +145,10 @@ def statuses_by_operation(har: dict[str, Any], spec: dict[str, Any]) -> dict[str
     operations = []
     for path, methods in spec["paths"].items():
         pattern = re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$")
-        operations += [(method.upper(), "{" in path, pattern, op["operationId"]) for method, op in methods.items()]
-    operations.sort(key=lambda op: op[1])  # /doctors/me before /doctors/{doctor_id}
+        operations += [(method.upper(), path.count("{"), pattern, op["operationId"])
+                       for method, op in methods.items()]
+    # Fewest parameters first: /doctors/me/time-off/{id} before /doctors/{doctor_id}/time-off/{id}
+    operations.sort(key=lambda op: op[1])
     statuses: dict[str, Counter[int]] = defaultdict(Counter)
     for entry in har["log"]["entries"]:
         path = re.sub(r"^https?://[^/]+", "", entry["request"]["url"]).split("?")[0]
@@ -178,7 +189,7 @@ async def test_schemathesis_finds_nothing(
     # Each operation says who may call it: bearer, or no security at all (`[]`, the public ones).
     protected = {op["operationId"] for methods in spec["paths"].values() for op in methods.values()
                  if op["security"] != []}
-    assert protected == set(DOCTOR_OPERATIONS + PATIENT_OPERATIONS)
+    assert protected == set(DOCTOR_OPERATIONS + PATIENT_OPERATIONS + STAFF_OPERATIONS)
     for operation_id in protected:
         answered = statuses[operation_id]
         if with_tokens:  # the token got past authentication and the role guard
@@ -186,8 +197,8 @@ async def test_schemathesis_finds_nothing(
         else:  # only ever refused (a 404 is an id that is not even a number: no route, so no auth either)
             assert set(answered) <= {401, 404, 405}, (operation_id, answered)
     assert_tables_intact(mysql)
-    assert len(rows(mysql, "SELECT id FROM users WHERE id IN (%s, %s)",
-                    seeded["doctor"]["id"], seeded["patient"]["id"])) == 2
+    assert len(rows(mysql, "SELECT id FROM users WHERE id IN (%s, %s, %s)",
+                    seeded["doctor"]["id"], seeded["patient"]["id"], seeded["staff"]["id"])) == 3
 
 
 # --- 2. forged, broken and orphaned tokens -------------------------------------------------------------------------

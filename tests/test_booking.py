@@ -513,10 +513,11 @@ async def listener(bare_redis: ArqRedis) -> AsyncIterator[Notifications]:
     await notifications.stop()
 
 
-def pending_row(request_id: int, patient_id: int = 1) -> dict:
+def pending_row(request_id: int, patient_id: int = 1, requested_by: int | None = None) -> dict:
     """A booking request as POST /appointments stores it (and Notifications.remember keeps it)."""
     now = utcnow()
-    return {"id": request_id, "patient_id": patient_id, "doctor_id": 3, "start_time": now, "end_time": now,
+    return {"id": request_id, "patient_id": patient_id, "requested_by": requested_by, "doctor_id": 3,
+            "start_time": now, "end_time": now,
             "notes": None, "status": "pending", "reason": None, "appointment_id": None, "created_at": now,
             "decided_at": None}
 
@@ -553,6 +554,15 @@ async def test_a_poll_in_the_process_that_stored_the_request_needs_no_read(
     assert (await listener.wait_for_decision(12, 2, partial(read_from_mysql, 12), 0))["status"] == "from mysql"
     assert (await listener.wait_for_decision(13, 1, partial(read_from_mysql, 13), 0))["status"] == "from mysql"
     assert reads == [12, 13]
+
+    # Booked by staff (user 5) for patient 1: each of the two is answered from memory; anyone else from MySQL.
+    listener.remember(pending_row(14, 1, requested_by=5))
+    await publish_decisions(bare_redis, Decided(3, now, [Decision(14, "confirmed", None, 140)]))
+    await asyncio.sleep(0.2)
+    for user_id in (1, 5):
+        assert (await listener.wait_for_decision(14, user_id, partial(read_from_mysql, 14), 0))["status"] == "confirmed"
+    assert (await listener.wait_for_decision(14, 6, partial(read_from_mysql, 14), 0))["status"] == "from mysql"
+    assert reads == [12, 13, 14]
 
 
 async def test_deployments_sharing_a_redis_server_do_not_hear_each_other(listener: Notifications) -> None:

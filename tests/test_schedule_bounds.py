@@ -214,7 +214,7 @@ def test_taken_time_merges_and_answers_clashes_by_binary_search() -> None:
 
 @pytest.mark.parametrize(("query", "params"), [
     ("find_overlapping_availability", {"start_time": "window", "end_time": "window_end"}),
-    ("find_confirmed_appointment_in_window", {"start_time": "window", "end_time": "window_end"}),
+    ("find_held_appointment_in_window", {"start_time": "window", "end_time": "window_end"}),
     ("count_upcoming_windows", {"now": "window"}),
     ("list_schedule_in_range", {"from": "window", "to": "window_end"}),
     ("list_schedule_between", {"from": "window", "to": "window_end"}),

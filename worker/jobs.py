@@ -14,20 +14,18 @@ from redis.asyncio import Redis
 
 from service.core import faults
 from service.core.appointments import stale_since
-from service.core.booking import RETRIES_EXHAUSTED, decide_for_doctor
+from service.core.booking import decide_for_doctor, fail_request
 from service.core.db import CONNECTION_LOST_ERRORS, Database, mysql_error_code
 from service.core.logs import current_request_id, new_request_id
 from service.core.queue import (
     REQUEST_ID_KWARG,
     Decided,
-    Decision,
     decisions_announcement,
     enqueue_booking,
     publish_decisions,
     queued_marker_key,
 )
 from service.core.settings import Settings
-from service.core.times import utcnow
 from worker.arq_ext import lease_commands, renew_leases
 from worker.lock import DoctorLock
 from worker.mail import send_email as deliver_email
@@ -149,12 +147,9 @@ async def retry_or_fail(ctx: Context, request_id: int, doctor_id: int, exc: Exce
         # MySQL is away, not the request at fault: leave it pending; the sweep queues it once MySQL is back.
         raise exc
     log.error("booking request %s failed after %s tries: %r", request_id, ctx["job_try"], exc)
-    now = utcnow()
-    failed_rows, _ = await ctx["db"].execute("fail_booking_request",
-                                             {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": now})
-    if not failed_rows:  # another job decided it meanwhile: that decision stands, and was published
+    failed = await fail_request(ctx["db"], request_id)
+    if failed is None:  # another job decided it meanwhile: that decision stands, and was published
         return "already decided"
-    failed = Decided(doctor_id, now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)])
     log_decisions(failed)
     await publish_decisions(ctx["redis"], failed)
     return "failed"

@@ -25,6 +25,7 @@ from service.api.controllers.booking_requests import BookingRequestController
 from service.api.controllers.doctors import DoctorController
 from service.api.controllers.health import HealthController
 from service.api.controllers.metrics import MetricsController, metrics_token_guard
+from service.api.controllers.patients import PatientController
 from service.api.controllers.time_off import TimeOffController
 from service.api.controllers.weekly_hours import WeeklyHoursController
 from service.api.dependencies import DatabaseDep
@@ -68,6 +69,7 @@ TAGS = [
     Tag(name="schedules", description="Weekly hours in the doctor's time zone, time off, appointment types"),
     Tag(name="appointments", description="Book, read and cancel appointments"),
     Tag(name="booking requests", description="Follow a booking until it is decided"),
+    Tag(name="front desk", description="What staff look up to book on a patient's behalf"),
     Tag(name="health", description="Liveness of the service and what it depends on"),
 ]
 
@@ -147,7 +149,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # The address limit guards only the account endpoints (guessing, hashing); no other request pays for it.
             Router("/", route_handlers=[AuthController], middleware=[AddressRateLimit(redis, settings)]),
             DoctorController, WeeklyHoursController, TimeOffController, AppointmentTypeController,
-            AppointmentController, BookingRequestController, HealthController, *metrics_route,
+            AppointmentController, BookingRequestController, PatientController, HealthController, *metrics_route,
         ],
         dependencies={
             "settings": value(settings),

@@ -119,6 +119,8 @@ class Notifications:
             return
         if any(decision.status == "confirmed" for decision in decided.decisions):
             self.schedule.changed(decided.doctor_id)  # before the pollers wake and read slots again
+        for doctor_id in decided.freed_doctor_ids:  # appointments moved away from them
+            self.schedule.changed(doctor_id)
         for decision in decided.decisions:
             request_id, outcome = decision.request_id, (decision, decided.decided_at)
             if (row := self._recent.get(request_id)) is not None:
@@ -150,11 +152,12 @@ class Notifications:
                 del self._waiters[request_id]
 
     async def wait_for_decision(
-        self, request_id: int, patient_id: int, read: Callable[[], Awaitable[Row]], timeout: float
+        self, request_id: int, user_id: int, read: Callable[[], Awaitable[Row]], timeout: float
     ) -> Row:
-        """The patient's booking request, once it has left `pending` or `timeout` seconds have passed.
+        """The user's booking request (its patient's, or its requester's), once it has left `pending` or `timeout`
+        seconds have passed.
 
-        The first look is at the requests this process stored (if it is this patient's and the caller will wait:
+        The first look is at the requests this process stored (if it is this user's and the caller will wait:
         a remembered "pending" only starts a wait, for at most TRUST_PENDING_SECONDS), else `read` (MySQL). The
         watch is set before it, so a decision landing in between is not missed. A decision published by the
         worker (after its commit) completes the row without another read; a wake-up without one (a reconnect) or
@@ -165,7 +168,8 @@ class Notifications:
         with self._watch(request_id) as waiter:
             row = self._recent.get(request_id)
             trusted_until = deadline
-            if row is None or row["patient_id"] != patient_id or (row["status"] == "pending" and timeout <= 0):
+            if (row is None or user_id not in (row["patient_id"], row["requested_by"])
+                    or (row["status"] == "pending" and timeout <= 0)):
                 row = await read()
             elif row["status"] == "pending":
                 trusted_until = min(deadline, loop.time() + TRUST_PENDING_SECONDS)

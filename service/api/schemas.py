@@ -5,15 +5,16 @@ from __future__ import annotations
 import enum
 import re
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
 
-from service.core import appointments
+from service.core import appointments, history
 from service.core.accounts import CurrentUser
-from service.core.appointments import AppointmentStatus, RequestStatus
+from service.core.appointments import AppointmentStatus, RequestKind, RequestStatus
 from service.core.db import Database, Row
+from service.core.lifecycle import FHIR_STATUS
 from service.core.times import from_row
 from service.core.zones import known_zones
 
@@ -47,8 +48,10 @@ class AppointmentOut(msgspec.Struct):
         "id": 58, "booking_request_id": 104, "doctor_id": 7, "doctor_name": "Dr Ada Weber", "patient_id": 12,
         "patient_name": "Pat Jones", "patient_email": "pat.jones@example.com", "appointment_type_id": None,
         "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
-        "notes": "Follow-up on the blood test", "status": "confirmed", "created_at": "2030-01-08T14:02:11Z",
-        "cancelled_at": None, "cancelled_by": None, "cancel_reason": None}
+        "notes": "Follow-up on the blood test", "status": "confirmed", "fhir_status": "booked",
+        "status_changed_at": None, "rescheduled_from": None, "rescheduled_to": None,
+        "created_at": "2030-01-08T14:02:11Z", "cancelled_at": None, "cancelled_by": None, "cancel_reason": None,
+        "patient_no_shows": None}
 
     id: int
     booking_request_id: int
@@ -62,21 +65,66 @@ class AppointmentOut(msgspec.Struct):
     end_time: datetime
     notes: str | None
     status: AppointmentStatus
+    fhir_status: FhirStatus
+    status_changed_at: datetime | None
+    rescheduled_from: int | None
+    rescheduled_to: int | None
     created_at: datetime
     cancelled_at: datetime | None
     cancelled_by: int | None
     cancel_reason: str | None
+    # In a doctor's schedule: how many of this patient's appointments (with any doctor) were no-shows.
+    patient_no_shows: int | None = None
+
+
+FhirStatus = Literal["booked", "checked-in", "fulfilled", "noshow", "cancelled"]
+
+
+def appointment_out(row: Row) -> AppointmentOut:
+    return from_row(AppointmentOut, {**row, "fhir_status": FHIR_STATUS[row["status"]]})
+
+
+class HistoryEntryOut(msgspec.Struct):
+    """One change: who (`actor_role` `system` is the worker deciding a request), what, from which status to which."""
+
+    at: datetime
+    actor_id: int | None
+    actor_role: str
+    action: history.Action
+    from_status: str | None
+    to_status: str | None
+    reason: str | None
+    booking_request_id: int | None
+    appointment_id: int | None
+
+
+class HistoryOut(msgspec.Struct):
+    example: ClassVar[dict[str, Any]] = {"items": [
+        {"at": "2030-01-08T14:02:11Z", "actor_id": 12, "actor_role": "Patient", "action": "requested",
+         "from_status": None, "to_status": "pending", "reason": None, "booking_request_id": 104,
+         "appointment_id": None},
+        {"at": "2030-01-08T14:02:11Z", "actor_id": None, "actor_role": "system", "action": "confirmed",
+         "from_status": None, "to_status": "confirmed", "reason": None, "booking_request_id": 104,
+         "appointment_id": 58}]}
+
+    items: list[HistoryEntryOut]
 
 
 class BookingRequestOut(msgspec.Struct):
     example: ClassVar[dict[str, Any]] = {
-        "request_id": 104, "status": "confirmed", "doctor_id": 7, "appointment_type_id": None,
-        "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
+        "request_id": 104, "status": "confirmed", "kind": "book", "reschedules": None, "patient_id": 12,
+        "requested_by": None, "doctor_id": 7, "appointment_type_id": None, "start_time": "2030-01-15T10:00:00Z",
+        "end_time": "2030-01-15T10:30:00Z",
         "notes": "Follow-up on the blood test", "appointment_id": 58, "reason": None,
         "created_at": "2030-01-08T14:02:11Z", "decided_at": "2030-01-08T14:02:11Z"}
 
     request_id: int
     status: RequestStatus
+    kind: RequestKind
+    reschedules: int | None  # a reschedule: the appointment it moves
+    patient_id: int
+    # The staff member who asked on the patient's behalf; null when the patient asked.
+    requested_by: int | None
     doctor_id: int
     appointment_type_id: int | None
     start_time: datetime
@@ -131,4 +179,4 @@ async def appointments_page(db: Database, user: CurrentUser, status: str | None,
                             end: str | None, limit: int, offset: int) -> AppointmentPage:
     """The caller's appointments as a page: what both `my-appointments` endpoints answer."""
     rows, total = await appointments.list_appointments(db, user, status, start, end, limit, offset)
-    return page(AppointmentPage, [from_row(AppointmentOut, row) for row in rows], total, limit, offset)
+    return page(AppointmentPage, [appointment_out(row) for row in rows], total, limit, offset)

@@ -81,17 +81,26 @@ def jwt_auth(settings: Settings) -> JWTAuth[CurrentUser]:
     )
 
 
-def _require_role(role: Role):  # noqa: ANN202 - a guard factory
+WHO: dict[Role, str] = {"Doctor": "a doctor", "Patient": "a patient", "Staff": "staff"}
+
+
+def _require_role(*roles: Role):  # noqa: ANN202 - a guard factory
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         # async, so Litestar calls it inline instead of in a thread
         if "user" not in connection.scope:  # a request the auth middleware let through (OPTIONS): no one
             raise NotAuthenticated()
-        if connection.user.role != role:
-            raise Forbidden(f"Only a {role.lower()} may do this")
+        if connection.user.role not in roles:
+            raise Forbidden(f"Only {' or '.join(WHO[role] for role in roles)} may do this")
 
-    guard.__name__ = f"requires_{role.lower()}"
+    guard.__name__ = "requires_" + "_or_".join(role.lower() for role in roles)
     return guard
 
 
+# The role guards: who may call a route at all. Which object they may touch is the core's to decide (404 for other
+# people's, 403 for another doctor's schedule). What staff may do, and why, is written in one place:
+# service/core/staff.py.
 requires_doctor = _require_role("Doctor")
 requires_patient = _require_role("Patient")
+requires_staff = _require_role("Staff")
+requires_patient_or_staff = _require_role("Patient", "Staff")  # booking: for oneself, or for a named patient
+requires_doctor_or_staff = _require_role("Doctor", "Staff")  # a doctor's schedule: their own, or anyone's

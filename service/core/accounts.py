@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 import bcrypt
 import jwt
@@ -21,7 +21,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from service.core import ratelimit
-from service.core.db import ER_DUP_ENTRY, Database, Row, mysql_error_code
+from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
 from service.core.errors import Conflict, InvalidInput, NotAuthenticated
 from service.core.queue import enqueue_email, publish_user_changed
 from service.core.settings import Settings
@@ -30,7 +30,9 @@ from service.core.zones import check_timezone
 
 log = logging.getLogger("service.accounts")
 
-Role = Literal["Doctor", "Patient"]
+Role = Literal["Doctor", "Patient", "Staff"]
+# What POST /auth/register may make. Staff accounts are made only by an operator (service/core/staff.py).
+RegistrableRole = Literal["Doctor", "Patient"]
 JWT_ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
 MIN_PASSWORD_BYTES = 8
@@ -170,9 +172,12 @@ def check_password_bytes(password: str, field: str) -> None:
         raise InvalidInput(f"must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes in UTF-8", field=field)
 
 
-async def register(db: Database, passwords: Passwords, *, email: str, name: str, role: Role, password: str,
-                   specialty: str | None, timezone: str | None = None) -> Row:
+async def register(db: Database, passwords: Passwords, *, email: str, name: str, role: RegistrableRole,
+                   password: str, specialty: str | None, timezone: str | None = None) -> Row:
     """A new account; 409 if the email, in its normal form, has one already."""
+    if role not in get_args(RegistrableRole):  # the HTTP schema says so too: this is for every other caller
+        raise InvalidInput("must be Doctor or Patient: staff accounts are made by an operator "
+                           "(python -m service create-staff)", field="role")
     email = checked_email(email)
     check_password_bytes(password, "password")
     if specialty is not None and role != "Doctor":
@@ -188,6 +193,11 @@ async def register(db: Database, passwords: Passwords, *, email: str, name: str,
         "password_hash": await passwords.hash(password),
         "created_at": utcnow(),
     }
+    return await insert_user(db, row)
+
+
+async def insert_user(db: Database | Connection, row: Row) -> Row:
+    """The account stored, with its id; 409 if the email (in its normal form) has one already."""
     try:
         _, user_id = await db.execute("insert_user", row)
     except Exception as exc:
@@ -223,14 +233,8 @@ async def send_reset_token(db: Database, redis: Redis, settings: Settings, email
     await ratelimit.limit(redis, "forgot-password", account(user, email), settings.login_rate_limit_per_minute)
     if user is None:
         return
-    token, token_hash = new_reset_token()
-    now = utcnow()
     async with db.transaction() as tx:
-        await tx.execute("retire_reset_tokens", {"user_id": user["id"], "now": now})
-        await tx.execute("insert_reset_token", {
-            "user_id": user["id"], "token_hash": token_hash, "now": now,
-            "expires_at": now + timedelta(minutes=settings.reset_token_minutes),
-        })
+        token = await store_reset_token(tx, user["id"], settings.reset_token_minutes)
     try:  # a lost email is not a lost booking: the user can simply ask again
         await enqueue_email(redis, user["email"], "Reset your password",
                             reset_email_text(user["name"], token, settings.reset_token_minutes))
@@ -238,13 +242,31 @@ async def send_reset_token(db: Database, redis: Redis, settings: Settings, email
         log.exception("could not queue the password-reset email")
 
 
+async def store_reset_token(tx: Connection, user_id: int, valid_minutes: int) -> str:
+    """A fresh single-use token that sets the user's password (POST /auth/reset-password), retiring older ones;
+    only its hash is kept."""
+    token, token_hash = new_reset_token()
+    now = utcnow()
+    await tx.execute("retire_reset_tokens", {"user_id": user_id, "now": now})
+    await tx.execute("insert_reset_token", {"user_id": user_id, "token_hash": token_hash, "now": now,
+                                            "expires_at": now + timedelta(minutes=valid_minutes)})
+    return token
+
+
+def reset_token_text(token: str, valid_minutes: int) -> str:
+    """The token and how to use it, as the reset email gives them (and `create-staff` prints them)."""
+    return (
+        f"Your reset token (valid for {valid_minutes} minutes, usable once):\n\n"
+        f"    {token}\n\n"
+        "Send it with your new password to POST /auth/reset-password.\n"
+    )
+
+
 def reset_email_text(name: str, token: str, valid_minutes: int) -> str:
     return (
         f"Hello {name},\n\n"
         "Someone asked to reset the password of your Doctor Appointments account.\n"
-        f"Your reset token (valid for {valid_minutes} minutes, usable once):\n\n"
-        f"    {token}\n\n"
-        "Send it with your new password to POST /auth/reset-password.\n"
+        f"{reset_token_text(token, valid_minutes)}"
         "If you did not ask for this, ignore this email: your password stays as it is.\n"
     )
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Literal
 
+from service.core import history, staff
 from service.core.accounts import CurrentUser
 from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
-from service.core.doctors import lock_doctor
-from service.core.errors import Conflict, InvalidInput, NotFound
+from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from service.core.schedule import bookable_type
 from service.core.times import grid_span, on_grid, time_range, to_db, utcnow
 
-AppointmentStatus = Literal["confirmed", "cancelled"]
+AppointmentStatus = Literal["confirmed", "checked_in", "completed", "no_show", "cancelled", "rescheduled"]
 RequestStatus = Literal["pending", "confirmed", "rejected", "failed"]
+RequestKind = Literal["book", "reschedule"]
 MAX_APPOINTMENT = timedelta(hours=8)
 
 log = logging.getLogger("service.appointments")
@@ -38,9 +40,15 @@ def check_booking(start_time: datetime, end_time: datetime) -> tuple[datetime, d
     return start, end
 
 
-def fingerprint(doctor_id: int, type_id: int | None, start: datetime, end: datetime, notes: str | None) -> str:
-    """What makes two bodies "the same request" for an Idempotency-Key."""
+def fingerprint(doctor_id: int, type_id: int | None, start: datetime, end: datetime, notes: str | None,
+                reschedules: int | None = None, requested_by: int | None = None) -> str:
+    """What makes two bodies "the same request" for an Idempotency-Key. Keys are the patient's: one sent by staff
+    on the patient's behalf is another request (`by…|` cannot start a patient's own, which starts with a number)."""
     canonical = f"{doctor_id}|{type_id or ''}|{start.isoformat()}|{end.isoformat()}|{notes or ''}"
+    if reschedules is not None:
+        canonical += f"|reschedules {reschedules}"
+    if requested_by is not None:
+        canonical = f"by{requested_by}|{canonical}"
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -64,24 +72,37 @@ async def requested_span(db: Database, doctor_id: int, start_time: datetime, end
 
 
 async def store_request(
-    db: Database, patient_id: int, doctor_id: int, start_time: datetime, end_time: datetime | None,
-    notes: str | None, idempotency_key: str | None, type_id: int | None = None,
+    db: Database, actor: CurrentUser, patient_id: int, doctor_id: int, start_time: datetime,
+    end_time: datetime | None, notes: str | None, idempotency_key: str | None, type_id: int | None = None,
+    reschedules: int | None = None, check_new: Callable[[], None] | None = None,
 ) -> tuple[int, Row | None]:
-    """Store the pending request, or find the one this Idempotency-Key already made.
+    """Store the pending request (a booking, or the move of appointment `reschedules`) with its history row, or
+    find the one this Idempotency-Key already made. `actor` asks: the patient, or staff on the patient's behalf
+    (kept as `requested_by`). `check_new` may refuse a new request (not a replayed one).
 
     Returns the request id and, if it is new, its row as stored.
     """
     start, end = await requested_span(db, doctor_id, start_time, end_time, type_id)
-    digest = fingerprint(doctor_id, type_id, start, end, notes) if idempotency_key else None
+    requested_by = None if actor.id == patient_id else actor.id
+    digest = fingerprint(doctor_id, type_id, start, end, notes, reschedules, requested_by) if idempotency_key else None
     if idempotency_key:
         first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
         if first is not None:
             return first, None
-    stored = {"patient_id": patient_id, "doctor_id": doctor_id, "appointment_type_id": type_id, "start_time": start,
-              "end_time": end, "notes": notes, "created_at": utcnow()}
+    if check_new is not None:
+        check_new()
+    kind: RequestKind = "book" if reschedules is None else "reschedule"
+    stored = {"patient_id": patient_id, "requested_by": requested_by, "doctor_id": doctor_id,
+              "appointment_type_id": type_id, "start_time": start, "end_time": end, "notes": notes,
+              "created_at": utcnow(), "kind": kind, "reschedules": reschedules}
     try:
-        inserted, request_id = await db.execute(
-            "insert_booking_request", {**stored, "idempotency_key": idempotency_key, "fingerprint": digest})
+        async with db.transaction() as tx:
+            inserted, request_id = await tx.execute(
+                "insert_booking_request", {**stored, "idempotency_key": idempotency_key, "fingerprint": digest})
+            if inserted:
+                await history.record(tx, [history.entry(
+                    "requested", stored["created_at"], actor, appointment_id=reschedules, request_id=request_id,
+                    to_status="pending")])
     except Exception as exc:
         if mysql_error_code(exc) == ER_DUP_ENTRY and idempotency_key:  # the same key raced in twice
             first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
@@ -113,13 +134,15 @@ async def find_by_idempotency_key(db: Database, patient_id: int, key: str, diges
     if first is None:
         return None
     if first["request_fingerprint"] != digest:
-        raise Conflict("this Idempotency-Key was already used with a different request body")
+        raise Conflict("this Idempotency-Key was already used for this patient with a different request body, "
+                       "or by someone else (the patient, or staff on their behalf)")
     return first["id"]
 
 
-async def read_own_request(db: Database, request_id: int, patient_id: int) -> Row:
-    """The request if it is this patient's; 404 otherwise, so others cannot even learn that it exists."""
-    row = await db.fetch_one("find_booking_request_for_patient", {"id": request_id, "patient_id": patient_id})
+async def read_own_request(db: Database, request_id: int, user_id: int) -> Row:
+    """The request if it is this user's: its patient's, or the staff member's who asked for it on the patient's
+    behalf; 404 otherwise, so others cannot even learn that it exists."""
+    row = await db.fetch_one("find_booking_request_for_user", {"id": request_id, "user_id": user_id})
     if row is None:
         raise NotFound(f"no booking request {request_id} of yours")
     return row
@@ -135,9 +158,18 @@ async def list_requests(db: Database, patient_id: int, status: str | None, limit
     return rows, total
 
 
+async def booked_appointment(db: Database, request: Row) -> Row:
+    """The appointment a confirmed request made, for whoever may read the request (its patient, or the staff
+    member who asked for it), as its patient sees it."""
+    return await db.fetch_one("find_appointment_for_user", {"id": request["appointment_id"],
+                                                            "user_id": request["patient_id"], "any": False})
+
+
 async def find_appointment(db: Database | Connection, appointment_id: int, user: CurrentUser) -> Row:
-    """The appointment if the user is its patient or its doctor; 404 otherwise."""
-    row = await db.fetch_one("find_appointment_for_user", {"id": appointment_id, "user_id": user.id})
+    """The appointment if the user is its patient, its doctor, or staff (the front desk sees every one); 404
+    otherwise."""
+    row = await db.fetch_one("find_appointment_for_user", {"id": appointment_id, "user_id": user.id,
+                                                           "any": staff.sees_every_appointment(user)})
     if row is None:
         raise NotFound(f"no appointment {appointment_id} of yours")
     return row
@@ -148,6 +180,8 @@ async def list_appointments(
     offset: int,
 ) -> tuple[list[Row], int]:
     """The user's appointments: a doctor's schedule or a patient's bookings, by start time; and how many."""
+    if user.role not in ("Doctor", "Patient"):  # staff have none of their own (and no filter must mean all)
+        raise Forbidden("Only a doctor or a patient has appointments of their own")
     range_start, range_end = time_range(start, end)
     params = {
         "doctor_id": user.id if user.role == "Doctor" else None,
@@ -158,20 +192,3 @@ async def list_appointments(
         rows = await conn.fetch_all("list_appointments_for_user", {**params, "limit": limit, "offset": offset})
         total = await conn.fetch_value("count_appointments_for_user", params)
     return rows, total
-
-
-async def cancel_appointment(tx: Connection, appointment_id: int, user: CurrentUser,
-                             reason: str | None) -> tuple[Row, bool]:
-    """Cancel as its patient, or as its doctor with a reason, under the doctor's row lock. The appointment as
-    it now stands, and whether this call cancelled it (False: it was cancelled already)."""
-    appointment = await find_appointment(tx, appointment_id, user)
-    if appointment["status"] == "cancelled":
-        return appointment, False
-    if user.role == "Doctor" and not (reason and reason.strip()):
-        raise InvalidInput("a doctor must say why the appointment is cancelled", field="reason")
-    if appointment["start_time"] <= utcnow():
-        raise Conflict("the appointment has already started")
-    await lock_doctor(tx, appointment["doctor_id"])
-    await tx.execute("cancel_appointment", {"id": appointment_id, "user_id": user.id, "now": utcnow(),
-                                            "reason": reason.strip() if reason else None})
-    return await find_appointment(tx, appointment_id, user), True

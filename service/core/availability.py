@@ -65,13 +65,18 @@ class Available:
 
 
 class Taken:
-    """Time already taken, as sorted, merged spans; decisions add to it as they confirm."""
+    """Time already taken, as sorted, merged spans; decisions add to it as they confirm.
 
-    __slots__ = ("ends", "starts")
+    Appointments a batch may move (reschedules) are kept apart, by id, in `moving`: taken for everyone, except for
+    the reschedule of that very appointment (its own current time is free to it), and released once it moved.
+    """
 
-    def __init__(self, spans: Iterable[Span] = ()) -> None:
+    __slots__ = ("ends", "moving", "starts")
+
+    def __init__(self, spans: Iterable[Span] = (), moving: dict[int, Span] | None = None) -> None:
         self.starts: list[datetime] = []
         self.ends: list[datetime] = []
+        self.moving = moving or {}
         for start, end in sorted(spans):
             if self.ends and start <= self.ends[-1]:
                 self.ends[-1] = max(self.ends[-1], end)
@@ -79,13 +84,20 @@ class Taken:
                 self.starts.append(start)
                 self.ends.append(end)
 
-    def clash(self, start: datetime, end: datetime) -> Span | None:
+    def clash(self, start: datetime, end: datetime, moving_id: int | None = None) -> Span | None:
         """The taken span that [start, end) overlaps, if any (the only candidate: the last one starting before
-        `end`; every earlier one ends before it starts)."""
+        `end`; every earlier one ends before it starts), not counting appointment `moving_id`'s own time."""
         i = bisect_left(self.starts, end) - 1
         if i >= 0 and self.ends[i] > start:
             return self.starts[i], self.ends[i]
+        for appointment_id, (taken_start, taken_end) in self.moving.items():  # a batch's few reschedules
+            if appointment_id != moving_id and taken_start < end and taken_end > start:
+                return taken_start, taken_end
         return None
+
+    def release(self, appointment_id: int) -> None:
+        """A moving appointment has moved: its old time is free from now on."""
+        self.moving.pop(appointment_id, None)
 
     def take(self, start: datetime, end: datetime) -> None:
         """Add [start, end), merging it with the spans it overlaps or touches."""
@@ -218,11 +230,12 @@ class DoctorTime:
 
     __slots__ = ("available", "available_ends", "available_starts", "taken")
 
-    def __init__(self, available: list[Available], taken: Iterable[Span]) -> None:
+    def __init__(self, available: list[Available], taken: Iterable[Span],
+                 moving: dict[int, Span] | None = None) -> None:
         self.available = available  # sorted by start; overlapping ones were merged
         self.available_starts = [a.start for a in available]
         self.available_ends = [a.end for a in available]
-        self.taken = Taken(taken)
+        self.taken = Taken(taken, moving)
 
     def interval_holding(self, start: datetime, end: datetime) -> Available | None:
         i = bisect_right(self.available_starts, start) - 1
@@ -231,8 +244,10 @@ class DoctorTime:
             return self.available[i]
         return None
 
-    def why_not(self, start: datetime, end: datetime, now: datetime, rules: Rules = NO_RULES) -> str | None:
-        """Why [start, end) of this kind cannot be booked at `now`, or None if it can: THE booking rule."""
+    def why_not(self, start: datetime, end: datetime, now: datetime, rules: Rules = NO_RULES,
+                moving_id: int | None = None) -> str | None:
+        """Why [start, end) of this kind cannot be booked at `now`, or None if it can: THE booking rule. A
+        reschedule names the appointment it moves (`moving_id`), whose own current time does not stand in its way."""
         if start <= now:
             return IN_PAST
         if start < now + rules.min_notice:
@@ -241,7 +256,7 @@ class DoctorTime:
             return TOO_FAR_AHEAD
         if self.interval_holding(start, end) is None:
             return OUTSIDE_AVAILABILITY
-        if self.taken.clash(*rules.blocked(start, end)) is not None:
+        if self.taken.clash(*rules.blocked(start, end), moving_id) is not None:
             return SLOT_TAKEN
         return None
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from service.core import faults
+from service.core import faults, history
 from service.core.availability import DoctorTime, Taken
 from service.core.db import RETRYABLE_ERRORS, Connection, Database, Row, mysql_error_code
 from service.core.queue import Decided, Decision
@@ -27,6 +27,9 @@ PATIENT_BUSY = "patient_busy"
 DOCTOR_NOT_FOUND = "doctor_not_found"
 TYPE_UNAVAILABLE = "appointment_type_unavailable"  # deactivated between the request and its decision
 RETRIES_EXHAUSTED = "retries_exhausted"
+# A reschedule's appointment was cancelled, moved, checked in (...) or began before the move was decided.
+APPOINTMENT_NOT_CONFIRMED = "appointment_not_confirmed"
+APPOINTMENT_STARTED = "appointment_started"
 # Requests of a batch whose times lie closer than this are read from MySQL in one range; farther ones in another,
 # so a batch never reads a doctor's whole calendar between two far-apart requests.
 NEARBY = timedelta(days=1)
@@ -40,32 +43,55 @@ class PendingRequest:
     end_time: datetime
     notes: str | None
     appointment_type_id: int | None = None
+    reschedules: int | None = None  # the appointment a reschedule moves
+
+
+@dataclass(slots=True)
+class Moving:
+    """An appointment a reschedule of the batch would move, as it stood once its doctor's row was locked."""
+
+    id: int
+    doctor_id: int
+    status: str
+    start_time: datetime
 
 
 def decide(
     requests: list[PendingRequest], doctor: DoctorTime, patients: dict[int, Taken], now: datetime,
-    types: dict[int, Row] | None = None,
+    types: dict[int, Row] | None = None, moving: dict[int, Moving] | None = None,
 ) -> list[Decision]:
     """Decide requests in order, each seeing the ones confirmed before it, with the rules of its appointment type
-    (`types`: the doctor's active ones, by id). Pure: no I/O."""
+    (`types`: the doctor's active ones, by id). A reschedule is a booking that may use its own appointment's
+    current time (`moving`, by id), and that frees that time once it succeeds. Pure: no I/O."""
     types = types or {}
+    moving = moving or {}
     decisions = []
     for request in requests:
-        start, end, type_id = request.start_time, request.end_time, request.appointment_type_id
+        start, end, type_id, moves = request.start_time, request.end_time, request.appointment_type_id, None
         patient = patients.setdefault(request.patient_id, Taken())
         rules = rules_of(types.get(type_id))  # no type: no rules beyond "in the future"
-        if type_id is not None and type_id not in types:
-            reason: str | None = TYPE_UNAVAILABLE
-        else:
-            reason = doctor.why_not(start, end, now, rules)
-        if reason is None and patient.clash(start, end) is not None:
+        reason: str | None = None
+        if request.reschedules is not None:
+            moves = moving.get(request.reschedules)
+            if moves is None or moves.status != "confirmed":
+                reason = APPOINTMENT_NOT_CONFIRMED
+            elif moves.start_time <= now:
+                reason = APPOINTMENT_STARTED
+        if reason is None and type_id is not None and type_id not in types:
+            reason = TYPE_UNAVAILABLE
+        reason = reason or doctor.why_not(start, end, now, rules, request.reschedules)
+        if reason is None and patient.clash(start, end, request.reschedules) is not None:
             reason = PATIENT_BUSY
-        if reason is None:
-            doctor.take(start, end, rules)
-            patient.take(start, end)
-            decisions.append(Decision(request.id, "confirmed"))
-        else:
+        if reason is not None:
             decisions.append(Decision(request.id, "rejected", reason))
+            continue
+        doctor.take(start, end, rules)
+        patient.take(start, end)
+        if moves is not None:  # its old time is free from here on, and it cannot be moved twice
+            doctor.taken.release(moves.id)
+            patient.release(moves.id)
+            moves.status = "rescheduled"
+        decisions.append(Decision(request.id, "confirmed", rescheduled_from=request.reschedules))
     return decisions
 
 
@@ -80,14 +106,26 @@ def ranges_to_read(requests: list[PendingRequest]) -> list[tuple[datetime, datet
     return ranges
 
 
-async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: int) -> Decided:
+class LockOrder(Exception):
+    """The batch moves appointments of doctors whose ids are below this doctor's: lock them first, in id order."""
+
+    def __init__(self, doctor_ids: set[int]) -> None:
+        super().__init__(sorted(doctor_ids))
+        self.doctor_ids = doctor_ids
+
+
+async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: int,
+                                  locked_first: frozenset[int] = frozenset()) -> Decided:
     """Decide up to `batch_size` pending requests of one doctor inside the caller's transaction.
 
     The doctor's row lock serializes every writer of this doctor's schedule (bookings, cancellations, windows,
     weekly hours, time off, types); the patients' row locks serialize bookings of one patient with different
-    doctors. Reads come after the locks, and the session runs READ COMMITTED, so they see everything committed
-    before.
+    doctors. A reschedule from another doctor also takes that doctor's lock: every doctor lock in ascending id
+    order (`locked_first` are the ones below this doctor, known from an earlier try that raised LockOrder). Reads
+    come after the locks, and the session runs READ COMMITTED, so they see everything committed before.
     """
+    if locked_first:
+        await tx.fetch_all("lock_users", {"ids": tuple(sorted(locked_first))})
     params = {"doctor_id": doctor_id, "limit": batch_size}
     rows = await tx.fetch_all("lock_doctor_and_pending_requests", params)
     doctor_exists = bool(rows)
@@ -95,34 +133,58 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
         rows = await tx.fetch_all("lock_pending_requests_of_doctor", params)
     now = utcnow()
     requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"],
-                               r["appointment_type_id"]) for r in rows if r["id"] is not None]
+                               r["appointment_type_id"], r["reschedules"]) for r in rows if r["id"] is not None]
     types: dict[int, Row] = {}
+    moving: dict[int, Moving] = {}
     if not requests:
         return Decided(doctor_id, now, [])
     if not doctor_exists:
         decisions = [Decision(r.id, "rejected", DOCTOR_NOT_FOUND) for r in requests]
     else:
+        if moving_ids := tuple({r.reschedules for r in requests if r.reschedules is not None}):
+            moving = await lock_moving_appointments(tx, doctor_id, moving_ids, locked_first)
         patient_ids = tuple(sorted({r.patient_id for r in requests}))
-        await tx.fetch_all("lock_patients", {"patient_ids": patient_ids})
+        await tx.fetch_all("lock_users", {"ids": patient_ids})
         if type_ids := tuple({r.appointment_type_id for r in requests if r.appointment_type_id is not None}):
             types = {t["id"]: t for t in await tx.fetch_all("list_appointment_types_by_id", {"ids": type_ids})
                      if t["doctor_id"] == doctor_id and t["active"]}
         ranges = ranges_to_read(requests)
         schedule_rows: list[Row] = []
         patient_taken: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+        patient_moving: dict[int, dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
         for start, end in ranges:
             for row in await tx.fetch_all("list_schedule_between", {
                     "doctor_id": doctor_id, "patient_ids": patient_ids, **read_bounds(start, end)}):
-                if row["kind"] == "patient":
-                    patient_taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
-                else:
+                if row["kind"] != "patient":
                     schedule_rows.append(row)
-        doctor = doctor_time_from_rows(schedule_rows, zone_named(rows[0]["timezone"]), ranges)
-        decisions = decide(requests, doctor, {p: Taken(spans) for p, spans in patient_taken.items()}, now, types)
+                elif row["id"] in moving:
+                    patient_moving[row["patient_id"]][row["id"]] = (row["start_time"], row["end_time"])
+                else:
+                    patient_taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
+        doctor = doctor_time_from_rows(schedule_rows, zone_named(rows[0]["timezone"]), ranges, set(moving))
+        patients = {p: Taken(patient_taken.get(p, ()), patient_moving.get(p)) for p in patient_ids}
+        decisions = decide(requests, doctor, patients, now, types, moving)
     await record_decisions(tx, doctor_id, requests, decisions, now, types)
     if faults.armed:
         faults.hit("before_commit")
-    return Decided(doctor_id, now, decisions)
+    freed = sorted({moving[d.rescheduled_from].doctor_id for d in decisions if d.rescheduled_from} - {doctor_id})
+    return Decided(doctor_id, now, decisions, freed)
+
+
+async def lock_moving_appointments(tx: Connection, doctor_id: int, appointment_ids: tuple[int, ...],
+                                   locked_first: frozenset[int]) -> dict[int, Moving]:
+    """The appointments the batch's reschedules would move, read once their doctors' rows are locked. Doctors
+    above this one are locked now (ascending order holds); one below it that is not locked yet means starting
+    over with it locked first (LockOrder)."""
+    doctors = {row["id"]: row["doctor_id"] for row in
+               await tx.fetch_all("doctors_of_appointments", {"ids": appointment_ids})}
+    others = set(doctors.values()) - {doctor_id}
+    if missing := {d for d in others if d < doctor_id} - locked_first:
+        raise LockOrder(missing | locked_first)
+    if above := sorted(d for d in others if d > doctor_id):
+        await tx.fetch_all("lock_users", {"ids": tuple(above)})
+    return {row["id"]: Moving(row["id"], row["doctor_id"], row["status"], row["start_time"])
+            for row in await tx.fetch_all("find_appointments_by_id", {"ids": appointment_ids})}
 
 
 NO_BUFFERS = {"buffer_before_minutes": 0, "buffer_after_minutes": 0}
@@ -139,12 +201,17 @@ async def record_decisions(
     tx: Connection, doctor_id: int, requests: list[PendingRequest], decisions: list[Decision], now: datetime,
     types: dict[int, Row],
 ) -> None:
+    """Write a batch's decisions: appointments made (and moved), requests decided, and their history."""
     by_id = {r.id: r for r in requests}
     confirmed = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
+    changes: list[Row] = []
     if confirmed:
+        if moved := tuple(r.reschedules for r in confirmed if r.reschedules is not None):
+            # Before the inserts: a move to the same start needs the old appointment's start let go of first.
+            await tx.execute("mark_appointments_rescheduled", {"ids": moved, "now": now})
         appointments = [{"booking_request_id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id,
                          "appointment_type_id": r.appointment_type_id, "start_time": r.start_time,
-                         "end_time": r.end_time, "notes": r.notes, "now": now,
+                         "end_time": r.end_time, "notes": r.notes, "now": now, "rescheduled_from": r.reschedules,
                          **buffers_of(types.get(r.appointment_type_id))}
                         for r in confirmed]
         confirmed_ids = tuple(r.id for r in confirmed)
@@ -156,27 +223,57 @@ async def record_decisions(
             appointment_ids = {row["booking_request_id"]: row["id"] for row in
                                await tx.fetch_all("appointments_of_requests", {"ids": confirmed_ids})}
         await tx.execute("confirm_booking_requests", {"ids": confirmed_ids, "now": now})
+        if moved:
+            await tx.execute("link_rescheduled_appointments", {"ids": moved})
         for d in decisions:
             if d.status == "confirmed":
                 d.appointment_id = appointment_ids[d.request_id]
+                if d.rescheduled_from is not None:
+                    changes.append(history.entry("rescheduled", now, appointment_id=d.rescheduled_from,
+                                                 request_id=d.request_id, from_status="confirmed",
+                                                 to_status="rescheduled"))
+                changes.append(history.entry("confirmed", now, appointment_id=d.appointment_id,
+                                             request_id=d.request_id, to_status="confirmed"))
     rejected: dict[str, list[int]] = defaultdict(list)
     for d in decisions:
         if d.status == "rejected":
             rejected[d.reason or ""].append(d.request_id)
+            changes.append(history.entry("rejected", now, appointment_id=by_id[d.request_id].reschedules,
+                                         request_id=d.request_id, reason=d.reason))
     for reason, ids in rejected.items():
         await tx.execute("reject_booking_requests", {"ids": tuple(ids), "reason": reason, "now": now})
+    await history.record(tx, changes)
 
 
 async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attempts: int = 3) -> Decided:
-    """Run the decision in one transaction; a deadlock or lock-wait timeout rolls back and runs it again."""
-    for attempt in range(1, attempts + 1):
+    """Run the decision in one transaction; a deadlock or lock-wait timeout rolls back and runs it again (up to
+    `attempts` times), as does a batch that must take lower doctors' locks first (LockOrder: the set only grows)."""
+    locked_first: frozenset[int] = frozenset()
+    failures = 0
+    while True:
         try:
             async with db.transaction() as tx:
-                return await decide_pending_requests(tx, doctor_id, batch_size)
+                return await decide_pending_requests(tx, doctor_id, batch_size, locked_first)
+        except LockOrder as lock_order:
+            locked_first = frozenset(lock_order.doctor_ids)
         except Exception as exc:
-            if mysql_error_code(exc) not in RETRYABLE_ERRORS or attempt == attempts:
+            failures += 1
+            if mysql_error_code(exc) not in RETRYABLE_ERRORS or failures == attempts:
                 raise
             log.info("booking transaction for doctor %s hit MySQL error %s; retrying", doctor_id,
                      mysql_error_code(exc))
-            await asyncio.sleep(0.005 * 2**attempt)
-    raise AssertionError("unreachable")
+            await asyncio.sleep(0.005 * 2**failures)
+
+
+async def fail_request(db: Database, request_id: int) -> Decided | None:
+    """The last try of a request's job gave up: mark the request failed, with its history row. None if another
+    job decided it meanwhile (that decision stands)."""
+    now = utcnow()
+    async with db.transaction() as tx:
+        request = await tx.fetch_one("lock_booking_request", {"id": request_id})
+        if request is None or request["status"] != "pending":
+            return None
+        await tx.execute("mark_booking_request_failed", {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": now})
+        await history.record(tx, [history.entry("failed", now, appointment_id=request["reschedules"],
+                                                request_id=request_id, reason=RETRIES_EXHAUSTED)])
+    return Decided(request["doctor_id"], now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)])

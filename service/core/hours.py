@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+from service.core import history
 from service.core.accounts import CurrentUser
 from service.core.db import Connection, Database, Row
-from service.core.doctors import lock_doctor
+from service.core.doctors import find_doctor, lock_doctor, lock_schedule, record_schedule_change
 from service.core.errors import Conflict, InvalidInput, NotFound
-from service.core.times import GRID_MINUTES, grid_span, utcnow
+from service.core.staff import check_schedule_access
+from service.core.times import GRID_MINUTES, grid_span, rfc3339, utcnow
 from service.core.zones import check_timezone
 
 MAX_WEEKLY_INTERVALS = 100  # 14 a day, with room to spare
@@ -52,13 +54,15 @@ def check_weekly_hours(hours: list[tuple[int, str, str]]) -> list[tuple[int, int
     return [(weekday, start_minute, end_minute) for weekday, start_minute, end_minute, _ in checked]
 
 
-async def replace_weekly_hours(tx: Connection, doctor_id: int, hours: list[tuple[int, int, int]]) -> None:
-    """The doctor's weekly hours from now on; appointments already confirmed stay as they are."""
-    await lock_doctor(tx, doctor_id)
+async def replace_weekly_hours(tx: Connection, doctor_id: int, actor: CurrentUser,
+                               hours: list[tuple[int, int, int]]) -> None:
+    """The doctor's weekly hours from now on (by the doctor or staff); appointments already confirmed stay."""
+    await lock_schedule(tx, actor, doctor_id)
     await tx.execute("delete_weekly_hours", {"doctor_id": doctor_id})
     if hours:
         await tx.execute_many("insert_weekly_hours", [
             {"doctor_id": doctor_id, "weekday": d, "start_minute": s, "end_minute": e} for d, s, e in hours])
+    await record_schedule_change(tx, actor, doctor_id, "weekly_hours_replaced", None, utcnow())
 
 
 def wall_clock(minute: int) -> str:
@@ -86,12 +90,12 @@ def check_time_off(start_time: datetime, end_time: datetime, now: datetime) -> t
 
 async def add_time_off(tx: Connection, doctor_id: int, actor: CurrentUser, start: datetime, end: datetime,
                        reason: str | None, cancel_appointments: bool) -> tuple[Row, list[Row]]:
-    """Time off, under the doctor's lock. Confirmed appointments inside it are a 409 listing them, unless the
-    caller asked to cancel them (with a reason): then they are cancelled in the same transaction. Returns the time
-    off and the appointments it cancelled."""
+    """Time off (by the doctor or staff), under the doctor's lock. Confirmed appointments inside it are a 409
+    listing them, unless the caller asked to cancel them (with a reason): then they are cancelled in the same
+    transaction. Returns the time off and the appointments it cancelled."""
     if cancel_appointments and not (reason and reason.strip()):
         raise InvalidInput("say why, when the time off cancels appointments", field="reason")
-    await lock_doctor(tx, doctor_id)
+    await lock_schedule(tx, actor, doctor_id)
     # Now is when the lock is ours, as in a booking's decision: a booking confirmed while this waited is cancelled
     # after it was made (cancelled_at, the time off's created_at), not before.
     now = utcnow()
@@ -104,27 +108,37 @@ async def add_time_off(tx: Connection, doctor_id: int, actor: CurrentUser, start
         raise Conflict(f"{len(inside)} confirmed appointment(s) lie inside this time off; cancel them first, or "
                        "send cancel_appointments: true with a reason",
                        appointments=[{"id": a["id"], "patient_id": a["patient_id"],
-                                      "start_time": a["start_time"].isoformat() + "Z",
-                                      "end_time": a["end_time"].isoformat() + "Z"} for a in inside])
+                                      "start_time": rfc3339(a["start_time"]),
+                                      "end_time": rfc3339(a["end_time"])} for a in inside])
     reason = reason.strip() if reason else None
     if inside:
         await tx.execute("cancel_appointments_by_doctor", {"ids": tuple(a["id"] for a in inside), "now": now,
                                                            "user_id": actor.id, "reason": reason})
+        await history.record(tx, [history.entry("cancelled", now, actor, appointment_id=a["id"],
+                                                from_status="confirmed", to_status="cancelled", reason=reason)
+                                  for a in inside])
     row = {"doctor_id": doctor_id, "start_time": start, "end_time": end, "reason": reason, "created_by": actor.id,
            "now": now}
     _, time_off_id = await tx.execute("insert_time_off", row)
+    await record_schedule_change(tx, actor, doctor_id, "time_off_added", time_off_id, now)
     return {**row, "id": time_off_id, "created_at": now}, inside
 
 
-async def list_time_off(db: Database, doctor_id: int, now: datetime, limit: int, offset: int) -> list[Row]:
+async def list_time_off(db: Database, doctor_id: int, actor: CurrentUser, now: datetime, limit: int,
+                        offset: int) -> list[Row]:
+    """The doctor's time off not yet over, for the doctor or staff (its reasons are no one else's); 404 for no
+    doctor."""
+    check_schedule_access(actor, doctor_id)
+    await find_doctor(db, doctor_id)
     return await db.fetch_all("list_time_off", {"doctor_id": doctor_id, "now": now, "limit": limit,
                                                 "offset": offset})
 
 
-async def delete_time_off(tx: Connection, doctor_id: int, time_off_id: int) -> None:
-    """Withdraw time off (its time is bookable again), under the doctor's lock."""
-    await lock_doctor(tx, doctor_id)
+async def delete_time_off(tx: Connection, doctor_id: int, actor: CurrentUser, time_off_id: int) -> None:
+    """Withdraw time off (its time is bookable again), by the doctor or staff, under the doctor's lock."""
+    await lock_schedule(tx, actor, doctor_id)
     found = await tx.fetch_one("find_time_off", {"id": time_off_id})
     if found is None or found["doctor_id"] != doctor_id:
-        raise NotFound("no such time off of yours")
+        raise NotFound(f"no time off {time_off_id} of this doctor")
     await tx.execute("delete_time_off", {"id": time_off_id})
+    await record_schedule_change(tx, actor, doctor_id, "time_off_withdrawn", time_off_id, utcnow())

@@ -131,6 +131,7 @@ class Decision(msgspec.Struct, array_like=True, gc=False):
     status: str  # confirmed | rejected | failed
     reason: str | None = None
     appointment_id: int | None = None
+    rescheduled_from: int | None = None  # a reschedule: the appointment it moved
 
 
 class Decided(msgspec.Struct, array_like=True, gc=False):
@@ -139,6 +140,8 @@ class Decided(msgspec.Struct, array_like=True, gc=False):
     doctor_id: int
     decided_at: datetime
     decisions: list[Decision]
+    # Doctors whose time a reschedule of the batch freed, besides `doctor_id` (their slot caches must go too).
+    freed_doctor_ids: list[int] = msgspec.field(default_factory=list)
 
 
 _decided_decoder = msgspec.json.Decoder(Decided)

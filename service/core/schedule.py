@@ -71,11 +71,13 @@ def blocked_span(row: Row) -> tuple[datetime, datetime]:
     return row["start_time"] - _BUFFERS[before], row["end_time"] + _BUFFERS[after]
 
 
-def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo,
-                          ranges: Iterable[tuple[datetime, datetime]]) -> DoctorTime:
+def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo, ranges: Iterable[tuple[datetime, datetime]],
+                          moving_ids: set[int] | frozenset[int] = frozenset()) -> DoctorTime:
     """A DoctorTime from the rows of list_schedule_in_range / list_schedule_between (kinds hours, window, off,
-    busy), with the weekly hours laid out over each range read."""
+    busy), with the weekly hours laid out over each range read. Appointments a batch may move (`moving_ids`) are
+    kept apart (availability.Taken)."""
     hours, windows, time_off, blocked = [], set(), [], []
+    moving = {}
     for row in rows:
         kind = row["kind"]
         if kind == "hours":
@@ -85,9 +87,12 @@ def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo,
         elif kind == "off":
             time_off.append((row["start_time"], row["end_time"]))
         elif kind == "busy":
-            blocked.append(blocked_span(row))
+            if row["id"] in moving_ids:
+                moving[row["id"]] = blocked_span(row)
+            else:
+                blocked.append(blocked_span(row))
     weekly = {span for start, end in ranges for span in expand_weekly(hours, zone, start, end)}
-    return DoctorTime(available_intervals(weekly, windows, time_off), blocked)
+    return DoctorTime(available_intervals(weekly, windows, time_off), blocked, moving)
 
 
 def read_bounds(start: datetime, end: datetime) -> dict[str, datetime]:

@@ -101,6 +101,8 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     booking_lock_ttl_ms: Annotated[int, _between(100, 600_000)] = 10_000
     booking_max_tries: Annotated[int, _between(1, 100)] = 5
     booking_batch_size: Annotated[int, _between(1, 10_000)] = 200
+    # How long before its start a patient may still cancel or move an appointment (a type may set its own).
+    cancel_notice_minutes: Annotated[int, _between(0, 525_600)] = 0
     sweep_after_seconds: Annotated[int, _between(1, 86_400)] = 10
     sweep_every_seconds: Annotated[int, _between(1, 60)] = 5
     worker_poll_delay: Annotated[float, _between(0.001, 5.0)] = 0.005

@@ -22,6 +22,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def rfc3339(moment: datetime) -> str:
+    """A stored (naive UTC) instant as RFC 3339 text, for the places msgspec does not write it (problem extras)."""
+    return moment.isoformat() + "Z"
+
+
 def to_db(value: datetime, field: str) -> datetime:
     """An input time as naive UTC; a time without an offset is read as UTC."""
     if value.tzinfo is None:

@@ -64,6 +64,6 @@ async def delete_window(tx: Connection, doctor_id: int, window_id: int) -> None:
     window = await tx.fetch_one("find_availability", {"id": window_id})
     if window is None or window["doctor_id"] != doctor_id:
         raise NotFound("no such availability window of yours")
-    if await tx.fetch_one("find_confirmed_appointment_in_window", window):
+    if await tx.fetch_one("find_held_appointment_in_window", window):
         raise Conflict("a confirmed appointment lies inside this window; cancel it first")
     await tx.execute("delete_availability", {"id": window_id})

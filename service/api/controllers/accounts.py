@@ -16,7 +16,7 @@ from service.api.problems import problem_responses
 from service.api.schemas import NOT_BLANK, WS, Specialty, TimeZoneName
 from service.api.security import PUBLIC
 from service.core import accounts
-from service.core.accounts import Role
+from service.core.accounts import RegistrableRole, Role
 from service.core.times import from_row
 
 # Loose on purpose: the real test of an address is whether mail reaches it. Spaces around it are trimmed. A first cut:
@@ -35,7 +35,9 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
 
     email: Email
     name: Name
-    role: Role
+    # Never Staff (a 400 like any other value): staff accounts are made by an operator, `python -m service
+    # create-staff`.
+    role: RegistrableRole
     password: Password
     specialty: Specialty | None = None
     timezone: TimeZoneName | None = msgspec.field(default=None)
@@ -96,7 +98,10 @@ class AuthController(Controller):
     tags = ["accounts"]
 
     @post("/register", **PUBLIC, status_code=HTTP_201_CREATED, operation_id="register",
-          summary="Register a doctor or a patient", responses=problem_responses(400, 409, 413, 415, 429, 503))
+          summary="Register a doctor or a patient",
+          description=("`role` is `Doctor` or `Patient`; anything else, `Staff` included, is a 400. Staff accounts "
+                       "are made only by an operator (`python -m service create-staff EMAIL`)."),
+          responses=problem_responses(400, 409, 413, 415, 429, 503))
     async def register(self, data: Annotated[RegisterIn, Body()], db: DatabaseDep, passwords: PasswordsDep) -> UserOut:
         row = await accounts.register(db, passwords, email=data.email, name=data.name, role=data.role,
                                       password=data.password, specialty=data.specialty,

@@ -1,4 +1,4 @@
-"""Appointments: queue-backed booking, reading and cancelling."""
+"""Appointments: queue-backed booking and rescheduling, reading, statuses, cancelling, history."""
 
 from __future__ import annotations
 
@@ -8,21 +8,38 @@ from functools import partial
 from typing import Annotated, Any, ClassVar
 
 import msgspec
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.openapi import ResponseSpec
 from litestar.params import Body, HeaderParameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from msgspec import Meta
+from redis.asyncio import Redis
 
-from service.api.dependencies import DatabaseDep, ListenerDep, RedisDep, ScheduleDep, TransactionDep, UserDep
+from service.api.dependencies import (
+    DatabaseDep,
+    ListenerDep,
+    RedisDep,
+    ScheduleDep,
+    SettingsDep,
+    TransactionDep,
+    UserDep,
+)
+from service.api.notifications import Notifications
 from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit, Offset, To
 from service.api.problems import problem_responses
 from service.api.schedule_cache import announce_schedule_change
-from service.api.schemas import AppointmentOut, AppointmentPage, appointments_page, request_out
-from service.api.security import requires_patient
-from service.core import appointments
-from service.core.accounts import CurrentUser
-from service.core.appointments import status_url
+from service.api.schemas import (
+    AppointmentOut,
+    AppointmentPage,
+    HistoryEntryOut,
+    HistoryOut,
+    appointment_out,
+    appointments_page,
+    request_out,
+)
+from service.api.security import requires_patient_or_staff
+from service.core import appointments, history, lifecycle, staff
+from service.core.appointments import AppointmentStatus, status_url
 from service.core.db import Database, Row
 from service.core.errors import Conflict
 from service.core.queue import enqueue_booking
@@ -36,7 +53,8 @@ IDEMPOTENCY_KEY = r"^[ -~]+$"
 
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
-    """A start and an end, or a start and one of the doctor's appointment types (its length and rules)."""
+    """A start and an end, or a start and one of the doctor's appointment types (its length and rules). Staff name
+    the patient they book for (`patient_id`); a patient books for themselves and names no one."""
 
     example: ClassVar[dict[str, Any]] = {
         "doctor_id": 7, "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
@@ -47,6 +65,27 @@ class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
     end_time: datetime | None = None
     appointment_type_id: Annotated[int, Meta(ge=1, le=MAX_ID)] | None = None
     notes: Annotated[str, Meta(max_length=2000)] | None = None
+    patient_id: Annotated[int, Meta(ge=1, le=MAX_ID, description=(
+        "Staff only, and required for staff: the patient booked for (404 if no such patient). A patient sending "
+        "it gets a 403."))] | None = None
+
+
+class RescheduleIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The new start; optionally another of the doctor's types, or another doctor (then a type of theirs, or the
+    same length)."""
+
+    example: ClassVar[dict[str, Any]] = {"start_time": "2030-01-15T11:00:00Z"}
+
+    start_time: datetime
+    appointment_type_id: Annotated[int, Meta(ge=1, le=MAX_ID)] | None = None
+    doctor_id: Annotated[int, Meta(ge=1, le=MAX_ID)] | None = None
+
+
+class StatusIn(msgspec.Struct, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {"status": "checked_in"}
+
+    status: AppointmentStatus
+    reason: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
 
 
 class BookingAccepted(msgspec.Struct):
@@ -68,12 +107,14 @@ class AppointmentController(Controller):
     tags = ["appointments"]
 
     @post(
-        "/", guards=[requires_patient], status_code=HTTP_202_ACCEPTED, operation_id="bookAppointment",
+        "/", guards=[requires_patient_or_staff], status_code=HTTP_202_ACCEPTED, operation_id="bookAppointment",
         summary="Ask for an appointment; a worker decides it",
         description=(
             "Stores a booking request and answers 202 with its status URL. Send `Prefer: wait=N` (N ≤ 10) to "
             "wait for the decision: 201 with the appointment, or 409 with the reason, if it comes in time. "
-            "The same `Idempotency-Key` returns the first request instead of making another."
+            "The same `Idempotency-Key` returns the first request instead of making another. A patient books for "
+            "themselves; staff book on behalf of the patient named by `patient_id` (the request keeps who asked, "
+            "and its status URL answers both)."
         ),
         responses={HTTP_201_CREATED: ResponseSpec(AppointmentOut, description="Booked (with Prefer: wait)"),
                    **problem_responses(400, 401, 403, 404, 409, 413, 415, 503)},
@@ -85,37 +126,52 @@ class AppointmentController(Controller):
         db: DatabaseDep,
         redis: RedisDep,
         listener: ListenerDep,
-        idempotency_key: Annotated[str | None, HeaderParameter(
-            name="Idempotency-Key", min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY,
-            description="Printable ASCII, compared byte for byte")] = None,
-        prefer: Annotated[str | None, HeaderParameter(name="Prefer", max_length=200)] = None,
+        idempotency_key: IdempotencyKey = None,
+        prefer: Prefer = None,
     ) -> Response[BookingAccepted]:
+        patient_id = await staff.booking_patient(db, user, data.patient_id)
         request_id, stored = await appointments.store_request(
-            db, user.id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
+            db, user, patient_id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
             data.appointment_type_id)
-        if stored is not None:
-            listener.remember(stored)  # before the job is queued: see Notifications.remember
-            status = "pending"
-        else:  # a replayed Idempotency-Key: say where the first request stands
-            status = (await appointments.read_own_request(db, request_id, user.id))["status"]
-        if status == "pending":
-            await enqueue_booking(redis, request_id, data.doctor_id)
-        headers = {"Location": status_url(request_id)}
-        if wait := prefer_wait(prefer):
-            row = await listener.wait_for_decision(
-                request_id, user.id, partial(appointments.read_own_request, db, request_id, user.id), wait)
-            decided = await decided_response(db, row, user)
-            if decided is not None:
-                return decided
-            headers["Preference-Applied"] = f"wait={wait}"
-        return Response(
-            BookingAccepted(request_id=request_id, status=status, status_url=status_url(request_id)),
-            status_code=HTTP_202_ACCEPTED, headers=headers,
-        )
+        return await accepted(db, redis, listener, user.id, data.doctor_id, request_id, stored, prefer)
+
+    @post(
+        "/{appointment_id:int}/reschedule", status_code=HTTP_202_ACCEPTED, operation_id="rescheduleAppointment",
+        summary="Move an appointment (its patient, or staff); a worker decides it",
+        description=(
+            "Stores a reschedule request, answered like a booking: 202 with its status URL, or with `Prefer: wait=N` "
+            "201 with the new appointment or 409 with the reason. The worker decides it under the lock of the "
+            "doctor(s) involved, with every rule of a booking, treating the appointment's own current time as free: "
+            "on success the old appointment becomes `rescheduled` (`rescheduled_to`) and the new one `confirmed` "
+            "(`rescheduled_from`); if the new time cannot be had, the old appointment stays as it was. Without "
+            "`appointment_type_id` the appointment keeps its type (same doctor) or its length. A patient cannot "
+            "move it later than the cancellation notice before its start (409 `too_late_to_cancel`)."
+        ),
+        responses={HTTP_201_CREATED: ResponseSpec(AppointmentOut, description="Moved (with Prefer: wait)"),
+                   **problem_responses(400, 401, 403, 404, 409, 413, 415, 503)},
+    )
+    async def reschedule(
+        self,
+        appointment_id: Id,
+        data: Annotated[RescheduleIn, Body()],
+        user: UserDep,
+        db: DatabaseDep,
+        redis: RedisDep,
+        listener: ListenerDep,
+        settings: SettingsDep,
+        idempotency_key: IdempotencyKey = None,
+        prefer: Prefer = None,
+    ) -> Response[BookingAccepted]:
+        request_id, stored, appointment = await lifecycle.request_reschedule(
+            db, settings, user, appointment_id, data.start_time, data.appointment_type_id, data.doctor_id,
+            idempotency_key)
+        doctor_id = data.doctor_id or appointment["doctor_id"]
+        return await accepted(db, redis, listener, user.id, doctor_id, request_id, stored, prefer)
 
     @get("/my-appointments", operation_id="listMyAppointments",
          summary="Your appointments: a patient's bookings or a doctor's schedule",
-         responses=problem_responses(400, 401, 503))
+         description="Staff have no appointments of their own: 403.",
+         responses=problem_responses(400, 401, 403, 503))
     async def my_appointments(
         self, user: UserDep, db: DatabaseDep, start: From = None, end: To = None,
         status: AppointmentStatusFilter = None, limit: Limit = 50, offset: Offset = 0,
@@ -125,10 +181,31 @@ class AppointmentController(Controller):
     @get("/{appointment_id:int}", operation_id="getAppointment", summary="One of your appointments",
          responses=problem_responses(400, 401, 404, 503))
     async def get_appointment(self, appointment_id: Id, user: UserDep, db: DatabaseDep) -> AppointmentOut:
-        return from_row(AppointmentOut, await appointments.find_appointment(db, appointment_id, user))
+        return appointment_out(await appointments.find_appointment(db, appointment_id, user))
+
+    @patch("/{appointment_id:int}", operation_id="setAppointmentStatus",
+           summary="Set an appointment's status (its doctor, or staff)",
+           description=(
+               "`confirmed` → `checked_in` (from an hour before the start) → `completed`; `confirmed` → `completed` "
+               "or `no_show` (once it has started); `confirmed` → `cancelled` (with a reason, as DELETE). Any other "
+               "change is a 409 naming the allowed ones (`allowed`); the current status again changes nothing. "
+               "`fhir_status` gives each status as FHIR's Appointment.status code."),
+           responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 503))
+    async def set_status(
+        self, appointment_id: Id, data: Annotated[StatusIn, Body()], user: UserDep, tx: TransactionDep,
+        redis: RedisDep, schedule_versions: ScheduleDep, settings: SettingsDep,
+    ) -> AppointmentOut:
+        appointment, changed = await lifecycle.change_status(tx, settings, appointment_id, user, data.status,
+                                                             data.reason)
+        if changed and appointment["status"] == "cancelled":
+            tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, appointment["doctor_id"]))
+        return appointment_out(appointment)
 
     @delete("/{appointment_id:int}", status_code=200, operation_id="cancelAppointment",
-            summary="Cancel an appointment (its patient, or its doctor with a reason)",
+            summary="Cancel an appointment (its patient, or its doctor or staff with a reason)",
+            description=("A patient cannot cancel later than the cancellation notice before the start "
+                         "(`CANCEL_NOTICE_MINUTES`, or the appointment type's): 409 `too_late_to_cancel` with "
+                         "`cancellable_until`. Cancelling a cancelled appointment again answers it as it is."),
             responses=problem_responses(400, 401, 404, 409, 503))
     async def cancel(
         self,
@@ -137,20 +214,64 @@ class AppointmentController(Controller):
         tx: TransactionDep,
         redis: RedisDep,
         schedule_versions: ScheduleDep,
-        reason: Annotated[str | None, QueryParameter(min_length=1, max_length=500,
-                                                description="Why; required when the doctor cancels")] = None,
+        settings: SettingsDep,
+        reason: Annotated[str | None, QueryParameter(min_length=1, max_length=500, description=(
+            "Why; required when the doctor or staff cancel"))] = None,
     ) -> AppointmentOut:
-        appointment, cancelled = await appointments.cancel_appointment(tx, appointment_id, user, reason)
+        appointment, cancelled = await lifecycle.cancel(tx, settings, appointment_id, user, reason)
         if cancelled:
             tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, appointment["doctor_id"]))
-        return from_row(AppointmentOut, appointment)
+        return appointment_out(appointment)
+
+    @get("/{appointment_id:int}/history", operation_id="getAppointmentHistory",
+         summary="Every change of an appointment and of the request that made it, oldest first",
+         description="Its patient, its doctor and staff. Rows are appended in the transaction of each change and "
+                     "never changed afterwards.",
+         responses=problem_responses(400, 401, 404, 503))
+    async def get_history(self, appointment_id: Id, user: UserDep, db: DatabaseDep) -> HistoryOut:
+        appointment = await appointments.find_appointment(db, appointment_id, user)
+        rows = await history.of_appointment(db, appointment)
+        return HistoryOut(items=[from_row(HistoryEntryOut, row) for row in rows])
 
 
-async def decided_response(db: Database, row: Row, user: CurrentUser) -> Response | None:
+IdempotencyKey = Annotated[str | None, HeaderParameter(
+    name="Idempotency-Key", min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY,
+    description="Printable ASCII, compared byte for byte")]
+Prefer = Annotated[str | None, HeaderParameter(name="Prefer", max_length=200)]
+
+
+async def accepted(
+    db: Database, redis: Redis, listener: Notifications, user_id: int, doctor_id: int, request_id: int,
+    stored: Row | None, prefer: str | None,
+) -> Response[Any]:
+    """The answer to a stored booking or reschedule request (asked by its patient or by staff for them): queue it,
+    and say where it stands (202), or with `Prefer: wait` its decision (201/409) if it comes in time."""
+    read = partial(appointments.read_own_request, db, request_id, user_id)
+    if stored is not None:
+        listener.remember(stored)  # before the job is queued: see Notifications.remember
+        status = "pending"
+    else:  # a replayed Idempotency-Key: say where the first request stands
+        status = (await read())["status"]
+    if status == "pending":
+        await enqueue_booking(redis, request_id, doctor_id)
+    headers = {"Location": status_url(request_id)}
+    if wait := prefer_wait(prefer):
+        row = await listener.wait_for_decision(request_id, user_id, read, wait)
+        decided = await decided_response(db, row)
+        if decided is not None:
+            return decided
+        headers["Preference-Applied"] = f"wait={wait}"
+    return Response(
+        BookingAccepted(request_id=request_id, status=status, status_url=status_url(request_id)),
+        status_code=HTTP_202_ACCEPTED, headers=headers,
+    )
+
+
+async def decided_response(db: Database, row: Row) -> Response | None:
     """For `Prefer: wait`: 201 with the appointment, 409 with the reason, or None while still pending."""
     if row["status"] == "confirmed":
-        appointment = await appointments.find_appointment(db, row["appointment_id"], user)
-        return Response(from_row(AppointmentOut, appointment), status_code=HTTP_201_CREATED,
+        appointment = await appointments.booked_appointment(db, row)
+        return Response(appointment_out(appointment), status_code=HTTP_201_CREATED,
                         headers={"Location": f"/appointments/{appointment['id']}"})
     if row["status"] in ("rejected", "failed"):
         raise Conflict(f"the booking was {row['status']}: {row['reason']}", reason=row["reason"],

@@ -22,8 +22,11 @@ class BookingRequestController(Controller):
     path = "/booking-requests"
     tags = ["booking requests"]
 
-    # No role guard: anyone but the request's patient gets the same 404, a doctor included.
+    # No role guard: anyone but the request's patient, or the staff member who asked for it on the patient's behalf,
+    # gets the same 404, a doctor included.
     @get("/{request_id:int}", operation_id="getBookingRequest", summary="A booking request's status",
+         description=("For its patient, and for the staff member who booked it on the patient's behalf; 404 for "
+                      "anyone else."),
          responses=problem_responses(400, 401, 404, 503))
     async def get_request(
         self,
