@@ -46,7 +46,7 @@ run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
 test: check-services  ## the whole suite against the local MariaDB/MySQL and Redis
 	$(BIN)/pytest
 
-bench: check-services  ## the booking benchmark; writes tests/bench/results/latest.json
+bench: check-services  ## every benchmark scenario (about 10 min); writes tests/bench/results/latest.json and .png
 	$(BIN)/python -m tests.bench.run
 
 docker-secrets:  ## random JWT_SECRET, MYSQL_PASSWORD and REDIS_PASSWORD into .env for docker compose (kept if set)

@@ -1,7 +1,9 @@
-"""The load generator, in its own process: `python -m tests.bench.load '<json config>'` prints JSON results.
+"""The load generator, in its own process: `python -m tests.bench.load <config.json>` prints JSON results.
 
-It behaves like real clients: registers doctors and patients, publishes availability, books (POST, then long
-polls the status URL until decided), and reads slots.
+It behaves like real clients: books (POST, then long polls the status URL until decided), reads slots, searches
+the directory. The config's `scenario` names what it runs: the steady booking here (which registers its doctors
+and patients through the API), the others in their own modules (tests/bench/rush.py, directory.py, mixed.py),
+whose clinics were seeded in MySQL beforehand and whose users' tokens are minted here.
 """
 
 from __future__ import annotations
@@ -12,14 +14,23 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
 
-from tests.bench.cpu import snapshot
+from service.core.accounts import issue_access_token
+from service.core.settings import Settings
+from tests.bench.cpu import snapshot, spent
+
+CONNECTION_TRIES = 3
+settings_from_env = cache(lambda: Settings.from_env(os.environ))
 
 PASSWORD = "bench-password-1"
 
@@ -31,25 +42,119 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
-class Load:
+def iso(value: datetime) -> str:
+    return value.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def token_for(user_id: int, role: str) -> str:
+    """The token /auth/login would give a seeded user (the loader runs with the service's JWT_SECRET)."""
+    return issue_access_token(user_id, role, 0, settings_from_env())[0]
+
+
+class Client:
+    """HTTP as a client does it, timed: one request, or a booking followed to its decision."""
+
     def __init__(self, config: dict[str, Any], session: aiohttp.ClientSession) -> None:
         self.config = config
         self.http = session
         self.api = config["api_url"]
         self.rng = random.Random(config.get("seed", 7))
-        self.first_day = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=0, second=0,
-                                                                           microsecond=0)
+        self.connection_retries = 0
+        # The steady booking sends none, as it always has: a key costs the API a lookup before its insert.
+        self.idempotency_keys = config.get("idempotency_keys", True)
 
-    async def call(self, method: str, path: str, token: str | None = None, json: Any = None) -> tuple[int, Any]:
-        """One request; msgspec for the JSON both ways, so the load generator leaves more CPU to the service."""
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async def request(self, method: str, path: str, token: str | None = None, json: Any = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, Any, str | None]:
+        """Status, decoded body and Location; msgspec for the JSON both ways, so the load generator leaves more
+        CPU to the service."""
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         data = None
         if json is not None:
             headers["Content-Type"] = "application/json"
             data = msgspec.json.encode(json)
         async with self.http.request(method, self.api + path, headers=headers, data=data) as response:
             raw = await response.read()
-            return response.status, msgspec.json.decode(raw) if raw else None
+            body = msgspec.json.decode(raw) if raw and response.content_type.endswith("json") else None
+            return response.status, body, response.headers.get("Location")
+
+    async def call(self, method: str, path: str, token: str | None = None, json: Any = None) -> tuple[int, Any]:
+        status, body, _ = await self.request(method, path, token, json)
+        return status, body
+
+    async def retrying(self, method: str, path: str, token: str | None = None, json: Any = None,
+                       headers: dict[str, str] | None = None) -> tuple[int, Any, str | None]:
+        """A request sent again when the connection failed (refused in a crowd, or a kept-alive one closed by the
+        server as it was reused), as a careful client does: reads and cancellations (a second DELETE answers the
+        cancelled appointment again), writes with an Idempotency-Key; a write without one only when it never
+        reached the server (the connection could not be made)."""
+        safe = method in ("GET", "DELETE") or "Idempotency-Key" in (headers or {})
+        for attempt in range(CONNECTION_TRIES):
+            try:
+                return await self.request(method, path, token, json, headers)
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                if attempt == CONNECTION_TRIES - 1 or not (safe or isinstance(exc, aiohttp.ClientConnectorError)):
+                    raise
+                self.connection_retries += 1
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def submit_and_follow(self, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a booking (or a reschedule), then long-poll its status URL until it is decided: the outcome and
+        its times (`submit`: until the 202, `decision`: until the decision, in seconds)."""
+        submitted = time.perf_counter()
+        key = {"Idempotency-Key": uuid.uuid4().hex} if self.idempotency_keys else None
+        status, accepted, location = await self.retrying("POST", path, token, body, key)
+        accepted_at = time.perf_counter()
+        if status != 202:
+            return {"status": f"http_{status}", "submit": accepted_at - submitted, "started": submitted,
+                    "body": accepted}
+        url = (accepted or {}).get("status_url") or location
+        state, polls = accepted or {"status": "pending"}, 0
+        while state["status"] == "pending":
+            polls += 1
+            code, state, _ = await self.retrying("GET", f"{url}?wait=30", token)
+            if code != 200:
+                return {"status": f"http_{code}", "submit": accepted_at - submitted, "started": submitted}
+        decided_at = time.perf_counter()
+        return {"status": state["status"], "reason": state.get("reason"), "submit": accepted_at - submitted,
+                "decision": decided_at - submitted, "accepted_at": accepted_at, "decided_at": decided_at,
+                "started": submitted, "polls": polls, "appointment_id": state.get("appointment_id")}
+
+    async def timed_get(self, base: str, path: str) -> tuple[int, float]:
+        began = time.perf_counter()
+        async with self.http.get(base + path) as response:
+            await response.read()
+            return response.status, time.perf_counter() - began
+
+    async def read_rate(self, base: str, path: Callable[[], str], concurrency: int,
+                        seconds: float) -> tuple[float, list[float]]:
+        """Requests per second of `concurrency` clients each GETting `path()` (asked anew each time) for `seconds`,
+        and each request's latency."""
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                status, took = await self.timed_get(base, path())
+                assert status == 200, status
+                latencies.append(took)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return len(latencies) / (time.perf_counter() - began), latencies
+
+
+def ms_percentiles(seconds: list[float], pcts: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
+    return {str(p): percentile(seconds, p) * 1000 for p in pcts}
+
+
+class Load(Client):
+    """The steady booking: doctors and patients registered through the API, bookings at fixed concurrency."""
+
+    def __init__(self, config: dict[str, Any], session: aiohttp.ClientSession) -> None:
+        super().__init__(config, session)
+        self.first_day = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=0, second=0,
+                                                                           microsecond=0)
 
     async def user(self, role: str, number: int) -> dict[str, Any]:
         email = f"{role.lower()}{number}@bench.example"
@@ -94,21 +199,7 @@ class Load:
         return patient, body
 
     async def book_and_follow(self, patient: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        submitted = time.perf_counter()
-        status, accepted = await self.call("POST", "/appointments", patient["token"], json=body)
-        accepted_at = time.perf_counter()
-        if status != 202:
-            return {"status": f"http_{status}", "submit": accepted_at - submitted}
-        state = accepted
-        polls = 0
-        while state["status"] == "pending":
-            polls += 1
-            code, state = await self.call("GET", f"/booking-requests/{accepted['request_id']}?wait=30",
-                                          patient["token"])
-            assert code == 200, (code, state)
-        decided_at = time.perf_counter()
-        return {"status": state["status"], "submit": accepted_at - submitted, "decision": decided_at - submitted,
-                "accepted_at": accepted_at, "decided_at": decided_at, "started": submitted, "polls": polls}
+        return await self.submit_and_follow(patient["token"], "/appointments", body)
 
     async def closed_loop(self, total: int, concurrency: int) -> dict[str, Any]:
         todo = [self.booking() for _ in range(total)]
@@ -123,9 +214,9 @@ class Load:
         began = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         summary = summarize(results, began)
-        spent = snapshot(groups)
+        used = spent(cpu_before, snapshot(groups))
         decided = sum(1 for r in results if "decision" in r)
-        per_booking = {name: (spent[name] - cpu_before[name]) * 1000 / max(decided, 1) for name in groups}
+        per_booking = {name: used[name] * 1000 / max(decided, 1) for name in groups}
         return summary | {"cpu_ms_per_booking": per_booking | {"total": sum(per_booking.values())}}
 
     async def open_loop(self, total: int, rate: float) -> dict[str, Any]:
@@ -137,23 +228,6 @@ class Load:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(self.book_and_follow(*self.booking())))
         return summarize(await asyncio.gather(*tasks), began) | {"offered_rate": rate}
-
-    async def read_rate(self, base: str, path: Callable[[], str], concurrency: int, seconds: float) -> float:
-        """Requests per second of `concurrency` clients each GETting `path()` (asked anew each time) for `seconds`."""
-        done = 0
-        deadline = time.perf_counter() + seconds
-
-        async def client() -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                async with self.http.get(base + path()) as response:
-                    await response.read()
-                    assert response.status == 200, response.status
-                done += 1
-
-        began = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        return done / (time.perf_counter() - began)
 
     def slots_path(self, shift_seconds: int = 0) -> str:
         """A week of a random doctor's 30-minute slots; `shift_seconds` moves the range's start."""
@@ -182,24 +256,37 @@ def summarize(results: list[dict[str, Any]], began: float) -> dict[str, Any]:
     }
 
 
-async def main(config: dict[str, Any]) -> dict[str, Any]:
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        load = Load(config, session)
-        await load.setup()
-        c = config
-        warmup = await load.closed_loop(min(200, c["requests"]), c["concurrency"])
-        saturated = await load.closed_loop(c["requests"], c["concurrency"])
-        paced_rate = max(saturated["decided_per_s"] / 2, 1.0)
-        paced = await load.open_loop(max(int(paced_rate * c["paced_seconds"]), 10), paced_rate)
-        slots_rps = await load.read_rate(load.api, load.slots_path, c["concurrency"], c["read_seconds"])
-        # The same reads, each for a range never asked before: what a read costs when the cache cannot answer.
-        uncached_rps = await load.read_rate(load.api, lambda: load.slots_path(load.rng.randrange(1, 86_400)),
-                                            c["concurrency"], c["read_seconds"])
-        trivial_rps = await load.read_rate(c["trivial_url"], lambda: "/ping", c["concurrency"], c["read_seconds"])
+async def steady(config: dict[str, Any], session: aiohttp.ClientSession) -> dict[str, Any]:
+    load = Load(config, session)
+    await load.setup()
+    c = config
+    warmup = await load.closed_loop(min(200, c["requests"]), c["concurrency"])
+    saturated = await load.closed_loop(c["requests"], c["concurrency"])
+    paced_rate = max(saturated["decided_per_s"] / 2, 1.0)
+    paced = await load.open_loop(max(int(paced_rate * c["paced_seconds"]), 10), paced_rate)
+    slots_rps, _ = await load.read_rate(load.api, load.slots_path, c["concurrency"], c["read_seconds"])
+    # The same reads, each for a range never asked before: what a read costs when the cache cannot answer.
+    uncached_rps, _ = await load.read_rate(load.api, lambda: load.slots_path(load.rng.randrange(1, 86_400)),
+                                           c["concurrency"], c["read_seconds"])
+    trivial_rps, _ = await load.read_rate(c["trivial_url"], lambda: "/ping", c["concurrency"],
+                                          c["read_seconds"])
     return {"warmup": warmup, "saturated": saturated, "paced": paced, "slots_per_s": slots_rps,
-            "slots_uncached_per_s": uncached_rps, "trivial_per_s": trivial_rps}
+            "slots_uncached_per_s": uncached_rps, "trivial_per_s": trivial_rps,
+            "connection_retries": load.connection_retries}
+
+
+async def main(config: dict[str, Any]) -> dict[str, Any]:
+    scenarios = {"steady": lambda: steady, "rush": lambda: import_module("tests.bench.rush").load,
+                 "directory": lambda: import_module("tests.bench.directory").load,
+                 "mixed": lambda: import_module("tests.bench.mixed").load,
+                 "soak": lambda: import_module("tests.bench.mixed").soak}
+    # One connection a concurrent client at most (the rush's patients are thousands of browsers).
+    # Idle connections are dropped before uvicorn's keep-alive timeout (5 s) closes them: reusing one the server is
+    # closing at that instant fails the request.
+    connector = aiohttp.TCPConnector(limit=config.get("connections", 0), force_close=False, keepalive_timeout=4)
+    timeout = aiohttp.ClientTimeout(total=180)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        return await scenarios[config.get("scenario", "steady")]()(config, session)
 
 
 if __name__ == "__main__":
@@ -209,4 +296,6 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(main(json.loads(sys.argv[1])))))
+    argument = sys.argv[1]
+    config = json.loads(argument if argument.startswith("{") else Path(argument).read_text())
+    print(json.dumps(asyncio.run(main(config))))
