@@ -15,6 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -164,7 +165,10 @@ def _offset_at(zone: ZoneInfo, instant: datetime) -> timedelta | None:
     return instant.replace(tzinfo=UTC).astimezone(zone).utcoffset()
 
 
-def wall_spans(day: date, start_minute: int, end_minute: int, zone: ZoneInfo) -> list[Span]:
+# A clinic's weekly hours repeat, and so do the days read: the same (day, interval, zone) is laid out again for every
+# doctor and every request. Pure, so cached (about 4 MB at its bound), and immutable: a tuple.
+@lru_cache(maxsize=32_768)
+def wall_spans(day: date, start_minute: int, end_minute: int, zone: ZoneInfo) -> tuple[Span, ...]:
     """The instants whose wall clock on `day` reads a time in [start, end): one span, or two when an end lies inside
     the repeated hour.
 
@@ -177,13 +181,13 @@ def wall_spans(day: date, start_minute: int, end_minute: int, zone: ZoneInfo) ->
     first, start_again = _occurrences(day, start_minute, zone)
     end_first, last = _occurrences(day, end_minute, zone)
     if start_again == first and end_first == last:  # neither end repeated: the clock runs straight through
-        return [(first, last)] if first < last else []
+        return ((first, last),) if first < last else ()
     # The instant the clocks go back: the first one reading the repeated hour a second time.
     back = _jump_instant(zone, first, start_again) if start_again != first else _jump_instant(zone, end_first, last)
     first_pass, second_pass = (first, min(end_first, back)), (max(start_again, back), last)
     if first_pass[1] == second_pass[0]:  # the start is where the repeated hour begins: one span after all
-        return [(first_pass[0], second_pass[1])]
-    return [(s, e) for s, e in (first_pass, second_pass) if s < e]
+        return ((first_pass[0], second_pass[1]),)
+    return tuple((s, e) for s, e in (first_pass, second_pass) if s < e)
 
 
 def weekly_spans(hours: Iterable[WeeklyInterval], zone: ZoneInfo, start: datetime, end: datetime) -> list[Span]:
