@@ -31,7 +31,7 @@ from service.core.calendars import notification_email
 from service.core.errors import InvalidInput
 from service.core.settings import Settings
 from service.core.webhooks import check_url, sign
-from tests.factory import Factory, User, at
+from tests.factory import Factory, User, at, iso
 from tests.support import Inbox, Rig, free_port, problem, until
 from worker.webhooks import DeliveryError, WebhookSender
 
@@ -195,6 +195,42 @@ async def test_confirmation_and_cancellation_each_email_patient_and_doctor_once_
         ("appointment.confirmed", appointment["id"]), ("appointment.cancelled", appointment["id"])]
     deliveries = rows(stack, "SELECT channel, status, attempts FROM deliveries")
     assert deliveries == [{"channel": "email", "status": "delivered", "attempts": 1}] * 4
+
+
+async def test_a_reschedule_and_a_status_change_send_their_events_and_the_move_its_emails(
+    started, receiver: Receiver,
+) -> None:
+    stack, http, factory = started
+    doctor, patient, old = await booked_and_mailed(stack, factory)
+    hook = await http.post("/webhooks", headers=doctor.headers, json={"url": receiver.url, "events": ["*"]})
+    assert hook.status_code == 201, hook.text
+    moved = await http.post(f"/appointments/{old['id']}/reschedule", headers={**patient.headers, "Prefer": "wait=10"},
+                            json={"start_time": iso(at(12))})
+    assert moved.status_code == 201, moved.text
+    new = moved.json()
+    for person in (patient, doctor):
+        _, message = await stack.mail_to(person["email"], 2)
+        assert message["Subject"].startswith("Appointment moved")
+        files = sorted(part.get_filename() for part in message.iter_attachments())
+        assert files == ["cancel.ics", "invite.ics"]
+    with stack.rig.mysql.cursor() as cursor:  # the day has come: the patient is in the waiting room
+        cursor.execute("UPDATE appointments SET start_time = UTC_TIMESTAMP() + INTERVAL 30 MINUTE,"
+                       " end_time = UTC_TIMESTAMP() + INTERVAL 60 MINUTE WHERE id = %s", (new["id"],))
+    checked_in = await http.patch(f"/appointments/{new['id']}", headers=doctor.headers, json={"status": "checked_in"})
+    assert checked_in.status_code == 200, checked_in.text
+
+    await until(lambda: len(receiver.received) >= 2, "the two webhooks")
+    await asyncio.sleep(SETTLE)
+    rescheduled, status_changed = receiver.events()
+    assert rescheduled["type"] == "appointment.rescheduled"
+    assert rescheduled["data"]["appointment"]["id"] == new["id"]
+    assert rescheduled["data"]["appointment"]["rescheduled_from"] == old["id"]
+    assert rescheduled["data"]["previous"]["rescheduled_to"] == new["id"]
+    assert status_changed["type"] == "appointment.status_changed"
+    assert (status_changed["data"]["appointment"]["status"],
+            status_changed["data"]["appointment"]["previous_status"]) == ("checked_in", "confirmed")
+    # A status change is not emailed: the two each got were the confirmation and the move.
+    await stack.mail_to(patient["email"], 2)
 
 
 async def test_a_decision_rolled_back_writes_no_event_and_its_rerun_emails_once(stack: Stack) -> None:
@@ -586,7 +622,14 @@ def test_a_rescheduled_email_names_both_times() -> None:
     assert "Wednesday 16 January 2030, 11:00–11:30 (Asia/Tokyo, UTC+09:00)" in text
     assert "It was on Tuesday 15 January 2030, 10:00–10:30" in text
     assert event.data["appointment"]["rescheduled_from"] == 7
-    assert only_event(invite(message))["SEQUENCE"] == 5 and invite(message)["METHOD"] == "REQUEST"
+    # The move is a new appointment, a new UID: the old event is withdrawn and the new one invited.
+    parts = {p.get_filename(): Calendar.from_ical(p.get_content()) for p in message.iter_attachments()}
+    assert sorted(parts) == ["cancel.ics", "invite.ics"]
+    withdrawn, invited = only_event(parts["cancel.ics"]), only_event(parts["invite.ics"])
+    assert (parts["cancel.ics"]["METHOD"], str(withdrawn["UID"]), withdrawn["STATUS"]) == (
+        "CANCEL", "appointment-7@doctor-appointments", "CANCELLED")
+    assert (parts["invite.ics"]["METHOD"], str(invited["UID"]), invited["SEQUENCE"]) == (
+        "REQUEST", "appointment-8@doctor-appointments", 5)
 
 
 def test_the_access_log_hides_feed_tokens() -> None:

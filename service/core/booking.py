@@ -271,8 +271,7 @@ def decision_event(d: Decision, r: PendingRequest, doctor_id: int, now: datetime
             return appointment_event(CONFIRMED, made)
         old = moving[d.rescheduled_from]
         previous = {"id": old.id, "doctor_id": old.doctor_id, "patient_id": old.patient_id,
-                    "start_time": old.start_time, "end_time": old.end_time, "status": "rescheduled",
-                    "rescheduled_to": d.appointment_id}
+                    "start_time": old.start_time, "end_time": old.end_time, "status": "rescheduled"}
         return appointment_event(RESCHEDULED, made, sequence_at(now), previous, rescheduled_from=old.id)
     return Event(REJECTED, doctor_id, r.patient_id, None, {"booking_request": {
         "id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id, "appointment_type_id": r.appointment_type_id,

@@ -142,8 +142,15 @@ def notification_email(event: Row, recipient: Row, doctor: Row, patient: Row, ma
     if event["type"] == REMINDER:  # the invite came with the confirmation; a reminder changes nothing in it
         return message
     cancelled = event["type"] == CANCELLED
-    method = "CANCEL" if cancelled else "REQUEST"
-    ics = calendar(method, [vevent(appointment, doctor, patient, data.get("sequence", 0), now, cancelled)])
-    message.add_attachment(ics, maintype="text", subtype="calendar", filename="invite.ics",
-                           params={"method": method, "charset": "utf-8"})
+    if event["type"] == RESCHEDULED and (previous := data.get("previous")):
+        # A move makes a new appointment (a new UID): the old event is withdrawn, the new one invited.
+        attach_invite(message, "CANCEL", vevent(previous, doctor, patient, data.get("sequence", 0), now, True),
+                      "cancel.ics")
+    attach_invite(message, "CANCEL" if cancelled else "REQUEST",
+                  vevent(appointment, doctor, patient, data.get("sequence", 0), now, cancelled), "invite.ics")
     return message
+
+
+def attach_invite(message: EmailMessage, method: str, event: VEvent, filename: str) -> None:
+    message.add_attachment(calendar(method, [event]), maintype="text", subtype="calendar", filename=filename,
+                           params={"method": method, "charset": "utf-8"})

@@ -91,7 +91,7 @@ def appointment_event(type_: str, row: Row, sequence: int = 0, previous: Row | N
     was in `previous` (its email names the old time) and `rescheduled_from=`/`rescheduled_to=` ids in `extra`."""
     data: dict[str, Any] = {"appointment": appointment_data(row, **extra), "sequence": sequence}
     if previous is not None:
-        data["previous"] = appointment_data(previous)
+        data["previous"] = appointment_data(previous, rescheduled_to=row["id"])
     return Event(type_, row["doctor_id"], row["patient_id"], row["id"], data)
 
 
