@@ -29,8 +29,9 @@ from tests.factory import Factory
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 # Child tables first, so deleting in this order breaks no foreign key.
-TABLES_CHILD_FIRST = ["appointment_history", "appointments", "booking_requests", "password_reset_tokens",
-                      "availabilities", "time_off", "weekly_hours", "appointment_types", "users"]
+TABLES_CHILD_FIRST = ["appointment_history", "waitlist_entries", "holds", "appointments", "booking_requests",
+                      "password_reset_tokens", "availabilities", "time_off", "weekly_hours", "appointment_types",
+                      "users"]
 
 
 def free_port() -> int:

@@ -24,8 +24,10 @@ from service.api.controllers.appointments import AppointmentController
 from service.api.controllers.booking_requests import BookingRequestController
 from service.api.controllers.doctors import DoctorController
 from service.api.controllers.health import HealthController
+from service.api.controllers.holds import HoldController
 from service.api.controllers.metrics import MetricsController, metrics_token_guard
 from service.api.controllers.time_off import TimeOffController
+from service.api.controllers.waitlist import WaitlistController
 from service.api.controllers.weekly_hours import WeeklyHoursController
 from service.api.dependencies import DatabaseDep
 from service.api.extensions import (
@@ -68,6 +70,8 @@ TAGS = [
     Tag(name="schedules", description="Weekly hours in the doctor's time zone, time off, appointment types"),
     Tag(name="appointments", description="Book, read and cancel appointments"),
     Tag(name="booking requests", description="Follow a booking until it is decided"),
+    Tag(name="holds", description="Keep a slot for a few minutes, then confirm it or let it go"),
+    Tag(name="waitlist", description="Wait for time with a doctor; freed time is offered first come, first served"),
     Tag(name="health", description="Liveness of the service and what it depends on"),
 ]
 
@@ -147,7 +151,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # The address limit guards only the account endpoints (guessing, hashing); no other request pays for it.
             Router("/", route_handlers=[AuthController], middleware=[AddressRateLimit(redis, settings)]),
             DoctorController, WeeklyHoursController, TimeOffController, AppointmentTypeController,
-            AppointmentController, BookingRequestController, HealthController, *metrics_route,
+            AppointmentController, BookingRequestController, HoldController, WaitlistController, HealthController,
+            *metrics_route,
         ],
         dependencies={
             "settings": value(settings),

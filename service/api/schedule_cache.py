@@ -25,7 +25,7 @@ from litestar.config.response_cache import default_cache_key_builder
 from litestar.stores.memory import MemoryStore
 from redis.asyncio import Redis
 
-from service.core.queue import publish_schedule_changed
+from service.core.queue import enqueue_refill, publish_schedule_changed
 
 log = logging.getLogger("service.schedule")
 
@@ -67,12 +67,14 @@ class ScheduleVersions:
 
 async def announce_schedule_change(redis: Redis, versions: ScheduleVersions, doctor_id: int) -> None:
     """After a commit that changed a doctor's schedule: retire the cached answers, here at once, in the other API
-    processes through Redis."""
+    processes through Redis; and queue the doctor's waitlist refill, since the change may have freed or added time
+    (a refill with nothing to offer costs one read)."""
     versions.changed(doctor_id)
     try:
         await publish_schedule_changed(redis, doctor_id)
     except Exception as exc:  # noqa: BLE001 - committed already; the other processes' copies expire in a second
         log.warning("could not announce the schedule change of doctor %s: %r", doctor_id, exc)
+    await enqueue_refill(redis, doctor_id)  # never raises: the sweep refills what this could not queue
 
 
 async def drop_expired_responses(store: MemoryStore, every_seconds: float = 5) -> None:

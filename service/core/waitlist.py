@@ -1,0 +1,260 @@
+"""The waitlist: patients waiting for time with a doctor, offered freed time first come, first served.
+
+Whenever time in a doctor's schedule frees or appears (a cancellation, a move away, time off withdrawn, new hours
+or windows, a hold released or expired), the worker runs `refill` for that doctor (queued after the change's
+commit, and by the periodic sweep for every doctor with someone waiting, so a worker lost in between delays an
+offer but never drops it). Under the doctor's row lock, in one transaction, it takes the waiting entries oldest
+first and, for each, the first free slot of its length in its range, asked of the same DoctorTime (`slots`, hence
+`why_not`) that slot reads and decisions use: it holds that slot for the patient (status `offered`), or with
+`auto_book` books it. A hold blocks its slot like an appointment, so one slot is offered to one entry at a time,
+and an entry has at most one live offer. An offer let lapse or declined puts its entry at the end of the line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from service.core import faults, history
+from service.core.accounts import CurrentUser
+from service.core.availability import DoctorTime, Rules, Taken
+from service.core.booking import PATIENT_ROWS
+from service.core.db import Connection, Database, Row
+from service.core.doctors import find_doctor, lock_doctor
+from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from service.core.lifecycle import is_front_desk
+from service.core.schedule import MAX_RANGE, bookable_type, doctor_time_from_rows, read_bounds, rules_of
+from service.core.times import to_db, utcnow
+from service.core.zones import zone_named
+
+log = logging.getLogger("service.waitlist")
+
+DEFAULT_DURATION = 30
+MAX_OPEN_ENTRIES = 20  # waiting or offered, per patient
+REFILL_BATCH = 200  # entries looked at in one refill, oldest first
+SLOTS_PER_LOOK = 20  # slots read at a time while looking for one the patient is free for
+
+
+async def add(tx: Connection, user: CurrentUser, doctor_id: int, not_before: datetime, not_after: datetime,
+              type_id: int | None, duration_minutes: int | None, auto_book: bool) -> Row:
+    """Put the patient on a doctor's waitlist: an appointment inside [not_before, not_after] of the type's length
+    (or `duration_minutes`, 30 by default), offered or (`auto_book`) booked when time frees."""
+    if user.role != "Patient":
+        raise Forbidden("only a patient joins a waitlist")
+    start, end = to_db(not_before, "not_before"), to_db(not_after, "not_after")
+    now = utcnow()
+    if end <= start:
+        raise InvalidInput("must be after not_before", field="not_after")
+    if end <= now:
+        raise InvalidInput("must be in the future", field="not_after")
+    if end - max(start, now) > MAX_RANGE:
+        raise InvalidInput("the range is at most 62 days from now or not_before", field="not_after")
+    await find_doctor(tx, doctor_id)
+    if type_id is not None:
+        if duration_minutes is not None:
+            raise InvalidInput("give either duration_minutes or appointment_type_id, not both",
+                               field="duration_minutes")
+        duration_minutes = (await bookable_type(tx, doctor_id, type_id))["duration_minutes"]  # type: ignore[arg-type]
+    duration_minutes = duration_minutes or DEFAULT_DURATION
+    if timedelta(minutes=duration_minutes) > end - max(start, now):
+        raise InvalidInput("the range is shorter than the appointment", field="not_after")
+    await lock_doctor(tx, doctor_id)
+    if await tx.fetch_value("count_open_waitlist_entries_of_patient", {"patient_id": user.id}) >= MAX_OPEN_ENTRIES:
+        raise Conflict(f"you are on at most {MAX_OPEN_ENTRIES} waitlists at once", reason="too_many_entries")
+    _, entry_id = await tx.execute("insert_waitlist_entry", {
+        "patient_id": user.id, "doctor_id": doctor_id, "appointment_type_id": type_id,
+        "duration_minutes": duration_minutes, "not_before": start, "not_after": end, "auto_book": auto_book,
+        "now": now})
+    return await find_entry(tx, entry_id, user)
+
+
+async def find_entry(db: Database | Connection, entry_id: int, user: CurrentUser) -> Row:
+    """The entry if the caller is its patient, its doctor, or staff; 404 otherwise."""
+    row = await db.fetch_one("find_waitlist_entry", {"id": entry_id, "user_id": user.id,
+                                                     "any": is_front_desk(user)})
+    if row is None:
+        raise NotFound(f"no waitlist entry {entry_id} of yours")
+    return row
+
+
+async def list_entries(db: Database, user: CurrentUser, doctor_id: int | None, status: str | None, limit: int,
+                       offset: int) -> tuple[list[Row], int]:
+    """A patient's own entries (newest first); a doctor's own line, or (staff) any doctor's (`doctor_id`), in its
+    order."""
+    if doctor_id is not None and not is_front_desk(user) and not (user.role == "Doctor" and doctor_id == user.id):
+        raise Forbidden("only staff read another doctor's waitlist")
+    if user.role == "Patient":
+        params = {"patient_id": user.id, "doctor_id": None}
+    elif doctor_id is not None or user.role == "Doctor":
+        params = {"patient_id": None, "doctor_id": doctor_id or user.id}
+    else:
+        raise InvalidInput("say whose waitlist: doctor_id", field="doctor_id")
+    params["status"] = status
+    async with db.connection() as conn:
+        rows = await conn.fetch_all("list_waitlist_entries", {**params, "limit": limit, "offset": offset})
+        total = await conn.fetch_value("count_waitlist_entries", params)
+    return rows, total
+
+
+async def cancel(tx: Connection, entry_id: int, user: CurrentUser) -> tuple[Row, bool]:
+    """Leave the waitlist (its patient), under the doctor's lock: a live offer is released with it. The entry as it
+    now stands, and whether this call ended it (False: it had ended already)."""
+    entry = await find_entry(tx, entry_id, user)
+    if entry["patient_id"] != user.id:
+        raise Forbidden("only its patient leaves a waitlist")
+    await lock_doctor(tx, entry["doctor_id"])
+    entry = await find_entry(tx, entry_id, user)
+    if entry["status"] not in ("waiting", "offered"):
+        return entry, False
+    now = utcnow()
+    await tx.execute("cancel_waitlist_entry", {"id": entry_id, "now": now})
+    if entry["hold_id"] is not None:
+        await tx.execute("release_hold_of_entry", {"hold_id": entry["hold_id"], "now": now})
+    return await find_entry(tx, entry_id, user), True
+
+
+async def requeue(tx: Connection, holds: list[Row], now: datetime) -> None:
+    """Offers (holds) that lapsed or were declined: their entries go back to the end of the line."""
+    if hold_ids := tuple(h["id"] for h in holds if h["waitlist_entry_id"] is not None):
+        await tx.execute("requeue_waitlist_entries", {"hold_ids": hold_ids, "now": now})
+
+
+def offered(entry: Row, hold: Row) -> None:
+    """THE notification of an offer (email, webhook `waitlist.offered`): called in the refill's transaction. Today
+    a log line; the outbox (notifications issue) takes its place here, in the same transaction."""
+    log.info("waitlist entry %s of patient %s offered hold %s (%s-%s), until %s", entry["id"], entry["patient_id"],
+             hold["id"], hold["start_time"].isoformat(), hold["end_time"].isoformat(), hold["expires_at"].isoformat())
+
+
+@dataclass(slots=True)
+class Refilled:
+    """What one refill did: holds expired, offers made (hold ids), appointments booked (ids)."""
+
+    doctor_id: int
+    expired: int = 0
+    offers: list[int] = field(default_factory=list)
+    booked: list[int] = field(default_factory=list)
+
+    @property
+    def changed_schedule(self) -> bool:
+        return bool(self.expired or self.offers or self.booked)
+
+
+def first_fit(doctor: DoctorTime, patient: Taken, length: timedelta, earliest: datetime, latest: datetime,
+              now: datetime, rules: Rules, skip_start: datetime | None) -> tuple[datetime, datetime] | None:
+    """The first slot in [earliest, latest) the doctor can give (`slots`, so `why_not`) and the patient is free
+    for, other than the one they let go (`skip_start`)."""
+    while earliest < latest:
+        found, next_start = doctor.slots(length, earliest, latest, now, SLOTS_PER_LOOK, rules)
+        for start, end, _ in found:
+            if start != skip_start and patient.clash(start, end) is None:
+                return start, end
+        if next_start is None:
+            return None
+        earliest = next_start
+    return None
+
+
+async def refill(db: Database, doctor_id: int, hold_seconds: int, holds_per_patient: int) -> Refilled:
+    """Expire this doctor's lapsed holds (their entries back in line) and entries past their range, then offer
+    free time to the waiting entries, oldest first: one transaction, under the doctor's row lock, then the
+    patients' (ascending, as a booking batch takes them). Safe to run any number of times."""
+    done = Refilled(doctor_id)
+    if not await db.fetch_value("has_waitlist_work", {"doctor_id": doctor_id, "now": utcnow()}):
+        return done
+    async with db.transaction() as tx:
+        doctor = await tx.fetch_one("lock_doctor_zone", {"doctor_id": doctor_id})
+        if doctor is None:
+            return done
+        now = utcnow()
+        if lapsed := await tx.fetch_all("lapsed_holds_of_doctor", {"doctor_id": doctor_id, "now": now,
+                                                                   "limit": REFILL_BATCH}):
+            await tx.execute("expire_holds", {"ids": tuple(h["id"] for h in lapsed), "now": now})
+            await requeue(tx, lapsed, now)
+            done.expired = len(lapsed)
+        await tx.execute("expire_waitlist_entries_of_doctor", {"doctor_id": doctor_id, "now": now})
+        entries = await tx.fetch_all("waiting_entries_of_doctor", {"doctor_id": doctor_id, "limit": REFILL_BATCH})
+        if not entries:
+            return done
+        patient_ids = tuple(sorted({e["patient_id"] for e in entries}))
+        await tx.fetch_all("lock_users", {"ids": patient_ids})
+        live = {row["patient_id"]: row["live"] for row in await tx.fetch_all(
+            "count_live_holds_of_patients", {"ids": patient_ids, "now": now})}
+        types = {t["id"]: t for t in await tx.fetch_all("list_active_appointment_types", {"doctor_id": doctor_id})}
+        zone = zone_named(doctor["timezone"])
+        for entry in entries:
+            if entry["appointment_type_id"] is not None and entry["appointment_type_id"] not in types:
+                continue  # its type is no longer offered: it waits (and expires with its range)
+            if not entry["auto_book"] and live.get(entry["patient_id"], 0) >= holds_per_patient:
+                continue
+            appointment_type = types.get(entry["appointment_type_id"])
+            slot = await fitting_slot(tx, doctor_id, zone, entry, appointment_type, now)
+            if slot is None:
+                continue  # nothing fits its range (and length, type) now: skipped, not offered
+            if entry["auto_book"]:
+                done.booked.append(await book(tx, doctor_id, entry, appointment_type, slot, now))
+            else:
+                done.offers.append(await offer(tx, doctor_id, entry, appointment_type, slot, now, hold_seconds))
+                live[entry["patient_id"]] = live.get(entry["patient_id"], 0) + 1
+        if faults.armed:
+            faults.hit("refill_before_commit")
+    return done
+
+
+async def fitting_slot(tx: Connection, doctor_id: int, zone: ZoneInfo, entry: Row, appointment_type: Row | None,
+                       now: datetime) -> tuple[datetime, datetime] | None:
+    """The entry's first free slot, read in the refill's transaction (so it sees the offers made before it)."""
+    earliest, latest = max(entry["not_before"], now), entry["not_after"]
+    length = timedelta(minutes=appointment_type["duration_minutes"] if appointment_type else entry["duration_minutes"])
+    if latest - earliest < length:
+        return None
+    rows = await tx.fetch_all("list_schedule_between", {"doctor_id": doctor_id, "patient_ids": (entry["patient_id"],),
+                                                        **read_bounds(earliest, latest, now)})
+    doctor = doctor_time_from_rows([r for r in rows if r["kind"] not in PATIENT_ROWS], zone, [(earliest, latest)])
+    patient = Taken([(r["start_time"], r["end_time"]) for r in rows if r["kind"] in PATIENT_ROWS])
+    return first_fit(doctor, patient, length, earliest, latest, now, rules_of(appointment_type),
+                     entry["last_offered_start"])
+
+
+def buffers(appointment_type: Row | None) -> dict[str, int]:
+    return {name: appointment_type[name] if appointment_type else 0
+            for name in ("buffer_before_minutes", "buffer_after_minutes")}
+
+
+async def offer(tx: Connection, doctor_id: int, entry: Row, appointment_type: Row | None,
+                slot: tuple[datetime, datetime], now: datetime, hold_seconds: int) -> int:
+    """Hold the slot for the entry's patient and tell them (`offered`)."""
+    hold = {"doctor_id": doctor_id, "patient_id": entry["patient_id"],
+            "appointment_type_id": entry["appointment_type_id"], "start_time": slot[0], "end_time": slot[1],
+            "notes": None, "expires_at": now + timedelta(seconds=hold_seconds), "booking_request_id": None,
+            "waitlist_entry_id": entry["id"], "now": now, **buffers(appointment_type)}
+    _, hold_id = await tx.execute("insert_hold", hold)
+    await tx.execute("mark_waitlist_entry_offered", {"id": entry["id"], "hold_id": hold_id})
+    offered(entry, {**hold, "id": hold_id})
+    return hold_id
+
+
+async def book(tx: Connection, doctor_id: int, entry: Row, appointment_type: Row | None,
+               slot: tuple[datetime, datetime], now: datetime) -> int:
+    """Book the slot for the entry's patient (auto_book): a decided booking request, its appointment, history."""
+    request = {"patient_id": entry["patient_id"], "doctor_id": doctor_id,
+               "appointment_type_id": entry["appointment_type_id"], "start_time": slot[0], "end_time": slot[1],
+               "now": now}
+    _, request_id = await tx.execute("insert_decided_booking_request", request)
+    _, appointment_id = await tx.execute("insert_appointment", {
+        **request, "booking_request_id": request_id, "rescheduled_from": None, "notes": None,
+        **buffers(appointment_type)})
+    await tx.execute("link_booking_request_appointment", {"id": request_id, "appointment_id": appointment_id})
+    await tx.execute("mark_waitlist_entry_auto_booked", {"id": entry["id"], "appointment_id": appointment_id,
+                                                         "now": now})
+    await history.record(tx, [history.entry("confirmed", now, appointment_id=appointment_id, request_id=request_id,
+                                            to_status="confirmed", reason="waitlist")])
+    return appointment_id
+
+
+async def doctors_with_work(db: Database, limit: int) -> list[int]:
+    """For the sweep: doctors whose waitlist or lapsed holds a refill should look at."""
+    return [row["doctor_id"] for row in await db.fetch_all("doctors_with_waitlist_work",
+                                                           {"now": utcnow(), "limit": limit})]
