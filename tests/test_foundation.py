@@ -29,7 +29,7 @@ from service.core.settings import MySQLAddress, Settings, SettingsError
 from tests.support import Processes
 
 TABLES = {"users", "availabilities", "booking_requests", "appointments", "password_reset_tokens", "weekly_hours",
-          "time_off", "appointment_types", "appointment_history"}
+          "time_off", "appointment_types", "appointment_history", "holds", "waitlist_entries"}
 
 
 # --- settings -------------------------------------------------------------------------------------------------
