@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -150,12 +151,17 @@ def decide(
 
 def ranges_to_read(requests: list[PendingRequest]) -> list[tuple[datetime, datetime]]:
     """The time ranges a batch's decision must read: one per cluster of nearby requests."""
+    return nearby_clusters([(r.start_time, r.end_time) for r in requests])
+
+
+def nearby_clusters(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Spans merged where they lie within NEARBY of each other: the ranges one read each covers."""
     ranges: list[tuple[datetime, datetime]] = []
-    for request in sorted(requests, key=lambda r: r.start_time):
-        if ranges and request.start_time <= ranges[-1][1] + NEARBY:
-            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], request.end_time))
+    for start, end in sorted(spans):
+        if ranges and start <= ranges[-1][1] + NEARBY:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], end))
         else:
-            ranges.append((request.start_time, request.end_time))
+            ranges.append((start, end))
     return ranges
 
 

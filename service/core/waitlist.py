@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from service.core import faults, history
 from service.core.accounts import CurrentUser
 from service.core.availability import DoctorTime, Rules, Taken
-from service.core.booking import PATIENT_ROWS
+from service.core.booking import PATIENT_ROWS, nearby_clusters
 from service.core.db import Connection, Database, Row
 from service.core.doctors import find_doctor, lock_doctor
 from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -145,7 +145,7 @@ class Refilled:
 def first_fit(doctor: DoctorTime, patient: Taken, length: timedelta, earliest: datetime, latest: datetime,
               now: datetime, rules: Rules, skip_start: datetime | None) -> tuple[datetime, datetime] | None:
     """The first slot in [earliest, latest) the doctor can give (`slots`, so `why_not`) and the patient is free
-    for, other than the one they let go (`skip_start`)."""
+    for, other than the one they let go (`skip_start`). Pure: no I/O."""
     while earliest < latest:
         found, next_start = doctor.slots(length, earliest, latest, now, SLOTS_PER_LOOK, rules)
         for start, end, _ in found:
@@ -183,39 +183,57 @@ async def refill(db: Database, doctor_id: int, hold_seconds: int, holds_per_pati
         live = {row["patient_id"]: row["live"] for row in await tx.fetch_all(
             "count_live_holds_of_patients", {"ids": patient_ids, "now": now})}
         types = {t["id"]: t for t in await tx.fetch_all("list_active_appointment_types", {"doctor_id": doctor_id})}
-        zone = zone_named(doctor["timezone"])
+        wanted = []
         for entry in entries:
-            if entry["appointment_type_id"] is not None and entry["appointment_type_id"] not in types:
-                continue  # its type is no longer offered: it waits (and expires with its range)
-            if not entry["auto_book"] and live.get(entry["patient_id"], 0) >= holds_per_patient:
-                continue
             appointment_type = types.get(entry["appointment_type_id"])
-            slot = await fitting_slot(tx, doctor_id, zone, entry, appointment_type, now)
+            if entry["appointment_type_id"] is not None and appointment_type is None:
+                continue  # its type is no longer offered: it waits (and expires with its range)
+            length = timedelta(minutes=appointment_type["duration_minutes"] if appointment_type
+                               else entry["duration_minutes"])
+            earliest, latest = max(entry["not_before"], now), entry["not_after"]
+            if latest - earliest >= length:
+                wanted.append((entry, appointment_type, length, earliest, latest))
+        if not wanted:
+            return done
+        doctor_time, patients = await read_schedule(tx, doctor_id, zone_named(doctor["timezone"]), patient_ids,
+                                                    [(earliest, latest) for *_, earliest, latest in wanted], now)
+        for entry, appointment_type, length, earliest, latest in wanted:
+            patient = entry["patient_id"]
+            if not entry["auto_book"] and live.get(patient, 0) >= holds_per_patient:
+                continue
+            rules = rules_of(appointment_type)
+            slot = first_fit(doctor_time, patients[patient], length, earliest, latest, now, rules,
+                             entry["last_offered_start"])
             if slot is None:
                 continue  # nothing fits its range (and length, type) now: skipped, not offered
+            doctor_time.take(*slot, rules)  # as a batch's decision does: the next entries see it taken
+            patients[patient].take(*slot)
             if entry["auto_book"]:
                 done.booked.append(await book(tx, doctor_id, entry, appointment_type, slot, now))
             else:
                 done.offers.append(await offer(tx, doctor_id, entry, appointment_type, slot, now, hold_seconds))
-                live[entry["patient_id"]] = live.get(entry["patient_id"], 0) + 1
+                live[patient] = live.get(patient, 0) + 1
         if faults.armed and (done.offers or done.booked):
             faults.hit("refill_before_commit")  # time freed, nothing offered yet: the sweep must find it
     return done
 
 
-async def fitting_slot(tx: Connection, doctor_id: int, zone: ZoneInfo, entry: Row, appointment_type: Row | None,
-                       now: datetime) -> tuple[datetime, datetime] | None:
-    """The entry's first free slot, read in the refill's transaction (so it sees the offers made before it)."""
-    earliest, latest = max(entry["not_before"], now), entry["not_after"]
-    length = timedelta(minutes=appointment_type["duration_minutes"] if appointment_type else entry["duration_minutes"])
-    if latest - earliest < length:
-        return None
-    rows = await tx.fetch_all("list_schedule_between", {"doctor_id": doctor_id, "patient_ids": (entry["patient_id"],),
-                                                        **read_bounds(earliest, latest, now)})
-    doctor = doctor_time_from_rows([r for r in rows if r["kind"] not in PATIENT_ROWS], zone, [(earliest, latest)])
-    patient = Taken([(r["start_time"], r["end_time"]) for r in rows if r["kind"] in PATIENT_ROWS])
-    return first_fit(doctor, patient, length, earliest, latest, now, rules_of(appointment_type),
-                     entry["last_offered_start"])
+async def read_schedule(tx: Connection, doctor_id: int, zone: ZoneInfo, patient_ids: tuple[int, ...],
+                        spans: list[tuple[datetime, datetime]], now: datetime) -> tuple[DoctorTime, dict[int, Taken]]:
+    """The doctor's time and the patients' over the entries' ranges, read under the locks in one query per
+    cluster of nearby ranges (as a booking batch reads)."""
+    ranges = nearby_clusters(spans)
+    schedule_rows: list[Row] = []
+    taken: dict[int, list[tuple[datetime, datetime]]] = {p: [] for p in patient_ids}
+    for start, end in ranges:
+        for row in await tx.fetch_all("list_schedule_between", {"doctor_id": doctor_id, "patient_ids": patient_ids,
+                                                                **read_bounds(start, end, now)}):
+            if row["kind"] in PATIENT_ROWS:
+                taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
+            else:
+                schedule_rows.append(row)
+    return (doctor_time_from_rows(schedule_rows, zone, ranges),
+            {patient: Taken(spans) for patient, spans in taken.items()})
 
 
 def buffers(appointment_type: Row | None) -> dict[str, int]:
