@@ -59,11 +59,16 @@ WHERE doctor_id = %(doctor_id)s AND status = 'waiting'
 ORDER BY queued_at, id
 LIMIT %(limit)s;
 
--- name: has_waitlist_work
--- Whether a refill of this doctor has anything to do (read without the lock, to skip taking it for nothing).
-SELECT EXISTS (SELECT 1 FROM waitlist_entries WHERE doctor_id = %(doctor_id)s AND status = 'waiting')
-    OR EXISTS (SELECT 1 FROM holds WHERE doctor_id = %(doctor_id)s AND status = 'held'
-                                     AND expires_at <= %(now)s);
+-- name: waitlist_work_of_doctor
+-- What a refill of this doctor has to do, read without the lock: anyone waiting, waiting past their range, holds
+-- past their expiry still marked held. Nothing when there is no such doctor.
+SELECT u.timezone,
+       EXISTS (SELECT 1 FROM waitlist_entries w WHERE w.doctor_id = u.id AND w.status = 'waiting') AS waiting,
+       EXISTS (SELECT 1 FROM waitlist_entries w WHERE w.doctor_id = u.id AND w.status = 'waiting'
+                                                  AND w.not_after <= %(now)s) AS ended,
+       EXISTS (SELECT 1 FROM holds h WHERE h.doctor_id = u.id AND h.status = 'held'
+                                       AND h.expires_at <= %(now)s) AS lapsed
+FROM users u WHERE u.id = %(doctor_id)s AND u.role = 'Doctor';
 
 -- name: doctors_with_waitlist_work
 -- For the sweep: doctors with someone waiting, or with holds past their expiry still marked held.

@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pymysql
 
+from service.core.settings import Settings
 from tests.factory import Factory, User, at, iso
-from tests.support import Rig, no_overlapping_confirmed, problem, rows, snapshot, until
+from tests.support import Rig, lock_waits, no_overlapping_confirmed, problem, rows, snapshot, until
 
 MINUTE = timedelta(minutes=1)
 
@@ -143,6 +144,30 @@ async def test_joining_while_a_fitting_slot_is_free_offers_it_at_once(
     # The first slot of the type on the window's grid (09:00, 09:20, 09:40) inside the range.
     assert (hold["start_time"], hold["end_time"], hold["buffer_after_minutes"]) == (
         (at(9) + 20 * MINUTE).replace(tzinfo=None), (at(9) + 40 * MINUTE).replace(tzinfo=None), 10)
+
+
+async def test_a_refill_with_nothing_to_offer_never_waits_for_the_doctors_lock(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection, settings: Settings,
+) -> None:
+    """The sweep queues a refill every second for a doctor with someone waiting: finding nothing to offer, it must
+    not hold up the doctor's bookings by taking the doctor's row lock."""
+    doctor, _, _ = await one_slot_booked(factory)
+    await join(client, await factory.patient(), doctor["id"], at(8), at(11))
+    await asyncio.sleep(0.5)  # the refill queued by joining has run
+    address = settings.mysql
+    holder = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password,
+                             database=address.database)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (doctor["id"],))
+            waits = []
+            for _ in range(25):  # 3 s: three sweeps, each queueing a refill of this doctor
+                waits.append(lock_waits(mysql, address.database))
+                await asyncio.sleep(0.12)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert max(waits) == 0, waits
 
 
 # --- 2. auto_book -------------------------------------------------------------------------------------------------

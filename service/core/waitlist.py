@@ -157,13 +157,33 @@ def first_fit(doctor: DoctorTime, patient: Taken, length: timedelta, earliest: d
     return None
 
 
+@dataclass(slots=True)
+class Fit:
+    """A waiting entry and the slot it gets."""
+
+    entry: Row
+    appointment_type: Row | None
+    slot: tuple[datetime, datetime]
+
+
 async def refill(db: Database, doctor_id: int, hold_seconds: int, holds_per_patient: int) -> Refilled:
     """Expire this doctor's lapsed holds (their entries back in line) and entries past their range, then offer
     free time to the waiting entries, oldest first: one transaction, under the doctor's row lock, then the
-    patients' (ascending, as a booking batch takes them). Safe to run any number of times."""
+    patients' (ascending, as a booking batch takes them). Safe to run any number of times.
+
+    With nothing to expire, whether anything fits is first worked out without a lock: a refill that finds
+    nothing to offer (what most of the sweep's are) never holds up the doctor's bookings. Reading without the lock
+    misses nothing for long: a change committed after that read queues a refill of its own.
+    """
     done = Refilled(doctor_id)
-    if not await db.fetch_value("has_waitlist_work", {"doctor_id": doctor_id, "now": utcnow()}):
+    now = utcnow()
+    work = await db.fetch_one("waitlist_work_of_doctor", {"doctor_id": doctor_id, "now": now})
+    if work is None or not (work["waiting"] or work["lapsed"]):
         return done
+    if not work["lapsed"] and not work["ended"]:
+        async with db.connection() as conn:
+            if not await fits_for(conn, doctor_id, work["timezone"], now, holds_per_patient):
+                return done
     async with db.transaction() as tx:
         doctor = await tx.fetch_one("lock_doctor_zone", {"doctor_id": doctor_id})
         if doctor is None:
@@ -175,47 +195,61 @@ async def refill(db: Database, doctor_id: int, hold_seconds: int, holds_per_pati
             await requeue(tx, lapsed, now)
             done.expired = len(lapsed)
         await tx.execute("expire_waitlist_entries_of_doctor", {"doctor_id": doctor_id, "now": now})
-        entries = await tx.fetch_all("waiting_entries_of_doctor", {"doctor_id": doctor_id, "limit": REFILL_BATCH})
-        if not entries:
-            return done
-        patient_ids = tuple(sorted({e["patient_id"] for e in entries}))
-        await tx.fetch_all("lock_users", {"ids": patient_ids})
-        live = {row["patient_id"]: row["live"] for row in await tx.fetch_all(
-            "count_live_holds_of_patients", {"ids": patient_ids, "now": now})}
-        types = {t["id"]: t for t in await tx.fetch_all("list_active_appointment_types", {"doctor_id": doctor_id})}
-        wanted = []
-        for entry in entries:
-            appointment_type = types.get(entry["appointment_type_id"])
-            if entry["appointment_type_id"] is not None and appointment_type is None:
-                continue  # its type is no longer offered: it waits (and expires with its range)
-            length = timedelta(minutes=appointment_type["duration_minutes"] if appointment_type
-                               else entry["duration_minutes"])
-            earliest, latest = max(entry["not_before"], now), entry["not_after"]
-            if latest - earliest >= length:
-                wanted.append((entry, appointment_type, length, earliest, latest))
-        if not wanted:
-            return done
-        doctor_time, patients = await read_schedule(tx, doctor_id, zone_named(doctor["timezone"]), patient_ids,
-                                                    [(earliest, latest) for *_, earliest, latest in wanted], now)
-        for entry, appointment_type, length, earliest, latest in wanted:
-            patient = entry["patient_id"]
-            if not entry["auto_book"] and live.get(patient, 0) >= holds_per_patient:
-                continue
-            rules = rules_of(appointment_type)
-            slot = first_fit(doctor_time, patients[patient], length, earliest, latest, now, rules,
-                             entry["last_offered_start"])
-            if slot is None:
-                continue  # nothing fits its range (and length, type) now: skipped, not offered
-            doctor_time.take(*slot, rules)  # as a batch's decision does: the next entries see it taken
-            patients[patient].take(*slot)
-            if entry["auto_book"]:
-                done.booked.append(await book(tx, doctor_id, entry, appointment_type, slot, now))
+        for fit in await fits_for(tx, doctor_id, doctor["timezone"], now, holds_per_patient, lock=True):
+            if fit.entry["auto_book"]:
+                done.booked.append(await book(tx, doctor_id, fit.entry, fit.appointment_type, fit.slot, now))
             else:
-                done.offers.append(await offer(tx, doctor_id, entry, appointment_type, slot, now, hold_seconds))
-                live[patient] = live.get(patient, 0) + 1
+                done.offers.append(await offer(tx, doctor_id, fit.entry, fit.appointment_type, fit.slot, now,
+                                               hold_seconds))
         if faults.armed and (done.offers or done.booked):
             faults.hit("refill_before_commit")  # time freed, nothing offered yet: the sweep must find it
     return done
+
+
+async def fits_for(conn: Connection, doctor_id: int, timezone: str, now: datetime, holds_per_patient: int, *,
+                   lock: bool = False) -> list[Fit]:
+    """The waiting entries, oldest first, that get a slot, and theirs: each the first slot in its range that the
+    doctor can give (DoctorTime, as every read and decision asks) and its patient is free for, taking it before the
+    next entry looks. With `lock`, the patients' rows are locked first (the caller holds the doctor's)."""
+    entries = await conn.fetch_all("waiting_entries_of_doctor", {"doctor_id": doctor_id, "limit": REFILL_BATCH})
+    if not entries:
+        return []
+    patient_ids = tuple(sorted({e["patient_id"] for e in entries}))
+    if lock:
+        await conn.fetch_all("lock_users", {"ids": patient_ids})
+    live = {row["patient_id"]: row["live"] for row in await conn.fetch_all(
+        "count_live_holds_of_patients", {"ids": patient_ids, "now": now})}
+    types = {t["id"]: t for t in await conn.fetch_all("list_active_appointment_types", {"doctor_id": doctor_id})}
+    wanted = []
+    for entry in entries:
+        appointment_type = types.get(entry["appointment_type_id"])
+        if entry["appointment_type_id"] is not None and appointment_type is None:
+            continue  # its type is no longer offered: it waits (and expires with its range)
+        length = timedelta(minutes=appointment_type["duration_minutes"] if appointment_type
+                           else entry["duration_minutes"])
+        earliest, latest = max(entry["not_before"], now), entry["not_after"]
+        if latest - earliest >= length:
+            wanted.append((entry, appointment_type, length, earliest, latest))
+    if not wanted:
+        return []
+    doctor_time, patients = await read_schedule(conn, doctor_id, zone_named(timezone), patient_ids,
+                                                [(earliest, latest) for *_, earliest, latest in wanted], now)
+    fits = []
+    for entry, appointment_type, length, earliest, latest in wanted:
+        patient = entry["patient_id"]
+        if not entry["auto_book"] and live.get(patient, 0) >= holds_per_patient:
+            continue
+        rules = rules_of(appointment_type)
+        slot = first_fit(doctor_time, patients[patient], length, earliest, latest, now, rules,
+                         entry["last_offered_start"])
+        if slot is None:
+            continue  # nothing fits its range (and length, type) now: skipped, not offered
+        doctor_time.take(*slot, rules)  # as a batch's decision does: the next entries see it taken
+        patients[patient].take(*slot)
+        if not entry["auto_book"]:
+            live[patient] = live.get(patient, 0) + 1
+        fits.append(Fit(entry, appointment_type, slot))
+    return fits
 
 
 async def read_schedule(tx: Connection, doctor_id: int, zone: ZoneInfo, patient_ids: tuple[int, ...],
