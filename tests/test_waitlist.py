@@ -170,6 +170,31 @@ async def test_a_refill_with_nothing_to_offer_never_waits_for_the_doctors_lock(
     assert max(waits) == 0, waits
 
 
+async def test_time_moved_away_from_or_given_back_is_offered_at_once(rig: Rig) -> None:
+    """The worker's reschedule frees the old time and queues the refill itself; withdrawn time off gives time back
+    and the API queues it. The sweep runs once a minute here, so the offers come from those."""
+    api = rig.api(SWEEP_EVERY_SECONDS="60")
+    rig.worker(SWEEP_EVERY_SECONDS="60")
+    async with rig.client(api) as (client, factory):
+        doctor, booker, appointment = await one_slot_booked(factory)
+        await factory.window(doctor, at(11), at(11.5))
+        first, second = await factory.patient(), await factory.patient()
+        a = await join(client, first, doctor["id"], at(8), at(10))
+        moved = await client.post(f"/appointments/{appointment['id']}/reschedule",
+                                  headers={**booker.headers, "Prefer": "wait=10"}, json={"start_time": iso(at(11))})
+        assert moved.status_code == 201, moved.text
+        assert (await offered(rig.mysql, a["id"]))["hold_id"]
+
+        time_off = await factory.time_off(doctor, at(12), at(13))
+        await factory.window(doctor, at(12), at(12.5))  # inside the time off: nothing to offer yet
+        b = await join(client, second, doctor["id"], at(12), at(13))
+        await asyncio.sleep(1)
+        assert entry_row(rig.mysql, b["id"])["status"] == "waiting"
+        withdrawn = await client.delete(f"/doctors/me/time-off/{time_off['id']}", headers=doctor.headers)
+        assert withdrawn.status_code == 204, withdrawn.text
+        assert (await offered(rig.mysql, b["id"]))["hold_id"]
+
+
 # --- 2. auto_book -------------------------------------------------------------------------------------------------
 
 async def test_auto_book_books_the_freed_slot_directly(client: httpx.AsyncClient, factory: Factory,
