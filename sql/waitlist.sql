@@ -59,6 +59,9 @@ WHERE doctor_id = %(doctor_id)s AND status = 'waiting'
 ORDER BY queued_at, id
 LIMIT %(limit)s;
 
+-- name: has_waiting_entries
+SELECT EXISTS (SELECT 1 FROM waitlist_entries WHERE doctor_id = %(doctor_id)s AND status = 'waiting');
+
 -- name: waitlist_work_of_doctor
 -- What a refill of this doctor has to do, read without the lock: anyone waiting, waiting past their range, holds
 -- past their expiry still marked held. Nothing when there is no such doctor.

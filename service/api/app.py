@@ -60,6 +60,9 @@ Patients ask for a slot with `POST /appointments`; the request is stored at once
 status URL, then a worker decides it under a per-doctor lock. Poll `GET /booking-requests/{id}` (long polling
 with `?wait=N`), or send `Prefer: wait=N` to get the decision in the same call.
 
+A slot can also be held for a few minutes (`POST /holds`, decided the same way) and then confirmed, and patients can
+wait for time with a doctor (`POST /waitlist`): freed time is offered to them first come, first served.
+
 Authenticate with `POST /auth/login` and send the token as `Authorization: Bearer <token>`.
 Errors are RFC 9457 `application/problem+json`. Times are RFC 3339; a time without an offset is UTC.
 """

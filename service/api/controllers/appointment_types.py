@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any, ClassVar
 
 import msgspec
@@ -14,7 +13,7 @@ from msgspec import Meta
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.api.params import Id
 from service.api.problems import problem_responses
-from service.api.schedule_cache import announce_schedule_change
+from service.api.schedule_cache import schedule_changed
 from service.api.schemas import NOT_BLANK
 from service.api.security import PUBLIC, requires_doctor
 from service.core import appointment_types
@@ -103,7 +102,7 @@ class AppointmentTypeController(Controller):
         if "name" in changes:
             changes["name"] = changes["name"].strip()
         row = await appointment_types.update(tx, user.id, type_id, changes)
-        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        await schedule_changed(tx, redis, schedule_versions, user.id)
         return from_row(AppointmentTypeOut, row)
 
     @delete("/me/appointment-types/{type_id:int}", guards=[requires_doctor], status_code=HTTP_204_NO_CONTENT,
@@ -114,7 +113,7 @@ class AppointmentTypeController(Controller):
         self, type_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep, schedule_versions: ScheduleDep,
     ) -> None:
         await appointment_types.deactivate(tx, user.id, type_id)
-        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        await schedule_changed(tx, redis, schedule_versions, user.id)
 
     @get("/{doctor_id:int}/appointment-types", **PUBLIC, operation_id="listAppointmentTypes",
          summary="A doctor's bookable appointment types", responses=problem_responses(400, 404, 503))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any, ClassVar
 
 import msgspec
@@ -25,7 +24,7 @@ from service.api.dependencies import (
 )
 from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit, Offset, To
 from service.api.problems import problem_responses
-from service.api.schedule_cache import announce_schedule_change
+from service.api.schedule_cache import schedule_changed
 from service.api.schemas import (
     AppointmentOut,
     AppointmentPage,
@@ -152,7 +151,7 @@ class AppointmentController(Controller):
         appointment, changed = await lifecycle.change_status(tx, settings, appointment_id, user, data.status,
                                                              data.reason)
         if changed and appointment["status"] == "cancelled":
-            tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, appointment["doctor_id"]))
+            await schedule_changed(tx, redis, schedule_versions, appointment["doctor_id"])
         return appointment_out(appointment)
 
     @delete("/{appointment_id:int}", status_code=200, operation_id="cancelAppointment",
@@ -174,7 +173,7 @@ class AppointmentController(Controller):
     ) -> AppointmentOut:
         appointment, cancelled = await lifecycle.cancel(tx, settings, appointment_id, user, reason)
         if cancelled:
-            tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, appointment["doctor_id"]))
+            await schedule_changed(tx, redis, schedule_versions, appointment["doctor_id"])
         return appointment_out(appointment)
 
     @get("/{appointment_id:int}/history", operation_id="getAppointmentHistory",

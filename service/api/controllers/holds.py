@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any, ClassVar
 
 from litestar import Controller, Response, delete, get, post
@@ -22,7 +21,7 @@ from service.api.dependencies import (
 )
 from service.api.params import Id
 from service.api.problems import problem_responses
-from service.api.schedule_cache import announce_schedule_change
+from service.api.schedule_cache import schedule_changed
 from service.api.schemas import AppointmentOut, BookingIn, HoldOut, hold_out
 from service.api.security import requires_patient
 from service.core import holds
@@ -91,5 +90,5 @@ class HoldController(Controller):
                       schedule_versions: ScheduleDep) -> HoldOut:
         hold, released = await holds.release(tx, hold_id, user)
         if released:
-            tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, hold["doctor_id"]))
+            await schedule_changed(tx, redis, schedule_versions, hold["doctor_id"])
         return hold_out(hold)

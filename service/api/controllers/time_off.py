@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any, ClassVar
 
 import msgspec
@@ -15,7 +14,7 @@ from msgspec import Meta
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.api.params import Id, Limit, Offset
 from service.api.problems import problem_responses
-from service.api.schedule_cache import announce_schedule_change
+from service.api.schedule_cache import schedule_changed
 from service.api.security import requires_doctor
 from service.core import hours
 from service.core.times import from_row, utcnow
@@ -68,7 +67,7 @@ class TimeOffController(Controller):
         start, end = hours.check_time_off(data.start_time, data.end_time, utcnow())
         row, cancelled = await hours.add_time_off(tx, user.id, user, start, end, data.reason,
                                                   data.cancel_appointments)
-        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        await schedule_changed(tx, redis, schedule_versions, user.id)
         return from_row(TimeOffCreated, {**row, "cancelled_appointment_ids": [a["id"] for a in cancelled]})
 
     @get("/", guards=[requires_doctor], operation_id="listMyTimeOff",
@@ -88,4 +87,4 @@ class TimeOffController(Controller):
         self, time_off_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep, schedule_versions: ScheduleDep,
     ) -> None:
         await hours.delete_time_off(tx, user.id, time_off_id)
-        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        await schedule_changed(tx, redis, schedule_versions, user.id)

@@ -12,9 +12,10 @@ from litestar.params import Body, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 from msgspec import Meta
 
-from service.api.dependencies import DatabaseDep, RedisDep, TransactionDep, UserDep
+from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.api.params import MAX_ID, Id, Limit, Offset, choice_filter
 from service.api.problems import problem_responses
+from service.api.schedule_cache import schedule_changed
 from service.api.schemas import Page, page, page_example
 from service.api.security import requires_patient
 from service.core import waitlist
@@ -110,8 +111,9 @@ class WaitlistController(Controller):
     @delete("/{entry_id:int}", status_code=200, operation_id="leaveWaitlist",
             summary="Leave a waitlist (its live offer is released with it)",
             responses=problem_responses(400, 401, 403, 404, 503))
-    async def leave(self, entry_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep) -> WaitlistEntryOut:
+    async def leave(self, entry_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep,
+                    schedule_versions: ScheduleDep) -> WaitlistEntryOut:
         entry, ended = await waitlist.cancel(tx, entry_id, user)
         if ended and entry["hold_id"] is not None:  # its offer's time is free again
-            tx.after_commit(partial(enqueue_refill, redis, entry["doctor_id"]))
+            await schedule_changed(tx, redis, schedule_versions, entry["doctor_id"])
         return entry_out(entry)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any, ClassVar
 
 import msgspec
@@ -13,7 +12,7 @@ from msgspec import Meta
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.api.params import Id
 from service.api.problems import problem_responses
-from service.api.schedule_cache import announce_schedule_change
+from service.api.schedule_cache import schedule_changed
 from service.api.security import PUBLIC, requires_doctor
 from service.core import hours
 from service.core.hours import MAX_WEEKLY_INTERVALS
@@ -61,7 +60,7 @@ class WeeklyHoursController(Controller):
     ) -> WeeklyHoursOut:
         checked = hours.check_weekly_hours([(h.weekday, h.start, h.end) for h in data.hours])
         await hours.replace_weekly_hours(tx, user.id, checked)
-        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        await schedule_changed(tx, redis, schedule_versions, user.id)
         timezone, rows = await hours.weekly_hours(tx, user.id)
         return WeeklyHoursOut(timezone, [WeeklyInterval(**row) for row in rows])
 
