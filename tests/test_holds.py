@@ -266,13 +266,16 @@ async def test_bad_input_and_other_peoples_holds_are_refused_and_change_nothing(
 
 # --- 3. a confirmation stored in time, decided after the expiry ---------------------------------------------------
 
-async def test_a_confirmation_stored_before_the_expiry_succeeds_even_when_decided_after_it(rig: Rig) -> None:
+async def test_a_confirmation_stored_before_the_expiry_succeeds_even_when_decided_after_it_and_a_lapsed_hold_frees(
+    rig: Rig,
+) -> None:
     api = rig.api(HOLD_SECONDS="2")
     worker = rig.worker(HOLD_SECONDS="2")
     async with rig.client(api) as (http, factory):
         doctor, patient, other = await factory.doctor(), await factory.patient(), await factory.patient()
         await factory.window(doctor, at(9), at(10))
         held = (await hold(http, patient, doctor["id"], at(9))).json()
+        forgotten = (await hold(http, patient, doctor["id"], at(9.5))).json()  # left to lapse
         rig.processes.stop(worker)  # nothing is decided for a while
         booking = await factory.book(other, doctor["id"], at(9), at(9.5))  # stored first, while the hold is live
         confirmation = await confirm(http, patient, held["id"], wait=0)
@@ -286,3 +289,6 @@ async def test_a_confirmation_stored_before_the_expiry_succeeds_even_when_decide
         lost = await http.get(f"/booking-requests/{booking.json()['request_id']}?wait=20", headers=other.headers)
         assert (lost.json()["status"], lost.json()["reason"]) == ("rejected", SLOT_TAKEN)
         assert rig.rows("SELECT patient_id FROM appointments") == [{"patient_id": patient["id"]}]
+        # The other hold lapsed with nobody acting: its slot is bookable again.
+        assert forgotten["status"] == "held"
+        assert (await factory.book(other, doctor["id"], at(9.5), at(10), wait=10)).status_code == 201
