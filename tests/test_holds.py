@@ -281,7 +281,7 @@ async def test_a_confirmation_stored_before_the_expiry_succeeds_even_when_decide
         confirmation = await confirm(http, patient, held["id"], wait=0)
         assert (booking.status_code, confirmation.status_code) == (202, 202)
         await asyncio.sleep(2.5)  # past the expiry: still held for the pending confirmation
-        assert rig.rows("SELECT status FROM holds") == [{"status": "held"}]
+        assert rig.rows("SELECT status FROM holds WHERE id = %s", held["id"]) == [{"status": "held"}]
         rig.worker(HOLD_SECONDS="2")
         decided = await http.get(f"/booking-requests/{confirmation.json()['request_id']}?wait=20",
                                  headers=patient.headers)
