@@ -2,10 +2,10 @@
 -- Inserts nothing when there is no such doctor: the existence check and the insert are one round trip.
 -- Under READ COMMITTED the SELECT is a consistent read, so it never waits on a worker's lock of that row.
 INSERT INTO booking_requests
-    (kind, reschedules, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time, notes,
-     idempotency_key, request_fingerprint, created_at)
-SELECT %(kind)s, %(reschedules)s, %(patient_id)s, %(requested_by)s, id, %(appointment_type_id)s, %(start_time)s,
-       %(end_time)s, %(notes)s, %(idempotency_key)s, %(fingerprint)s, %(created_at)s
+    (kind, reschedules, hold_id, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time,
+     notes, idempotency_key, request_fingerprint, created_at)
+SELECT %(kind)s, %(reschedules)s, %(hold_id)s, %(patient_id)s, %(requested_by)s, id, %(appointment_type_id)s,
+       %(start_time)s, %(end_time)s, %(notes)s, %(idempotency_key)s, %(fingerprint)s, %(created_at)s
 FROM users WHERE id = %(doctor_id)s AND role = 'Doctor';
 
 -- name: find_booking_request_by_idempotency_key
@@ -14,13 +14,13 @@ WHERE patient_id = %(patient_id)s AND idempotency_key = %(idempotency_key)s;
 
 -- name: find_booking_request_for_user
 -- Its patient's, and the staff member's who asked for it on the patient's behalf.
-SELECT id, kind, reschedules, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time, notes,
-       status, reason, appointment_id, created_at, decided_at
+SELECT id, kind, reschedules, hold_id, patient_id, requested_by, doctor_id, appointment_type_id, start_time,
+       end_time, notes, status, reason, appointment_id, created_at, decided_at
 FROM booking_requests WHERE id = %(id)s AND (patient_id = %(user_id)s OR requested_by = %(user_id)s);
 
 -- name: list_booking_requests_for_patient
-SELECT id, kind, reschedules, patient_id, requested_by, doctor_id, appointment_type_id, start_time, end_time, notes,
-       status, reason, appointment_id, created_at, decided_at
+SELECT id, kind, reschedules, hold_id, patient_id, requested_by, doctor_id, appointment_type_id, start_time,
+       end_time, notes, status, reason, appointment_id, created_at, decided_at
 FROM booking_requests
 WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s)
 ORDER BY id DESC
@@ -34,7 +34,7 @@ WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s
 -- The doctor's row lock (lock_doctor) and the doctor's pending requests, oldest first, in one round trip: one
 -- row with NULL request columns when nothing is pending, none when there is no such doctor.
 SELECT d.id AS doctor_id, d.timezone, br.id, br.patient_id, br.appointment_type_id, br.start_time, br.end_time,
-       br.notes, br.reschedules
+       br.notes, br.reschedules, br.kind, br.hold_id
 FROM users d
 LEFT JOIN booking_requests br ON br.doctor_id = d.id AND br.status = 'pending'
 WHERE d.id = %(doctor_id)s AND d.role = 'Doctor'
@@ -44,7 +44,7 @@ FOR UPDATE;
 
 -- name: lock_pending_requests_of_doctor
 -- Oldest first, so a contested slot goes to whoever asked first.
-SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, reschedules
+SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, reschedules, kind, hold_id
 FROM booking_requests
 WHERE doctor_id = %(doctor_id)s AND status = 'pending'
 ORDER BY id
@@ -75,8 +75,8 @@ WHERE old.id IN %(ids)s;
 
 -- name: list_schedule_between
 -- Everything a decision reads for one range of a batch, in one round trip: the doctor's weekly hours, windows,
--- time off and confirmed appointments (as list_schedule_in_range), and the confirmed appointments of the batch's
--- patients (with any doctor). Each scan is bounded by time on a (…, start_time) index (margins: read_bounds).
+-- time off, appointments holding their time and live holds (as list_schedule_in_range), and the appointments and
+-- live holds of the batch's patients (with any doctor). Each scan is bounded by time on a (…, start_time) index (margins: read_bounds).
 -- Numbers are CAST: a UNION of unsigned columns with NULL comes back as DECIMAL from MariaDB.
 SELECT 'hours' AS kind, id, NULL AS patient_id, NULL AS start_time, NULL AS end_time,
        CAST(weekday AS SIGNED) AS a, CAST(start_minute AS SIGNED) AS b, CAST(end_minute AS SIGNED) AS c
@@ -95,9 +95,22 @@ SELECT 'busy', id, NULL, start_time, end_time, CAST(buffer_before_minutes AS SIG
 WHERE doctor_id = %(doctor_id)s AND held_start IS NOT NULL
   AND start_time < %(day_after)s AND start_time > %(day_before)s
 UNION ALL
+SELECT 'held', id, NULL, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
+       CAST(buffer_after_minutes AS SIGNED), NULL FROM holds h
+WHERE doctor_id = %(doctor_id)s AND status = 'held'
+  AND start_time < %(day_after)s AND start_time > %(day_before)s
+  AND (expires_at > %(now)s OR EXISTS (SELECT 1 FROM booking_requests br WHERE br.hold_id = h.id
+                                       AND br.status = 'pending'))
+UNION ALL
 SELECT 'patient', id, CAST(patient_id AS SIGNED), start_time, end_time, NULL, NULL, NULL FROM appointments
 WHERE patient_id IN %(patient_ids)s AND held_start IS NOT NULL
-  AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s;
+  AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s
+UNION ALL
+SELECT 'patient_hold', id, CAST(patient_id AS SIGNED), start_time, end_time, NULL, NULL, NULL FROM holds h
+WHERE patient_id IN %(patient_ids)s AND status = 'held'
+  AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s
+  AND (expires_at > %(now)s OR EXISTS (SELECT 1 FROM booking_requests br WHERE br.hold_id = h.id
+                                       AND br.status = 'pending'));
 
 -- name: insert_appointment
 INSERT INTO appointments (booking_request_id, rescheduled_from, doctor_id, patient_id, appointment_type_id,

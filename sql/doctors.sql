@@ -46,7 +46,15 @@ SELECT 'busy', doctor_id, id, start_time, end_time, CAST(buffer_before_minutes A
        CAST(buffer_after_minutes AS SIGNED), NULL
 FROM appointments
 WHERE doctor_id IN %(doctor_ids)s AND held_start IS NOT NULL
-  AND start_time < %(day_after)s AND start_time > %(day_before)s;
+  AND start_time < %(day_after)s AND start_time > %(day_before)s
+UNION ALL
+SELECT 'held', doctor_id, id, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
+       CAST(buffer_after_minutes AS SIGNED), NULL
+FROM holds h
+WHERE doctor_id IN %(doctor_ids)s AND status = 'held'
+  AND start_time < %(day_after)s AND start_time > %(day_before)s
+  AND (expires_at > %(now)s OR EXISTS (SELECT 1 FROM booking_requests br WHERE br.hold_id = h.id
+                                       AND br.status = 'pending'));
 
 -- name: find_doctor
 SELECT id, name, specialty, timezone, created_at

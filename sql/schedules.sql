@@ -2,8 +2,9 @@
 
 -- name: list_schedule_in_range
 -- Everything a schedule read needs, in one round trip: the doctor (time zone), the weekly hours, the one-off
--- windows touching [from, to), the time off overlapping it, and the appointments whose blocked span (with buffers
--- of at most 4 hours each side) can reach into it. Each scan is bounded by time on a (doctor_id, start_time)
+-- windows touching [from, to), the time off overlapping it, and the appointments and live holds whose blocked span
+-- (with buffers of at most 4 hours each side) can reach into it. A hold is live while held and not expired at
+-- `now`, or while a confirm_hold request stored before it expired is pending (holds.py). Each scan is bounded by time on a (doctor_id, start_time)
 -- index: windows last at most a day, time off at most 366 days, appointments 8 hours. The margins come computed
 -- (schedule.read_bounds), clamped to the years 1-9999, where MySQL's own date arithmetic would give NULL. Numbers
 -- are CAST: a UNION of unsigned columns with NULL comes back as DECIMAL from MariaDB.
@@ -28,7 +29,15 @@ SELECT 'busy', id, start_time, end_time, CAST(buffer_before_minutes AS SIGNED), 
        NULL, NULL
 FROM appointments
 WHERE doctor_id = %(doctor_id)s AND held_start IS NOT NULL
-  AND start_time < %(day_after)s AND start_time > %(day_before)s;
+  AND start_time < %(day_after)s AND start_time > %(day_before)s
+UNION ALL
+SELECT 'held', id, start_time, end_time, CAST(buffer_before_minutes AS SIGNED), CAST(buffer_after_minutes AS SIGNED),
+       NULL, NULL
+FROM holds h
+WHERE doctor_id = %(doctor_id)s AND status = 'held'
+  AND start_time < %(day_after)s AND start_time > %(day_before)s
+  AND (expires_at > %(now)s OR EXISTS (SELECT 1 FROM booking_requests br WHERE br.hold_id = h.id
+                                       AND br.status = 'pending'));
 
 -- name: update_doctor_timezone
 UPDATE users SET timezone = %(timezone)s WHERE id = %(id)s AND role = 'Doctor';

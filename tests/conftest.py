@@ -128,6 +128,15 @@ async def client(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
+async def clients(stack: dict[str, object]) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One client for each of the shared stack's two API processes (for races across processes)."""
+    apis: list[str] = stack["apis"]  # type: ignore[assignment]
+    async with httpx.AsyncClient(base_url=apis[0], timeout=30) as first, \
+            httpx.AsyncClient(base_url=apis[1], timeout=30) as second:
+        yield [first, second]
+
+
+@pytest.fixture
 def factory(client: httpx.AsyncClient, settings: Settings) -> Factory:
     return Factory(client, settings)
 

@@ -34,9 +34,9 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 # Child tables first, so deleting in this order breaks no foreign key.
 TABLES_CHILD_FIRST = [
-    "deliveries", "outbox_events", "webhooks", "reminders", "calendar_feeds", "appointment_history", "appointments",
-    "booking_requests", "password_reset_tokens", "availabilities", "time_off", "weekly_hours", "appointment_types",
-    "schedule_changes", "users",
+    "deliveries", "outbox_events", "webhooks", "reminders", "calendar_feeds", "appointment_history",
+    "waitlist_entries", "holds", "appointments", "booking_requests", "password_reset_tokens", "availabilities",
+    "time_off", "weekly_hours", "appointment_types", "schedule_changes", "users",
 ]
 
 

@@ -61,7 +61,9 @@ DOCTOR_OPERATIONS = ["updateMyDoctorProfile", "addAvailability", "deleteAvailabi
                      "listWebhooks", "deleteWebhook", "listWebhookDeliveries"]
 PATIENT_OPERATIONS = ["bookAppointment", "listBookingRequests", "getBookingRequest", "getCurrentUser",
                       "listMyAppointments", "getAppointment", "cancelAppointment", "rescheduleAppointment",
-                      "getAppointmentHistory", "createCalendarFeed", "listCalendarFeeds", "deleteCalendarFeed"]
+                      "getAppointmentHistory", "createCalendarFeed", "listCalendarFeeds", "deleteCalendarFeed",
+                      "holdSlot", "getHold", "confirmHold", "releaseHold", "joinWaitlist", "listWaitlist",
+                      "leaveWaitlist"]
 # Any doctor's schedule, called with a staff member's token (a doctor may call them too, for themselves only).
 STAFF_OPERATIONS = ["findPatient", "replaceWeeklyHours", "addDoctorTimeOff", "listDoctorTimeOff", "deleteDoctorTimeOff",
                     "createDoctorAppointmentType", "updateDoctorAppointmentType", "deactivateDoctorAppointmentType"]
@@ -75,7 +77,7 @@ SEMANTIC_400 = ["register", "resetPassword", "addAvailability", "bookAppointment
                 "listMyAppointments", "listMyDoctorAppointments", "getDoctorAvailability", "getDoctorSlots",
                 "replaceMyWeeklyHours", "addTimeOff", "createAppointmentType", "updateAppointmentType",
                 "replaceWeeklyHours", "addDoctorTimeOff", "createDoctorAppointmentType", "updateDoctorAppointmentType",
-                "createWebhook", "createCalendarFeed"]
+                "createWebhook", "createCalendarFeed", "holdSlot", "joinWaitlist"]
 # Strings that break naive SQL, LIKE patterns, logs, terminals and UTF-8 handling.
 NASTY_STRINGS = [
     "'; DROP TABLE users; --", '" OR 1=1 --', "%_\\", "Robert'); DELETE FROM appointments;--", "\\'\\\"\\\\",
@@ -99,7 +101,13 @@ async def seed(factory: Factory) -> dict[str, Any]:
     appointment_type = await factory.appointment_type(doctor, duration_minutes=30, buffer_after_minutes=10)
     time_off = await factory.time_off(doctor, at(9, offset=20), at(17, offset=20))
     staff = await factory.staff()
+    held = await factory.client.post("/holds", headers={**patient.headers, "Prefer": "wait=10"}, json={
+        "doctor_id": doctor["id"], "start_time": iso(at(11)), "end_time": iso(at(11.5))})
+    entry = await factory.client.post("/waitlist", headers=patient.headers, json={
+        "doctor_id": doctor["id"], "not_before": iso(at(8, offset=3)), "not_after": iso(at(9, offset=3))})
+    assert (held.status_code, entry.status_code) == (201, 201), (held.text, entry.text)
     return {"doctor": doctor, "patient": patient, "staff": staff, "dictionaries": {
+        "hold_id": [held.json()["id"]], "entry_id": [entry.json()["id"]],
         "doctor_id": [doctor["id"]], "availability_id": [window["id"]], "appointment_id": [appointment["id"]],
         "type_id": [appointment_type["id"]], "time_off_id": [time_off["id"]],
         "request_id": [appointment["booking_request_id"]], "patient_id": [patient["id"]],
@@ -120,11 +128,12 @@ def schemathesis_config(seeded: dict[str, Any], with_tokens: bool) -> str:
     for name, values in seeded["dictionaries"].items():
         lines += [f"[dictionaries.{name}]", f"values = {toml(values)}"]
     bindings = {f"path.{name}": name for name in ("doctor_id", "availability_id", "appointment_id", "request_id",
-                                                   "type_id", "time_off_id")}
+                                                   "type_id", "time_off_id", "hold_id", "entry_id")}
     bindings |= {"body.doctor_id": "doctor_id", "body.email": "emails", "body.password": "passwords",
                  "body.appointment_type_id": "type_id", "query.appointment_type_id": "type_id",
                  "body.patient_id": "patient_id", "query.email": "emails"}
     bindings |= {f"body.{items}{field}": "times" for items in ("", "[*].") for field in ("start_time", "end_time")}
+    bindings |= {"body.not_before": "times", "body.not_after": "times"}
     bindings |= dict.fromkeys(STRING_FIELDS, "nasty")
     lines += ["[parameters]"]
     lines += [f'"{key}" = {{ dictionary = "{name}", probability = {0.3 if name == "nasty" else 0.5} }}'
@@ -134,9 +143,10 @@ def schemathesis_config(seeded: dict[str, Any], with_tokens: bool) -> str:
                                  (STAFF_OPERATIONS, seeded["staff"])):
             lines += ["[[operations]]", f"include-operation-id = {toml(operations)}",
                       f"headers = {{ Authorization = {toml(user.headers['Authorization'])} }}"]
-    # DELETE /appointments/{id} cancels: the appointment stays readable, with status `cancelled` (README), so
-    # use_after_free, which wants a 404 once a DELETE succeeded, does not apply to reading it.
-    lines += ["[[operations]]", 'include-operation-id = ["getAppointment"]', "checks.use_after_free.enabled = false"]
+    # DELETE /appointments/{id} cancels, DELETE /holds/{id} releases: what they end stays readable, with its status
+    # (README), so use_after_free, which wants a 404 once a DELETE succeeded, does not apply to reading it.
+    lines += ["[[operations]]", 'include-operation-id = ["getAppointment", "getHold"]',
+              "checks.use_after_free.enabled = false"]
     lines += ["[[operations]]", f"include-operation-id = {toml(SEMANTIC_400)}",
               "checks.positive_data_acceptance.expected-statuses = "
               + toml(["2xx", "3xx", "400", "401", "403", "404", "409", "429"])]

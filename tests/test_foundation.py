@@ -30,7 +30,7 @@ from tests.support import Processes
 
 TABLES = {"users", "availabilities", "booking_requests", "appointments", "password_reset_tokens", "weekly_hours",
           "time_off", "appointment_types", "appointment_history", "schedule_changes", "outbox_events", "deliveries",
-          "webhooks", "reminders", "calendar_feeds"}
+          "webhooks", "reminders", "calendar_feeds", "holds", "waitlist_entries"}
 
 
 # --- settings -------------------------------------------------------------------------------------------------

@@ -9,13 +9,11 @@ import asyncio
 import re
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pymysql
-import pytest
 
 from service.core.availability import OUTSIDE_AVAILABILITY, SLOT_TAKEN, Available, DoctorTime, Taken
 from service.core.booking import APPOINTMENT_NOT_CONFIRMED, Moving, PendingRequest, decide
@@ -35,14 +33,6 @@ def soon(minutes: int) -> datetime:
 
 def on_grid(moment: datetime) -> datetime:
     return moment.replace(minute=moment.minute - moment.minute % 5, second=0, microsecond=0)
-
-
-@pytest.fixture
-async def clients(stack: dict[str, Any]) -> AsyncIterator[list[httpx.AsyncClient]]:
-    """One client for each of the shared stack's two API processes."""
-    async with httpx.AsyncClient(base_url=stack["apis"][0], timeout=30) as first, \
-            httpx.AsyncClient(base_url=stack["apis"][1], timeout=30) as second:
-        yield [first, second]
 
 
 async def reschedule(client: httpx.AsyncClient, user: User, appointment_id: int, start: datetime, *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -142,14 +142,6 @@ async def refused(mysql: pymysql.Connection, request: Awaitable[httpx.Response],
 async def later(seconds: float, action: Awaitable[T]) -> T:
     await asyncio.sleep(seconds)
     return await action
-
-
-@pytest.fixture
-async def clients(stack: dict[str, Any]) -> AsyncIterator[list[httpx.AsyncClient]]:
-    """One client for each of the shared stack's two API processes."""
-    async with httpx.AsyncClient(base_url=stack["apis"][0], timeout=30) as first, \
-            httpx.AsyncClient(base_url=stack["apis"][1], timeout=30) as second:
-        yield [first, second]
 
 
 # --- 1. buffers, notice and horizon, each at its exact boundary ----------------------------------------------------

@@ -12,10 +12,18 @@ from arq import cron, func
 from arq.connections import RedisSettings
 
 from service.core import faults
-from service.core.queue import BOOK_JOB, DISPATCH_JOB, SEND_EMAIL_JOB
+from service.core.queue import BOOK_JOB, DISPATCH_JOB, REFILL_JOB, SEND_EMAIL_JOB
 from service.core.settings import Settings, SettingsError
 from worker.arq_ext import ClaimingWorker, logging_config
-from worker.jobs import book_appointment, send_email, shutdown, startup, sweep_pending, with_request_id
+from worker.jobs import (
+    book_appointment,
+    refill_waitlist,
+    send_email,
+    shutdown,
+    startup,
+    sweep_pending,
+    with_request_id,
+)
 from worker.notify import dispatch_outbox, sweep_notifications
 
 
@@ -26,6 +34,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             # keep_result=0: once a job ends its id is free again, so the sweep can queue a request anew.
             func(with_request_id(book_appointment), name=BOOK_JOB, keep_result=0,
                  max_tries=settings.booking_max_tries),
+            func(with_request_id(refill_waitlist), name=REFILL_JOB, keep_result=0, max_tries=10),
             func(with_request_id(send_email), name=SEND_EMAIL_JOB, keep_result=0, max_tries=3),
             # It records every outcome itself (a delivery's retries are its own, in MySQL, taken up by the sweep).
             func(with_request_id(dispatch_outbox), name=DISPATCH_JOB, keep_result=0, max_tries=1),

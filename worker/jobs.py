@@ -1,4 +1,5 @@
-"""The worker's jobs: deciding bookings, sending email, sweeping up requests whose job was lost."""
+"""The worker's jobs: deciding bookings (holds included), refilling waitlists, sending email, sweeping up requests
+whose job was lost and waitlists nobody refilled."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import Any
 from arq import Retry
 from redis.asyncio import Redis
 
-from service.core import faults
+from service.core import faults, waitlist
 from service.core.appointments import stale_since
-from service.core.booking import decide_for_doctor, fail_request
+from service.core.booking import HoldPolicy, decide_for_doctor, fail_request
 from service.core.db import CONNECTION_LOST_ERRORS, Database, mysql_error_code
 from service.core.logs import current_request_id, new_request_id
 from service.core.queue import (
@@ -23,8 +24,11 @@ from service.core.queue import (
     decisions_announcement,
     enqueue_booking,
     enqueue_dispatch,
+    enqueue_refill,
     publish_decisions,
+    publish_schedule_changed,
     queued_marker_key,
+    refill_marker_key,
 )
 from service.core.settings import Settings
 from worker import notify
@@ -108,10 +112,12 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
         raise Retry(defer=retry_delay(job_try))
 
     batch_size = settings.booking_batch_size
+    policy = HoldPolicy(settings.hold_seconds, settings.holds_per_patient)
     decided_count = 0
+    freed: set[int] = set()
     try:
         # A full batch may leave requests behind that counted on this job (they were folded into it): go on.
-        while len((decided := await decide_for_doctor(db, doctor_id, batch_size)).decisions) == batch_size:
+        while len((decided := await decide(db, doctor_id, batch_size, policy, freed)).decisions) == batch_size:
             decided_count += batch_size
             log_decisions(decided)
             await publish_decisions(redis, decided)
@@ -128,7 +134,17 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
         await publish_decisions(redis, decided)
     else:  # the release and the decisions' announcement in one round trip
         await release(lock, then_publish=decisions_announcement(redis, decided))
+    for freed_doctor in sorted(freed):  # appointments moved away: their old time may go to someone waiting
+        await enqueue_refill(redis, freed_doctor)
     return f"decided {decided_count + len(decided.decisions)}"
+
+
+async def decide(db: Database, doctor_id: int, batch_size: int, policy: HoldPolicy, freed: set[int]) -> Decided:
+    """One committed batch; adds to `freed` the doctors whose time its reschedules freed."""
+    decided = await decide_for_doctor(db, doctor_id, batch_size, policy=policy)
+    if any(d.rescheduled_from is not None for d in decided.decisions):
+        freed.update({doctor_id, *decided.freed_doctor_ids})
+    return decided
 
 
 def log_decisions(decided: Decided) -> None:
@@ -161,6 +177,34 @@ async def retry_or_fail(ctx: Context, request_id: int, doctor_id: int, exc: Exce
     return "failed"
 
 
+async def refill_waitlist(ctx: Context, doctor_id: int) -> str:
+    """Offer a doctor's freed time to the waitlist (core/waitlist.py). Safe to run any number of times; a job
+    of a dead worker runs again within seconds (its lease lapses), and the sweep queues one for every doctor with
+    someone waiting."""
+    settings: Settings = ctx["settings"]
+    redis: Redis = ctx["redis"]
+    ctx["leases"].add(ctx["job_id"])
+    try:
+        async with redis.pipeline(transaction=False) as pipe:  # later changes queue a refill of their own
+            pipe.delete(refill_marker_key(doctor_id))
+            pipe.pexpire(*lease_commands(ctx["job_id"]))
+            await pipe.execute()
+        try:
+            done = await waitlist.refill(ctx["db"], doctor_id, settings.hold_seconds, settings.holds_per_patient)
+        except Exception as exc:
+            log.warning("waitlist refill of doctor %s, try %s: %r; retrying", doctor_id, ctx["job_try"], exc)
+            raise Retry(defer=retry_delay(ctx["job_try"])) from exc
+    finally:
+        ctx["leases"].discard(ctx["job_id"])
+    if done.changed_schedule:
+        access_log.info("doctor %s: waitlist refilled: %d hold(s) expired, offers %s, booked %s", doctor_id,
+                        done.expired, done.offers, done.booked)
+        await publish_schedule_changed(redis, doctor_id)
+    if done.offers or done.booked:  # their events (the offer's email and webhooks, a booking's confirmation)
+        await enqueue_dispatch(redis)
+    return f"expired {done.expired}, offered {len(done.offers)}, booked {len(done.booked)}"
+
+
 async def send_email(ctx: Context, to: str, subject: str, body: str) -> None:
     await deliver_email(ctx["settings"], to, subject, body)
 
@@ -175,4 +219,8 @@ async def sweep_pending(ctx: Context) -> int:
               if await enqueue_booking(ctx["redis"], row["id"], row["doctor_id"], fold=False)]
     if queued:
         log.info("sweep queued %d pending booking request(s) again: %s", len(queued), queued[:20])
+    # Waitlists: a refill for each doctor with someone waiting or a lapsed hold still marked held, so an offer
+    # never depends on the job queued after a change having survived.
+    for doctor_id in await waitlist.doctors_with_work(ctx["db"], SWEEP_BATCH):
+        await enqueue_refill(ctx["redis"], doctor_id)
     return len(queued)

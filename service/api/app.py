@@ -25,9 +25,11 @@ from service.api.controllers.booking_requests import BookingRequestController
 from service.api.controllers.calendar_feeds import CalendarFeedController
 from service.api.controllers.doctors import DoctorController
 from service.api.controllers.health import HealthController
+from service.api.controllers.holds import HoldController
 from service.api.controllers.metrics import MetricsController, metrics_token_guard
 from service.api.controllers.patients import PatientController
 from service.api.controllers.time_off import TimeOffController
+from service.api.controllers.waitlist import WaitlistController
 from service.api.controllers.webhooks import WebhookController
 from service.api.controllers.weekly_hours import WeeklyHoursController
 from service.api.dependencies import DatabaseDep
@@ -61,6 +63,9 @@ Patients ask for a slot with `POST /appointments`; the request is stored at once
 status URL, then a worker decides it under a per-doctor lock. Poll `GET /booking-requests/{id}` (long polling
 with `?wait=N`), or send `Prefer: wait=N` to get the decision in the same call.
 
+A slot can also be held for a few minutes (`POST /holds`, decided the same way) and then confirmed, and patients can
+wait for time with a doctor (`POST /waitlist`): freed time is offered to them first come, first served.
+
 Authenticate with `POST /auth/login` and send the token as `Authorization: Bearer <token>`.
 Errors are RFC 9457 `application/problem+json`. Times are RFC 3339; a time without an offset is UTC.
 """
@@ -73,6 +78,8 @@ TAGS = [
     Tag(name="booking requests", description="Follow a booking until it is decided"),
     Tag(name="front desk", description="What staff look up to book on a patient's behalf"),
     Tag(name="notifications", description="Webhooks and calendar feeds of your appointments"),
+    Tag(name="holds", description="Keep a slot for a few minutes, then confirm it or let it go"),
+    Tag(name="waitlist", description="Wait for time with a doctor; freed time is offered first come, first served"),
     Tag(name="health", description="Liveness of the service and what it depends on"),
 ]
 
@@ -152,8 +159,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # The address limit guards only the account endpoints (guessing, hashing); no other request pays for it.
             Router("/", route_handlers=[AuthController], middleware=[AddressRateLimit(redis, settings)]),
             DoctorController, WeeklyHoursController, TimeOffController, AppointmentTypeController,
-            AppointmentController, BookingRequestController, PatientController, WebhookController,
-            CalendarFeedController, HealthController, *metrics_route,
+            AppointmentController, BookingRequestController, PatientController, HoldController, WaitlistController,
+            WebhookController, CalendarFeedController, HealthController, *metrics_route,
         ],
         dependencies={
             "settings": value(settings),

@@ -31,7 +31,8 @@ TRUST_PENDING_SECONDS = 1.0
 
 def decided_row(row: Row, decision: Decision, decided_at: datetime) -> Row:
     return {**row, "status": decision.status, "reason": decision.reason,
-            "appointment_id": decision.appointment_id, "decided_at": decided_at}
+            "appointment_id": decision.appointment_id, "decided_at": decided_at,
+            "hold_id": decision.hold_id or row.get("hold_id")}
 
 
 class Waiter:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 from litestar import Request
@@ -25,7 +26,8 @@ from litestar.config.response_cache import default_cache_key_builder
 from litestar.stores.memory import MemoryStore
 from redis.asyncio import Redis
 
-from service.core.queue import publish_schedule_changed
+from service.core.db import Connection
+from service.core.queue import enqueue_refill, publish_schedule_changed
 
 log = logging.getLogger("service.schedule")
 
@@ -65,14 +67,26 @@ class ScheduleVersions:
         return key
 
 
-async def announce_schedule_change(redis: Redis, versions: ScheduleVersions, doctor_id: int) -> None:
+async def schedule_changed(tx: Connection, redis: Redis, versions: ScheduleVersions, doctor_id: int) -> None:
+    """In a transaction that changes a doctor's schedule (under the doctor's row lock): once it is committed, retire
+    the cached reads and, if anyone waits for this doctor's time, queue the waitlist's refill, since the change may
+    have freed or added time. A patient joining the line takes the same lock, so either this transaction sees the
+    entry, or the entry's own refill (queued after its commit) sees this change."""
+    waiting = bool(await tx.fetch_value("has_waiting_entries", {"doctor_id": doctor_id}))
+    tx.after_commit(partial(announce_schedule_change, redis, versions, doctor_id, refill=waiting))
+
+
+async def announce_schedule_change(redis: Redis, versions: ScheduleVersions, doctor_id: int, *,
+                                   refill: bool = False) -> None:
     """After a commit that changed a doctor's schedule: retire the cached answers, here at once, in the other API
-    processes through Redis."""
+    processes through Redis; with `refill`, queue the doctor's waitlist refill."""
     versions.changed(doctor_id)
     try:
         await publish_schedule_changed(redis, doctor_id)
     except Exception as exc:  # noqa: BLE001 - committed already; the other processes' copies expire in a second
         log.warning("could not announce the schedule change of doctor %s: %r", doctor_id, exc)
+    if refill:
+        await enqueue_refill(redis, doctor_id)  # never raises: the sweep refills what this could not queue
 
 
 async def drop_expired_responses(store: MemoryStore, every_seconds: float = 5) -> None:

@@ -10,12 +10,13 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from service.core import appointments, history
+from service.api.params import MAX_ID
+from service.core import appointments, history, holds
 from service.core.accounts import CurrentUser
 from service.core.appointments import AppointmentStatus, RequestKind, RequestStatus
 from service.core.db import Database, Row
 from service.core.lifecycle import FHIR_STATUS
-from service.core.times import from_row
+from service.core.times import from_row, utcnow
 from service.core.zones import known_zones
 
 # The patterns below are checked here by Python's `re` and published in the OpenAPI document, where they are
@@ -112,9 +113,9 @@ class HistoryOut(msgspec.Struct):
 
 class BookingRequestOut(msgspec.Struct):
     example: ClassVar[dict[str, Any]] = {
-        "request_id": 104, "status": "confirmed", "kind": "book", "reschedules": None, "patient_id": 12,
-        "requested_by": None, "doctor_id": 7, "appointment_type_id": None, "start_time": "2030-01-15T10:00:00Z",
-        "end_time": "2030-01-15T10:30:00Z",
+        "request_id": 104, "status": "confirmed", "kind": "book", "reschedules": None, "hold_id": None,
+        "patient_id": 12, "requested_by": None, "doctor_id": 7, "appointment_type_id": None,
+        "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
         "notes": "Follow-up on the blood test", "appointment_id": 58, "reason": None,
         "created_at": "2030-01-08T14:02:11Z", "decided_at": "2030-01-08T14:02:11Z"}
 
@@ -122,6 +123,7 @@ class BookingRequestOut(msgspec.Struct):
     status: RequestStatus
     kind: RequestKind
     reschedules: int | None  # a reschedule: the appointment it moves
+    hold_id: int | None  # a hold request's hold, once held; the hold a confirm_hold confirms
     patient_id: int
     # The staff member who asked on the patient's behalf; null when the patient asked.
     requested_by: int | None
@@ -138,6 +140,56 @@ class BookingRequestOut(msgspec.Struct):
 
 def request_out(row: Row) -> BookingRequestOut:
     return from_row(BookingRequestOut, {**row, "request_id": row["id"]})
+
+
+class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A start and an end, or a start and one of the doctor's appointment types (its length and rules). Staff name
+    the patient they book for (`patient_id`); a patient books for themselves and names no one."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "doctor_id": 7, "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
+        "notes": "Follow-up on the blood test"}
+
+    doctor_id: Annotated[int, Meta(ge=1, le=MAX_ID)]
+    start_time: datetime
+    end_time: datetime | None = None
+    appointment_type_id: Annotated[int, Meta(ge=1, le=MAX_ID)] | None = None
+    notes: Annotated[str, Meta(max_length=2000)] | None = None
+    patient_id: Annotated[int, Meta(ge=1, le=MAX_ID, description=(
+        "Staff only, and required for staff: the patient booked for (404 if no such patient). A patient sending "
+        "it gets a 403."))] | None = None
+
+
+HoldStatus = Literal["held", "confirmed", "released", "expired"]
+
+
+class HoldOut(msgspec.Struct):
+    """A slot kept for its patient until `expires_at`: confirm it (POST /holds/{id}/confirm) or let it go."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "id": 31, "status": "held", "doctor_id": 7, "patient_id": 12, "appointment_type_id": 3,
+        "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z", "notes": None,
+        "expires_at": "2030-01-08T14:07:11Z", "booking_request_id": 104, "waitlist_entry_id": None,
+        "appointment_id": None, "created_at": "2030-01-08T14:02:11Z", "ended_at": None}
+
+    id: int
+    status: HoldStatus
+    doctor_id: int
+    patient_id: int
+    appointment_type_id: int | None
+    start_time: datetime
+    end_time: datetime
+    notes: str | None
+    expires_at: datetime
+    booking_request_id: int | None  # the hold request that made it (none: a waitlist offer)
+    waitlist_entry_id: int | None
+    appointment_id: int | None  # once confirmed
+    created_at: datetime
+    ended_at: datetime | None
+
+
+def hold_out(row: Row) -> HoldOut:
+    return from_row(HoldOut, {**row, "status": holds.shown_status(row, utcnow())})
 
 
 class Page(msgspec.Struct):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -17,7 +17,7 @@ from service.core.times import grid_span, on_grid, time_range, to_db, utcnow
 
 AppointmentStatus = Literal["confirmed", "checked_in", "completed", "no_show", "cancelled", "rescheduled"]
 RequestStatus = Literal["pending", "confirmed", "rejected", "failed"]
-RequestKind = Literal["book", "reschedule"]
+RequestKind = Literal["book", "reschedule", "hold", "confirm_hold"]
 MAX_APPOINTMENT = timedelta(hours=8)
 
 log = logging.getLogger("service.appointments")
@@ -41,12 +41,16 @@ def check_booking(start_time: datetime, end_time: datetime) -> tuple[datetime, d
 
 
 def fingerprint(doctor_id: int, type_id: int | None, start: datetime, end: datetime, notes: str | None,
-                reschedules: int | None = None, requested_by: int | None = None) -> str:
-    """What makes two bodies "the same request" for an Idempotency-Key. Keys are the patient's: one sent by staff
-    on the patient's behalf is another request (`by…|` cannot start a patient's own, which starts with a number)."""
+                reschedules: int | None = None, requested_by: int | None = None, kind: RequestKind = "book",
+                hold_id: int | None = None) -> str:
+    """What makes two bodies "the same request" for an Idempotency-Key (a hold is not the booking of its slot).
+    Keys are the patient's: one sent by staff on the patient's behalf is another request (`by…|` cannot start a
+    patient's own, which starts with a number)."""
     canonical = f"{doctor_id}|{type_id or ''}|{start.isoformat()}|{end.isoformat()}|{notes or ''}"
     if reschedules is not None:
         canonical += f"|reschedules {reschedules}"
+    if kind in ("hold", "confirm_hold"):
+        canonical += f"|{kind} {hold_id or ''}"
     if requested_by is not None:
         canonical = f"by{requested_by}|{canonical}"
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -74,29 +78,44 @@ async def requested_span(db: Database, doctor_id: int, start_time: datetime, end
 async def store_request(
     db: Database, actor: CurrentUser, patient_id: int, doctor_id: int, start_time: datetime,
     end_time: datetime | None, notes: str | None, idempotency_key: str | None, type_id: int | None = None,
-    reschedules: int | None = None, check_new: Callable[[], None] | None = None,
+    reschedules: int | None = None, check_new: Callable[[], None] | None = None, kind: RequestKind | None = None,
 ) -> tuple[int, Row | None]:
-    """Store the pending request (a booking, or the move of appointment `reschedules`) with its history row, or
-    find the one this Idempotency-Key already made. `actor` asks: the patient, or staff on the patient's behalf
-    (kept as `requested_by`). `check_new` may refuse a new request (not a replayed one).
+    """Store the pending request (a booking, a hold, or the move of appointment `reschedules`) with its history
+    row, or find the one this Idempotency-Key already made. `actor` asks: the patient, or staff on the patient's
+    behalf (kept as `requested_by`). `check_new` may refuse a new request (not a replayed one).
 
     Returns the request id and, if it is new, its row as stored.
     """
     start, end = await requested_span(db, doctor_id, start_time, end_time, type_id)
+    kind = kind or ("book" if reschedules is None else "reschedule")
+    return await store_span_request(db, actor, patient_id, doctor_id, type_id, start, end, notes, idempotency_key,
+                                    kind, reschedules=reschedules, check_new=check_new)
+
+
+async def store_span_request(
+    db: Database, actor: CurrentUser, patient_id: int, doctor_id: int, type_id: int | None, start: datetime,
+    end: datetime, notes: str | None, idempotency_key: str | None, kind: RequestKind, *,
+    reschedules: int | None = None, hold_id: int | None = None, check_new: Callable[[], None] | None = None,
+    check_locked: Callable[[Connection], Awaitable[None]] | None = None,
+) -> tuple[int, Row | None]:
+    """store_request for a checked span. `check_locked`, if given, runs first in the inserting transaction (it may
+    take locks, and refuse the request by raising)."""
     requested_by = None if actor.id == patient_id else actor.id
-    digest = fingerprint(doctor_id, type_id, start, end, notes, reschedules, requested_by) if idempotency_key else None
+    digest = (fingerprint(doctor_id, type_id, start, end, notes, reschedules, requested_by, kind, hold_id)
+              if idempotency_key else None)
     if idempotency_key:
         first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
         if first is not None:
             return first, None
     if check_new is not None:
         check_new()
-    kind: RequestKind = "book" if reschedules is None else "reschedule"
     stored = {"patient_id": patient_id, "requested_by": requested_by, "doctor_id": doctor_id,
               "appointment_type_id": type_id, "start_time": start, "end_time": end, "notes": notes,
-              "created_at": utcnow(), "kind": kind, "reschedules": reschedules}
+              "created_at": utcnow(), "kind": kind, "reschedules": reschedules, "hold_id": hold_id}
     try:
         async with db.transaction() as tx:
+            if check_locked is not None:
+                await check_locked(tx)
             inserted, request_id = await tx.execute(
                 "insert_booking_request", {**stored, "idempotency_key": idempotency_key, "fingerprint": digest})
             if inserted:

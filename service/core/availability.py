@@ -65,6 +65,12 @@ class Available:
     window_id: int | None = None
 
 
+def hold_key(hold_id: int) -> int:
+    """A hold's key among Taken.moving, which is keyed by appointment id: its id negated, so the two never meet. A
+    hold being confirmed is "moving" as a reschedule's appointment is: taken for everyone but its own confirmation."""
+    return -hold_id
+
+
 class Taken:
     """Time already taken, as sorted, merged spans; decisions add to it as they confirm.
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from service.core import faults, history
-from service.core.availability import DoctorTime, Taken
+from service.core.availability import DoctorTime, Rules, Taken, hold_key
 from service.core.db import RETRYABLE_ERRORS, Connection, Database, Row, mysql_error_code
 from service.core.outbox import (
     CONFIRMED,
@@ -40,6 +41,9 @@ RETRIES_EXHAUSTED = "retries_exhausted"
 # A reschedule's appointment was cancelled, moved, checked in (...) or began before the move was decided.
 APPOINTMENT_NOT_CONFIRMED = "appointment_not_confirmed"
 APPOINTMENT_STARTED = "appointment_started"
+# A confirm_hold's hold was confirmed already, released or expired (without a pending confirmation) meanwhile.
+HOLD_NOT_HELD = "hold_not_held"
+TOO_MANY_HOLDS = "too_many_holds"  # the patient has HOLDS_PER_PATIENT live holds already
 # Requests of a batch whose times lie closer than this are read from MySQL in one range; farther ones in another,
 # so a batch never reads a doctor's whole calendar between two far-apart requests.
 NEARBY = timedelta(days=1)
@@ -54,6 +58,35 @@ class PendingRequest:
     notes: str | None
     appointment_type_id: int | None = None
     reschedules: int | None = None  # the appointment a reschedule moves
+    kind: str = "book"  # book | reschedule | hold | confirm_hold
+    hold_id: int | None = None  # the hold a confirm_hold turns into an appointment
+
+
+@dataclass(slots=True)
+class HeldSlot:
+    """A hold a confirm_hold of the batch would turn into an appointment, as it stood once its doctor's row was
+    locked."""
+
+    id: int
+    patient_id: int
+    status: str
+    start_time: datetime
+    end_time: datetime
+    appointment_type_id: int | None
+    buffer_before_minutes: int
+    buffer_after_minutes: int
+    notes: str | None
+    waitlist_entry_id: int | None
+
+
+@dataclass(slots=True)
+class Holds:
+    """What a batch's decision knows of holds: those its confirmations name (by id), how many live holds each of its
+    patients has, and how many one may have (HOLDS_PER_PATIENT)."""
+
+    holding: dict[int, HeldSlot] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)
+    per_patient: int = 3
 
 
 @dataclass(slots=True)
@@ -70,18 +103,22 @@ class Moving:
 
 def decide(
     requests: list[PendingRequest], doctor: DoctorTime, patients: dict[int, Taken], now: datetime,
-    types: dict[int, Row] | None = None, moving: dict[int, Moving] | None = None,
+    types: dict[int, Row] | None = None, moving: dict[int, Moving] | None = None, holds: Holds | None = None,
 ) -> list[Decision]:
     """Decide requests in order, each seeing the ones confirmed before it, with the rules of its appointment type
     (`types`: the doctor's active ones, by id). A reschedule is a booking that may use its own appointment's
-    current time (`moving`, by id), and that frees that time once it succeeds. Pure: no I/O."""
+    current time (`moving`, by id), and that frees that time once it succeeds. A hold is decided as a booking (and
+    counts against the patient's limit); a confirm_hold may use its hold's own time (`holds.holding`), with the
+    hold's buffers: notice and horizon were checked when it was held. Pure: no I/O."""
     types = types or {}
     moving = moving or {}
+    holds = holds or Holds()
     decisions = []
     for request in requests:
-        start, end, type_id, moves = request.start_time, request.end_time, request.appointment_type_id, None
+        start, end, type_id, moves, held = request.start_time, request.end_time, request.appointment_type_id, None, None
         patient = patients.setdefault(request.patient_id, Taken())
         rules = rules_of(types.get(type_id))  # no type: no rules beyond "in the future"
+        own: int | None = request.reschedules  # the key of the time that is free to this request (Taken.moving)
         reason: str | None = None
         if request.reschedules is not None:
             moves = moving.get(request.reschedules)
@@ -89,10 +126,20 @@ def decide(
                 reason = APPOINTMENT_NOT_CONFIRMED
             elif moves.start_time <= now:
                 reason = APPOINTMENT_STARTED
+        elif request.kind == "confirm_hold" and request.hold_id is not None:
+            held, own, type_id = holds.holding.get(request.hold_id), hold_key(request.hold_id), None
+            if held is None or held.status != "held" or held.patient_id != request.patient_id:
+                reason = HOLD_NOT_HELD
+            else:
+                start, end = held.start_time, held.end_time
+                rules = Rules(timedelta(minutes=held.buffer_before_minutes),
+                              timedelta(minutes=held.buffer_after_minutes))
+        elif request.kind == "hold" and holds.counts.get(request.patient_id, 0) >= holds.per_patient:
+            reason = TOO_MANY_HOLDS
         if reason is None and type_id is not None and type_id not in types:
             reason = TYPE_UNAVAILABLE
-        reason = reason or doctor.why_not(start, end, now, rules, request.reschedules)
-        if reason is None and patient.clash(start, end, request.reschedules) is not None:
+        reason = reason or doctor.why_not(start, end, now, rules, own)
+        if reason is None and patient.clash(start, end, own) is not None:
             reason = PATIENT_BUSY
         if reason is not None:
             decisions.append(Decision(request.id, "rejected", reason))
@@ -103,18 +150,30 @@ def decide(
             doctor.taken.release(moves.id)
             patient.release(moves.id)
             moves.status = "rescheduled"
-        decisions.append(Decision(request.id, "confirmed", rescheduled_from=request.reschedules))
+        if held is not None and own is not None:  # the hold's time is the appointment's now; it is confirmed once
+            doctor.taken.release(own)
+            patient.release(own)
+            held.status = "confirmed"
+        if request.kind == "hold":
+            holds.counts[request.patient_id] = holds.counts.get(request.patient_id, 0) + 1
+        decisions.append(Decision(request.id, "confirmed", rescheduled_from=request.reschedules,
+                                  hold_id=request.hold_id))
     return decisions
 
 
 def ranges_to_read(requests: list[PendingRequest]) -> list[tuple[datetime, datetime]]:
     """The time ranges a batch's decision must read: one per cluster of nearby requests."""
+    return nearby_clusters([(r.start_time, r.end_time) for r in requests])
+
+
+def nearby_clusters(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Spans merged where they lie within NEARBY of each other: the ranges one read each covers."""
     ranges: list[tuple[datetime, datetime]] = []
-    for request in sorted(requests, key=lambda r: r.start_time):
-        if ranges and request.start_time <= ranges[-1][1] + NEARBY:
-            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], request.end_time))
+    for start, end in sorted(spans):
+        if ranges and start <= ranges[-1][1] + NEARBY:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], end))
         else:
-            ranges.append((request.start_time, request.end_time))
+            ranges.append((start, end))
     return ranges
 
 
@@ -127,7 +186,8 @@ class LockOrder(Exception):
 
 
 async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: int,
-                                  locked_first: frozenset[int] = frozenset()) -> Decided:
+                                  locked_first: frozenset[int] = frozenset(), policy: HoldPolicy | None = None,
+                                  ) -> Decided:
     """Decide up to `batch_size` pending requests of one doctor inside the caller's transaction.
 
     The doctor's row lock serializes every writer of this doctor's schedule (bookings, cancellations, windows,
@@ -145,9 +205,12 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
         rows = await tx.fetch_all("lock_pending_requests_of_doctor", params)
     now = utcnow()
     requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"],
-                               r["appointment_type_id"], r["reschedules"]) for r in rows if r["id"] is not None]
+                               r["appointment_type_id"], r["reschedules"], r["kind"], r["hold_id"])
+                for r in rows if r["id"] is not None]
+    policy = policy or HoldPolicy()
     types: dict[int, Row] = {}
     moving: dict[int, Moving] = {}
+    holds = Holds(per_patient=policy.per_patient)
     if not requests:
         return Decided(doctor_id, now, [])
     if not doctor_exists:
@@ -155,8 +218,15 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
     else:
         if moving_ids := tuple({r.reschedules for r in requests if r.reschedules is not None}):
             moving = await lock_moving_appointments(tx, doctor_id, moving_ids, locked_first)
+        if hold_ids := tuple({r.hold_id for r in requests if r.kind == "confirm_hold" and r.hold_id is not None}):
+            holds.holding = {row["id"]: HeldSlot(**row) for row in await tx.fetch_all("find_holds_by_id", {
+                "ids": hold_ids, "doctor_id": doctor_id})}
         patient_ids = tuple(sorted({r.patient_id for r in requests}))
         await tx.fetch_all("lock_users", {"ids": patient_ids})
+        if any(r.kind == "hold" for r in requests):  # counted under the patients' locks: no two batches overrun it
+            holds.counts = {row["patient_id"]: row["live"] for row in await tx.fetch_all(
+                "count_live_holds_of_patients", {"ids": patient_ids, "now": now})}
+        moving_keys = set(moving) | {hold_key(hold_id) for hold_id in holds.holding}
         if type_ids := tuple({r.appointment_type_id for r in requests if r.appointment_type_id is not None}):
             types = {t["id"]: t for t in await tx.fetch_all("list_appointment_types_by_id", {"ids": type_ids})
                      if t["doctor_id"] == doctor_id and t["active"]}
@@ -166,17 +236,19 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
         patient_moving: dict[int, dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
         for start, end in ranges:
             for row in await tx.fetch_all("list_schedule_between", {
-                    "doctor_id": doctor_id, "patient_ids": patient_ids, **read_bounds(start, end)}):
-                if row["kind"] != "patient":
+                    "doctor_id": doctor_id, "patient_ids": patient_ids, **read_bounds(start, end, now)}):
+                if row["kind"] not in PATIENT_ROWS:
                     schedule_rows.append(row)
-                elif row["id"] in moving:
-                    patient_moving[row["patient_id"]][row["id"]] = (row["start_time"], row["end_time"])
+                    continue
+                key = row["id"] if row["kind"] == "patient" else hold_key(row["id"])
+                if key in moving_keys:
+                    patient_moving[row["patient_id"]][key] = (row["start_time"], row["end_time"])
                 else:
                     patient_taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
-        doctor = doctor_time_from_rows(schedule_rows, zone_named(rows[0]["timezone"]), ranges, set(moving))
+        doctor = doctor_time_from_rows(schedule_rows, zone_named(rows[0]["timezone"]), ranges, moving_keys)
         patients = {p: Taken(patient_taken.get(p, ()), patient_moving.get(p)) for p in patient_ids}
-        decisions = decide(requests, doctor, patients, now, types, moving)
-    await record_decisions(tx, doctor_id, requests, decisions, now, types, moving)
+        decisions = decide(requests, doctor, patients, now, types, moving, holds)
+    await record_decisions(tx, doctor_id, requests, decisions, now, types, moving, holds, policy)
     if faults.armed:
         faults.hit("before_commit")
     freed = sorted({moving[d.rescheduled_from].doctor_id for d in decisions if d.rescheduled_from} - {doctor_id})
@@ -200,6 +272,17 @@ async def lock_moving_appointments(tx: Connection, doctor_id: int, appointment_i
             for row in await tx.fetch_all("find_appointments_by_id", {"ids": appointment_ids})}
 
 
+PATIENT_ROWS = ("patient", "patient_hold")  # list_schedule_between's rows of the batch's patients' own time
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPolicy:
+    """HOLD_SECONDS and HOLDS_PER_PATIENT, as a decision needs them."""
+
+    seconds: int = 300
+    per_patient: int = 3
+
+
 NO_BUFFERS = {"buffer_before_minutes": 0, "buffer_after_minutes": 0}
 
 
@@ -210,23 +293,59 @@ def buffers_of(appointment_type: Row | None) -> dict[str, int]:
     return {name: appointment_type[name] for name in NO_BUFFERS}
 
 
+def appointment_row(request: PendingRequest, doctor_id: int, now: datetime, types: dict[int, Row],
+                    holds: Holds) -> Row:
+    """The appointment a confirmed request makes: its own span and type's buffers, or its hold's."""
+    row = {"booking_request_id": request.id, "doctor_id": doctor_id, "patient_id": request.patient_id,
+           "appointment_type_id": request.appointment_type_id, "start_time": request.start_time,
+           "end_time": request.end_time, "notes": request.notes, "now": now, "rescheduled_from": request.reschedules,
+           **buffers_of(types.get(request.appointment_type_id))}
+    if request.kind == "confirm_hold" and request.hold_id in holds.holding:
+        held = holds.holding[request.hold_id]
+        row.update(appointment_type_id=held.appointment_type_id, start_time=held.start_time,
+                   end_time=held.end_time, notes=held.notes, buffer_before_minutes=held.buffer_before_minutes,
+                   buffer_after_minutes=held.buffer_after_minutes)
+    return row
+
+
+async def record_holds(tx: Connection, doctor_id: int, held: list[PendingRequest], decisions: list[Decision],
+                       now: datetime, types: dict[int, Row], seconds: int) -> list[Row]:
+    """Insert the holds of a batch's confirmed hold requests, mark the requests confirmed with their hold ids; the
+    history rows to append."""
+    expires_at = now + timedelta(seconds=seconds)
+    await tx.execute_many("insert_hold", [
+        {"doctor_id": doctor_id, "patient_id": r.patient_id, "appointment_type_id": r.appointment_type_id,
+         "start_time": r.start_time, "end_time": r.end_time, "notes": r.notes, "expires_at": expires_at,
+         "booking_request_id": r.id, "waitlist_entry_id": None, "now": now,
+         **buffers_of(types.get(r.appointment_type_id))} for r in held])
+    ids = tuple(r.id for r in held)
+    await tx.execute("confirm_hold_requests", {"ids": ids, "now": now})
+    hold_ids = {row["booking_request_id"]: row["id"] for row in await tx.fetch_all("holds_of_requests", {"ids": ids})}
+    for d in decisions:
+        if d.request_id in hold_ids:
+            d.hold_id = hold_ids[d.request_id]
+    return [history.entry("held", now, request_id=r.id, to_status="held") for r in held]
+
+
 async def record_decisions(
     tx: Connection, doctor_id: int, requests: list[PendingRequest], decisions: list[Decision], now: datetime,
-    types: dict[int, Row], moving: dict[int, Moving] | None = None,
+    types: dict[int, Row], moving: dict[int, Moving] | None = None, holds: Holds | None = None,
+    policy: HoldPolicy | None = None,
 ) -> None:
-    """Write a batch's decisions: appointments made (and moved), requests decided, their history and their events."""
+    """Write a batch's decisions: appointments made (and moved), holds made and confirmed, requests decided, their
+    history and their events."""
+    holds = holds or Holds()
     by_id = {r.id: r for r in requests}
-    confirmed = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
     changes: list[Row] = []
+    made = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
+    if held := [r for r in made if r.kind == "hold"]:
+        changes += await record_holds(tx, doctor_id, held, decisions, now, types, (policy or HoldPolicy()).seconds)
+    confirmed = [r for r in made if r.kind != "hold"]  # those that make an appointment
     if confirmed:
         if moved := tuple(r.reschedules for r in confirmed if r.reschedules is not None):
             # Before the inserts: a move to the same start needs the old appointment's start let go of first.
             await tx.execute("mark_appointments_rescheduled", {"ids": moved, "now": now})
-        appointments = [{"booking_request_id": r.id, "doctor_id": doctor_id, "patient_id": r.patient_id,
-                         "appointment_type_id": r.appointment_type_id, "start_time": r.start_time,
-                         "end_time": r.end_time, "notes": r.notes, "now": now, "rescheduled_from": r.reschedules,
-                         **buffers_of(types.get(r.appointment_type_id))}
-                        for r in confirmed]
+        appointments = [appointment_row(r, doctor_id, now, types, holds) for r in confirmed]
         confirmed_ids = tuple(r.id for r in confirmed)
         if len(appointments) == 1:  # the usual batch: the insert itself says the new id
             _, appointment_id = await tx.execute("insert_appointment", appointments[0])
@@ -238,8 +357,13 @@ async def record_decisions(
         await tx.execute("confirm_booking_requests", {"ids": confirmed_ids, "now": now})
         if moved:
             await tx.execute("link_rescheduled_appointments", {"ids": moved})
+        if held_confirmed := [r for r in confirmed if r.kind == "confirm_hold"]:
+            confirmations = [{"id": r.hold_id, "appointment_id": appointment_ids[r.id], "now": now}
+                             for r in held_confirmed]
+            await tx.execute_many("mark_hold_confirmed", confirmations)
+            await tx.execute_many("mark_waitlist_entry_booked", confirmations)  # an offer from the waitlist
         for d in decisions:
-            if d.status == "confirmed":
+            if d.status == "confirmed" and by_id[d.request_id].kind != "hold":
                 d.appointment_id = appointment_ids[d.request_id]
                 if d.rescheduled_from is not None:
                     changes.append(history.entry("rescheduled", now, appointment_id=d.rescheduled_from,
@@ -257,8 +381,9 @@ async def record_decisions(
         await tx.execute("reject_booking_requests", {"ids": tuple(ids), "reason": reason, "now": now})
     await history.record(tx, changes)
     # The batch's events, in the same transaction (one statement); the worker asks for their delivery after commit.
+    # A slot hold is no appointment yet: its confirmation is the event.
     await record_events(tx, [decision_event(d, by_id[d.request_id], doctor_id, now, moving or {})
-                             for d in decisions], now=now)
+                             for d in decisions if by_id[d.request_id].kind != "hold"], now=now)
 
 
 def decision_event(d: Decision, r: PendingRequest, doctor_id: int, now: datetime, moving: dict[int, Moving]) -> Event:
@@ -279,7 +404,8 @@ def decision_event(d: Decision, r: PendingRequest, doctor_id: int, now: datetime
         "reason": d.reason}})
 
 
-async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attempts: int = 3) -> Decided:
+async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attempts: int = 3,
+                            policy: HoldPolicy | None = None) -> Decided:
     """Run the decision in one transaction; a deadlock or lock-wait timeout rolls back and runs it again (up to
     `attempts` times), as does a batch that must take lower doctors' locks first (LockOrder: the set only grows)."""
     locked_first: frozenset[int] = frozenset()
@@ -287,7 +413,7 @@ async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attem
     while True:
         try:
             async with db.transaction() as tx:
-                return await decide_pending_requests(tx, doctor_id, batch_size, locked_first)
+                return await decide_pending_requests(tx, doctor_id, batch_size, locked_first, policy)
         except LockOrder as lock_order:
             locked_first = frozenset(lock_order.doctor_ids)
         except Exception as exc:

@@ -18,7 +18,7 @@ from icalendar import Calendar, vCalAddress
 from icalendar import Event as VEvent
 
 from service.core.db import Row
-from service.core.outbox import CANCELLED, CONFIRMED, REMINDER, RESCHEDULED
+from service.core.outbox import CANCELLED, CONFIRMED, REMINDER, RESCHEDULED, WAITLIST_OFFERED
 from service.core.zones import zone_named
 
 
@@ -102,11 +102,17 @@ def local_span(appointment: dict[str, Any], timezone: str) -> str:
     return f"{start:%A %d %B %Y, %H:%M}–{end:%H:%M} ({timezone}, UTC{offset[:3]}:{offset[3:]})"
 
 
+def local_time(moment: str | datetime, timezone: str) -> str:
+    """"10:05 (Europe/Berlin)" on the doctor's clock."""
+    return f"{_utc(moment).astimezone(zone_named(timezone)):%H:%M} ({timezone})"
+
+
 SUBJECTS = {
     CONFIRMED: "Appointment confirmed: {when}",
     CANCELLED: "Appointment cancelled: {when}",
     RESCHEDULED: "Appointment moved to {when}",
     REMINDER: "Reminder: your appointment on {when}",
+    WAITLIST_OFFERED: "A time came free for you: {when}",
 }
 
 
@@ -115,7 +121,7 @@ def notification_email(event: Row, recipient: Row, doctor: Row, patient: Row, ma
     """The email of an outbox event for one recipient (the doctor or the patient): a text part with the times on
     the doctor's clock, and the invite as a text/calendar attachment (REQUEST, or CANCEL on cancellation)."""
     data = event["data"]
-    appointment = data["appointment"]
+    appointment = data.get("appointment") or data["hold"]  # an offer from the waitlist is a hold, not yet booked
     when = local_span(appointment, doctor["timezone"])
     other = patient if recipient["id"] == doctor["id"] else doctor
     lines = [f"Hello {recipient['name']},", ""]
@@ -129,9 +135,16 @@ def notification_email(event: Row, recipient: Row, doctor: Row, patient: Row, ma
         lines.append(f"Your appointment with {other['name']} has moved to {when}.")
         if previous := data.get("previous"):
             lines.append(f"It was on {local_span(previous, doctor['timezone'])}.")
+    elif event["type"] == WAITLIST_OFFERED:
+        hold = data["hold"]
+        lines += [f"A time with {other['name']} on {when} has come free, and it is held for you until "
+                  f"{local_time(hold['expires_at'], doctor['timezone'])}.",
+                  f"Book it with POST /holds/{hold['id']}/confirm before then, or release it with DELETE "
+                  f"/holds/{hold['id']} so that the next patient in line gets it."]
     else:
         lines.append(f"This is a reminder of your appointment with {other['name']} on {when}.")
-    lines += ["", "The attached invite adds it to your calendar (or updates it there)."]
+    if event["type"] not in (REMINDER, WAITLIST_OFFERED):
+        lines += ["", "The attached invite adds it to your calendar (or updates it there)."]
     message = EmailMessage(policy=POLICY)
     message["From"] = mail_from
     message["To"] = formataddr((recipient["name"], recipient["email"]))
@@ -139,7 +152,7 @@ def notification_email(event: Row, recipient: Row, doctor: Row, patient: Row, ma
     # One Message-ID per event and recipient: a receiving server can drop a duplicate of a retried send.
     message["Message-ID"] = make_msgid(idstring=f"{event['public_id']}.{recipient['id']}", domain=UID_DOMAIN)
     message.set_content("\n".join(lines))
-    if event["type"] == REMINDER:  # the invite came with the confirmation; a reminder changes nothing in it
+    if event["type"] in (REMINDER, WAITLIST_OFFERED):  # nothing booked yet, or nothing changed in the invite
         return message
     cancelled = event["type"] == CANCELLED
     if event["type"] == RESCHEDULED and (previous := data.get("previous")):

@@ -9,7 +9,7 @@ from typing import Literal
 from service.core.accounts import CurrentUser
 from service.core.db import Connection, Database, Row
 
-Action = Literal["requested", "confirmed", "rejected", "failed", "rescheduled", "status_changed", "cancelled"]
+Action = Literal["requested", "confirmed", "rejected", "failed", "rescheduled", "status_changed", "cancelled", "held"]
 SYSTEM = "system"  # the actor of a worker's decision
 MAX_ROWS = 1000
 

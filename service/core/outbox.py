@@ -33,12 +33,13 @@ CANCELLED = "appointment.cancelled"
 RESCHEDULED = "appointment.rescheduled"
 STATUS_CHANGED = "appointment.status_changed"
 REJECTED = "booking.rejected"
+WAITLIST_OFFERED = "waitlist.offered"  # freed time held for a waiting patient (service/core/waitlist.py)
 REMINDER = "appointment.reminder"  # internal: an email to the patient, never a webhook
-WEBHOOK_EVENTS = (CONFIRMED, CANCELLED, RESCHEDULED, STATUS_CHANGED, REJECTED)
+WEBHOOK_EVENTS = (CONFIRMED, CANCELLED, RESCHEDULED, STATUS_CHANGED, REJECTED, WAITLIST_OFFERED)
 # Which events are emailed, and to whom.
 EMAILED: dict[str, tuple[str, ...]] = {
     CONFIRMED: ("patient", "doctor"), CANCELLED: ("patient", "doctor"), RESCHEDULED: ("patient", "doctor"),
-    REMINDER: ("patient",),
+    REMINDER: ("patient",), WAITLIST_OFFERED: ("patient",),
 }
 
 # A worker delivering a delivery holds it this long (longer than any delivery takes: SMTP's and webhooks' timeouts

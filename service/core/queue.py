@@ -34,6 +34,7 @@ IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
 BOOK_JOB = "book_appointment"
 SEND_EMAIL_JOB = "send_email"
 DISPATCH_JOB = "dispatch_outbox"  # fan new outbox events out into deliveries and deliver them (core/outbox.py)
+REFILL_JOB = "refill_waitlist"
 
 # The job's keyword argument naming the request that queued it (the X-Request-ID of its log lines), which the
 # worker sets again for the job's own lines (worker/jobs.py).
@@ -127,6 +128,22 @@ async def enqueue_dispatch(redis: Redis) -> None:
         await enqueue(redis, DISPATCH_JOB, (), f"outbox:{uuid.uuid4().hex}", marker=DISPATCH_QUEUED, fold=True)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not queue the outbox's dispatch (the sweep will): %r", exc)
+def refill_marker_key(doctor_id: int) -> str:
+    """Set while a refill job of this doctor waits in the queue and has not yet started reading."""
+    return f"refill:queued:{doctor_id}"
+
+
+async def enqueue_refill(redis: Redis, doctor_id: int) -> bool:
+    """After a commit that freed or added time in a doctor's schedule: queue the doctor's waitlist refill, unless
+    one is queued and not yet started (it will read this commit: the job deletes its marker before it reads, as a
+    booking job does). A fresh job id each time, so one that is running does not swallow this one. Redis out of
+    reach: a log line; the sweep queues a refill for every doctor with someone waiting."""
+    try:
+        return await enqueue(redis, REFILL_JOB, (doctor_id,), f"refill:{doctor_id}:{uuid.uuid4().hex}",
+                             marker=refill_marker_key(doctor_id), fold=True)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not queue the waitlist refill of doctor %s (the sweep will): %r", doctor_id, exc)
+        return False
 
 
 async def queue_depth(redis: Redis) -> int:
@@ -146,6 +163,7 @@ class Decision(msgspec.Struct, array_like=True, gc=False):
     reason: str | None = None
     appointment_id: int | None = None
     rescheduled_from: int | None = None  # a reschedule: the appointment it moved
+    hold_id: int | None = None  # a hold: the hold made; a confirm_hold: the hold confirmed
 
 
 class Decided(msgspec.Struct, array_like=True, gc=False):

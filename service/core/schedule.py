@@ -10,7 +10,16 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from service.core.availability import NO_RULES, ZERO, Available, DoctorTime, Rules, WeeklyInterval, available_intervals
+from service.core.availability import (
+    NO_RULES,
+    ZERO,
+    Available,
+    DoctorTime,
+    Rules,
+    WeeklyInterval,
+    available_intervals,
+    hold_key,
+)
 from service.core.availability import weekly_spans as expand_weekly
 from service.core.db import Database, Row
 from service.core.errors import InvalidInput, NotFound
@@ -74,8 +83,8 @@ def blocked_span(row: Row) -> tuple[datetime, datetime]:
 def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo, ranges: Iterable[tuple[datetime, datetime]],
                           moving_ids: set[int] | frozenset[int] = frozenset()) -> DoctorTime:
     """A DoctorTime from the rows of list_schedule_in_range / list_schedule_between (kinds hours, window, off,
-    busy), with the weekly hours laid out over each range read. Appointments a batch may move (`moving_ids`) are
-    kept apart (availability.Taken)."""
+    busy, held), with the weekly hours laid out over each range read. Appointments a batch may move and holds it
+    may confirm (`moving_ids`: appointment ids and hold_key()s) are kept apart (availability.Taken)."""
     hours, windows, time_off, blocked = [], set(), [], []
     moving = {}
     for row in rows:
@@ -86,25 +95,28 @@ def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo, ranges: Iterable[
             windows.add((row["start_time"], row["end_time"], row["id"]))
         elif kind == "off":
             time_off.append((row["start_time"], row["end_time"]))
-        elif kind == "busy":
-            if row["id"] in moving_ids:
-                moving[row["id"]] = blocked_span(row)
+        elif kind == "busy" or kind == "held":  # an appointment holding its time, or a live hold
+            key = row["id"] if kind == "busy" else hold_key(row["id"])
+            if key in moving_ids:
+                moving[key] = blocked_span(row)
             else:
                 blocked.append(blocked_span(row))
     weekly = {span for start, end in ranges for span in expand_weekly(hours, zone, start, end)}
     return DoctorTime(available_intervals(weekly, windows, time_off), blocked, moving)
 
 
-def read_bounds(start: datetime, end: datetime) -> dict[str, datetime]:
+def read_bounds(start: datetime, end: datetime, now: datetime | None = None) -> dict[str, datetime]:
     """[from, to) and the margins the schedule queries scan around it, clamped to the years 1-9999 (MySQL's own
-    date arithmetic past them gives NULL, which would silently match nothing)."""
+    date arithmetic past them gives NULL, which would silently match nothing); and `now`, which tells a live hold
+    from an expired one (a decision passes its own)."""
     def shifted(moment: datetime, delta: timedelta) -> datetime:
         try:
             return moment + delta
         except OverflowError:
             return datetime.max if delta > ZERO else datetime.min
     return {"from": start, "to": end, "day_before": shifted(start, -timedelta(days=1)),
-            "day_after": shifted(end, timedelta(days=1)), "year_before": shifted(start, -timedelta(days=366))}
+            "day_after": shifted(end, timedelta(days=1)), "year_before": shifted(start, -timedelta(days=366)),
+            "now": now or utcnow()}
 
 
 def resolve_range(start: str | None, end: str | None) -> tuple[datetime, datetime]:

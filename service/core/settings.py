@@ -103,6 +103,9 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     booking_batch_size: Annotated[int, _between(1, 10_000)] = 200
     # How long before its start a patient may still cancel or move an appointment (a type may set its own).
     cancel_notice_minutes: Annotated[int, _between(0, 525_600)] = 0
+    # A slot hold's lifetime, and how many live holds a patient may have at once (holds.py).
+    hold_seconds: Annotated[int, _between(1, 86_400)] = 300
+    holds_per_patient: Annotated[int, _between(1, 100)] = 3
     sweep_after_seconds: Annotated[int, _between(1, 86_400)] = 10
     sweep_every_seconds: Annotated[int, _between(1, 60)] = 5
     worker_poll_delay: Annotated[float, _between(0.001, 5.0)] = 0.005

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any, ClassVar
 
 import msgspec
@@ -15,7 +14,7 @@ from redis.asyncio import Redis
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.api.params import Id
 from service.api.problems import problem_responses
-from service.api.schedule_cache import ScheduleVersions, announce_schedule_change
+from service.api.schedule_cache import ScheduleVersions, schedule_changed
 from service.api.schemas import NOT_BLANK
 from service.api.security import PUBLIC, requires_doctor, requires_doctor_or_staff
 from service.core import appointment_types
@@ -166,11 +165,11 @@ async def update(data: AppointmentTypePatch, doctor_id: int, type_id: int, user:
     if "name" in changes:
         changes["name"] = changes["name"].strip()
     row = await appointment_types.update(tx, doctor_id, user, type_id, changes)
-    tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, doctor_id))
+    await schedule_changed(tx, redis, schedule_versions, doctor_id)
     return from_row(AppointmentTypeOut, row)
 
 
 async def deactivate(doctor_id: int, type_id: int, user: CurrentUser, tx: Connection, redis: Redis,
                      schedule_versions: ScheduleVersions) -> None:
     await appointment_types.deactivate(tx, doctor_id, user, type_id)
-    tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, doctor_id))
+    await schedule_changed(tx, redis, schedule_versions, doctor_id)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.openapi import ResponseSpec
-from litestar.params import Body, HeaderParameter, QueryParameter
+from litestar.params import Body, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from msgspec import Meta
-from redis.asyncio import Redis
 
+from service.api.answers import BookingAccepted, IdempotencyKey, Prefer, accepted
 from service.api.dependencies import (
     DatabaseDep,
     ListenerDep,
@@ -24,50 +22,22 @@ from service.api.dependencies import (
     TransactionDep,
     UserDep,
 )
-from service.api.notifications import Notifications
 from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit, Offset, To
 from service.api.problems import problem_responses
-from service.api.schedule_cache import announce_schedule_change
+from service.api.schedule_cache import schedule_changed
 from service.api.schemas import (
     AppointmentOut,
     AppointmentPage,
+    BookingIn,
     HistoryEntryOut,
     HistoryOut,
     appointment_out,
     appointments_page,
-    request_out,
 )
 from service.api.security import requires_patient_or_staff
 from service.core import appointments, history, lifecycle, staff
-from service.core.appointments import AppointmentStatus, status_url
-from service.core.db import Database, Row
-from service.core.errors import Conflict
-from service.core.queue import enqueue_booking
+from service.core.appointments import AppointmentStatus
 from service.core.times import from_row
-
-MAX_PREFER_WAIT = 10
-PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
-# Printable ASCII, as the IETF draft's Idempotency-Key: beyond ASCII a header carries bytes whose meaning depends on
-# the sender's encoding (`caf\xe9` and `caf\xc3\xa9` are both café). Stored and compared byte for byte (migration 0008).
-IDEMPOTENCY_KEY = r"^[ -~]+$"
-
-
-class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
-    """A start and an end, or a start and one of the doctor's appointment types (its length and rules). Staff name
-    the patient they book for (`patient_id`); a patient books for themselves and names no one."""
-
-    example: ClassVar[dict[str, Any]] = {
-        "doctor_id": 7, "start_time": "2030-01-15T10:00:00Z", "end_time": "2030-01-15T10:30:00Z",
-        "notes": "Follow-up on the blood test"}
-
-    doctor_id: Annotated[int, Meta(ge=1, le=MAX_ID)]
-    start_time: datetime
-    end_time: datetime | None = None
-    appointment_type_id: Annotated[int, Meta(ge=1, le=MAX_ID)] | None = None
-    notes: Annotated[str, Meta(max_length=2000)] | None = None
-    patient_id: Annotated[int, Meta(ge=1, le=MAX_ID, description=(
-        "Staff only, and required for staff: the patient booked for (404 if no such patient). A patient sending "
-        "it gets a 403."))] | None = None
 
 
 class RescheduleIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -86,20 +56,6 @@ class StatusIn(msgspec.Struct, forbid_unknown_fields=True):
 
     status: AppointmentStatus
     reason: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
-
-
-class BookingAccepted(msgspec.Struct):
-    example: ClassVar[dict[str, Any]] = {"request_id": 104, "status": "pending", "status_url": "/booking-requests/104"}
-
-    request_id: int
-    status: str
-    status_url: str
-
-
-def prefer_wait(prefer: str | None) -> int:
-    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; 0 when absent or malformed."""
-    match = PREFER_WAIT.search(prefer or "")
-    return min(int(match.group(1)), MAX_PREFER_WAIT) if match else 0
 
 
 class AppointmentController(Controller):
@@ -133,7 +89,7 @@ class AppointmentController(Controller):
         request_id, stored = await appointments.store_request(
             db, user, patient_id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
             data.appointment_type_id)
-        return await accepted(db, redis, listener, user.id, data.doctor_id, request_id, stored, prefer)
+        return await accepted(db, redis, listener, user, data.doctor_id, request_id, stored, prefer)
 
     @post(
         "/{appointment_id:int}/reschedule", status_code=HTTP_202_ACCEPTED, operation_id="rescheduleAppointment",
@@ -166,7 +122,7 @@ class AppointmentController(Controller):
             db, settings, user, appointment_id, data.start_time, data.appointment_type_id, data.doctor_id,
             idempotency_key)
         doctor_id = data.doctor_id or appointment["doctor_id"]
-        return await accepted(db, redis, listener, user.id, doctor_id, request_id, stored, prefer)
+        return await accepted(db, redis, listener, user, doctor_id, request_id, stored, prefer)
 
     @get("/my-appointments", operation_id="listMyAppointments",
          summary="Your appointments: a patient's bookings or a doctor's schedule",
@@ -198,7 +154,7 @@ class AppointmentController(Controller):
         appointment, changed = await lifecycle.change_status(tx, settings, appointment_id, user, data.status,
                                                              data.reason, redis)
         if changed and appointment["status"] == "cancelled":
-            tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, appointment["doctor_id"]))
+            await schedule_changed(tx, redis, schedule_versions, appointment["doctor_id"])
         return appointment_out(appointment)
 
     @delete("/{appointment_id:int}", status_code=200, operation_id="cancelAppointment",
@@ -220,7 +176,7 @@ class AppointmentController(Controller):
     ) -> AppointmentOut:
         appointment, cancelled = await lifecycle.cancel(tx, settings, appointment_id, user, reason, redis)
         if cancelled:
-            tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, appointment["doctor_id"]))
+            await schedule_changed(tx, redis, schedule_versions, appointment["doctor_id"])
         return appointment_out(appointment)
 
     @get("/{appointment_id:int}/history", operation_id="getAppointmentHistory",
@@ -232,49 +188,3 @@ class AppointmentController(Controller):
         appointment = await appointments.find_appointment(db, appointment_id, user)
         rows = await history.of_appointment(db, appointment)
         return HistoryOut(items=[from_row(HistoryEntryOut, row) for row in rows])
-
-
-IdempotencyKey = Annotated[str | None, HeaderParameter(
-    name="Idempotency-Key", min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY,
-    description="Printable ASCII, compared byte for byte")]
-Prefer = Annotated[str | None, HeaderParameter(name="Prefer", max_length=200)]
-
-
-async def accepted(
-    db: Database, redis: Redis, listener: Notifications, user_id: int, doctor_id: int, request_id: int,
-    stored: Row | None, prefer: str | None,
-) -> Response[Any]:
-    """The answer to a stored booking or reschedule request (asked by its patient or by staff for them): queue it,
-    and say where it stands (202), or with `Prefer: wait` its decision (201/409) if it comes in time."""
-    read = partial(appointments.read_own_request, db, request_id, user_id)
-    if stored is not None:
-        listener.remember(stored)  # before the job is queued: see Notifications.remember
-        status = "pending"
-    else:  # a replayed Idempotency-Key: say where the first request stands
-        status = (await read())["status"]
-    if status == "pending":
-        await enqueue_booking(redis, request_id, doctor_id)
-    headers = {"Location": status_url(request_id)}
-    if wait := prefer_wait(prefer):
-        row = await listener.wait_for_decision(request_id, user_id, read, wait)
-        decided = await decided_response(db, row)
-        if decided is not None:
-            return decided
-        headers["Preference-Applied"] = f"wait={wait}"
-    return Response(
-        BookingAccepted(request_id=request_id, status=status, status_url=status_url(request_id)),
-        status_code=HTTP_202_ACCEPTED, headers=headers,
-    )
-
-
-async def decided_response(db: Database, row: Row) -> Response | None:
-    """For `Prefer: wait`: 201 with the appointment, 409 with the reason, or None while still pending."""
-    if row["status"] == "confirmed":
-        appointment = await appointments.booked_appointment(db, row)
-        return Response(appointment_out(appointment), status_code=HTTP_201_CREATED,
-                        headers={"Location": f"/appointments/{appointment['id']}"})
-    if row["status"] in ("rejected", "failed"):
-        raise Conflict(f"the booking was {row['status']}: {row['reason']}", reason=row["reason"],
-                       request_id=row["id"], status_url=status_url(row["id"]),
-                       booking_request=msgspec.to_builtins(request_out(row)))
-    return None

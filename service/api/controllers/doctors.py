@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -16,7 +15,7 @@ from msgspec import Meta
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit, Offset, To, next_page_link, query_time
 from service.api.problems import problem_responses
-from service.api.schedule_cache import CACHE_SECONDS, announce_schedule_change
+from service.api.schedule_cache import CACHE_SECONDS, schedule_changed
 from service.api.schemas import AppointmentPage, Page, Specialty, TimeZoneName, appointments_page, page, page_example
 from service.api.security import PUBLIC, requires_doctor
 from service.core import directory, doctors, hours, schedule
@@ -174,7 +173,7 @@ class DoctorController(Controller):
     ) -> DoctorOut:
         if data.timezone is not msgspec.UNSET:  # weekly hours now mean other instants
             await hours.set_timezone(tx, user.id, data.timezone.value)
-            tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+            await schedule_changed(tx, redis, schedule_versions, user.id)
         if data.specialty is not msgspec.UNSET:
             await doctors.update_specialty(tx, user.id, data.specialty)
         return from_row(DoctorOut, await doctors.find_doctor(tx, user.id))
@@ -194,7 +193,7 @@ class DoctorController(Controller):
         now = utcnow()
         checked = [windows_.check_window(w.start_time, w.end_time, "" if one else f"[{i}].", now)
                    for i, w in enumerate(windows)]
-        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        await schedule_changed(tx, redis, schedule_versions, user.id)
         created = [from_row(WindowOut, row) for row in await windows_.add_windows(tx, user.id, checked, now)]
         return created[0] if one else created
 
@@ -204,7 +203,7 @@ class DoctorController(Controller):
     async def delete_availability(
         self, availability_id: Id, user: UserDep, tx: TransactionDep, redis: RedisDep, schedule_versions: ScheduleDep
     ) -> None:
-        tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, user.id))
+        await schedule_changed(tx, redis, schedule_versions, user.id)
         await windows_.delete_window(tx, user.id, availability_id)
         return None
 

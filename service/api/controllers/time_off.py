@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any, ClassVar
 
 import msgspec
@@ -16,7 +15,7 @@ from redis.asyncio import Redis
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.api.params import Id, Limit, Offset
 from service.api.problems import problem_responses
-from service.api.schedule_cache import ScheduleVersions, announce_schedule_change
+from service.api.schedule_cache import ScheduleVersions, schedule_changed
 from service.api.security import requires_doctor, requires_doctor_or_staff
 from service.core import hours
 from service.core.accounts import CurrentUser
@@ -129,11 +128,11 @@ async def add(data: TimeOffIn, doctor_id: int, user: CurrentUser, tx: Connection
     start, end = hours.check_time_off(data.start_time, data.end_time, utcnow())
     row, cancelled = await hours.add_time_off(tx, doctor_id, user, start, end, data.reason, data.cancel_appointments,
                                               redis)
-    tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, doctor_id))
+    await schedule_changed(tx, redis, schedule_versions, doctor_id)
     return from_row(TimeOffCreated, {**row, "cancelled_appointment_ids": [a["id"] for a in cancelled]})
 
 
 async def withdraw(time_off_id: int, doctor_id: int, user: CurrentUser, tx: Connection, redis: Redis,
                    schedule_versions: ScheduleVersions) -> None:
     await hours.delete_time_off(tx, doctor_id, user, time_off_id)
-    tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, doctor_id))
+    await schedule_changed(tx, redis, schedule_versions, doctor_id)

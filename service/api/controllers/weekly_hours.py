@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any, ClassVar
 
 import msgspec
@@ -14,7 +13,7 @@ from redis.asyncio import Redis
 from service.api.dependencies import DatabaseDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.api.params import Id
 from service.api.problems import problem_responses
-from service.api.schedule_cache import ScheduleVersions, announce_schedule_change
+from service.api.schedule_cache import ScheduleVersions, schedule_changed
 from service.api.security import PUBLIC, requires_doctor, requires_doctor_or_staff
 from service.core import hours
 from service.core.accounts import CurrentUser
@@ -86,6 +85,6 @@ async def replace(data: WeeklyHoursIn, doctor_id: int, user: CurrentUser, tx: Co
                   schedule_versions: ScheduleVersions) -> WeeklyHoursOut:
     checked = hours.check_weekly_hours([(h.weekday, h.start, h.end) for h in data.hours])
     await hours.replace_weekly_hours(tx, doctor_id, user, checked)
-    tx.after_commit(partial(announce_schedule_change, redis, schedule_versions, doctor_id))
+    await schedule_changed(tx, redis, schedule_versions, doctor_id)
     timezone, rows = await hours.weekly_hours(tx, doctor_id)
     return WeeklyHoursOut(timezone, [WeeklyInterval(**row) for row in rows])
