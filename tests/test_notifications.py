@@ -233,6 +233,34 @@ async def test_a_reschedule_and_a_status_change_send_their_events_and_the_move_i
     await stack.mail_to(patient["email"], 2)
 
 
+async def test_a_waitlist_offer_emails_its_patient_and_calls_the_webhook(started, receiver: Receiver) -> None:
+    """A cancellation frees the doctor's only slot; the waiting patient is offered it (a hold): one email saying how
+    to confirm, and a `waitlist.offered` webhook naming the hold."""
+    stack, http, factory = started
+    doctor, booker = await factory.doctor(timezone="Europe/Berlin"), await factory.patient()
+    waiting = await factory.patient()
+    await factory.window(doctor, at(9), at(9.5))
+    appointment = await factory.booked(booker, doctor["id"], at(9), at(9.5))
+    hook = await http.post("/webhooks", headers=doctor.headers, json={"url": receiver.url,
+                                                                     "events": ["waitlist.offered"]})
+    assert hook.status_code == 201, hook.text
+    joined = await http.post("/waitlist", headers=waiting.headers, json={
+        "doctor_id": doctor["id"], "not_before": iso(at(8)), "not_after": iso(at(11))})
+    assert joined.status_code == 201, joined.text
+    assert (await http.delete(f"/appointments/{appointment['id']}", headers=booker.headers)).status_code == 200
+
+    [offer] = await stack.mail_to(waiting["email"], 1, settle=SETTLE)
+    [hold_id] = [row["hold_id"] for row in rows(stack, "SELECT hold_id FROM waitlist_entries")]
+    assert offer["Subject"].startswith("A time came free for you")
+    text = offer.get_body(("plain",)).get_content()
+    assert f"POST /holds/{hold_id}/confirm" in text and "Europe/Berlin" in text
+    assert [p.get_content_type() for p in offer.iter_attachments()] == []  # nothing booked yet: no invite
+    await until(lambda: receiver.received, "the webhook")
+    [event] = receiver.events()
+    assert event["type"] == "waitlist.offered"
+    assert (event["data"]["hold"]["id"], event["data"]["hold"]["start_time"]) == (hold_id, iso(at(9)))
+
+
 async def test_a_decision_rolled_back_writes_no_event_and_its_rerun_emails_once(stack: Stack) -> None:
     """The worker dies inside the booking transaction: the event goes with the rollback. The rerun decides the
     request, and the confirmation is mailed once to each."""

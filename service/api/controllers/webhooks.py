@@ -19,7 +19,7 @@ from service.core.times import from_row
 
 # outbox.WEBHOOK_EVENTS and "*", spelled out for the OpenAPI enum (tests/test_notifications.py keeps them in step).
 EventName = Literal["*", "appointment.confirmed", "appointment.cancelled", "appointment.rescheduled",
-                    "appointment.status_changed", "booking.rejected"]
+                    "appointment.status_changed", "booking.rejected", "waitlist.offered"]
 
 
 class WebhookIn(msgspec.Struct, forbid_unknown_fields=True):
