@@ -37,12 +37,13 @@ UPDATE holds SET status = 'confirmed', appointment_id = %(appointment_id)s, ende
 WHERE id = %(id)s AND status = 'held';
 
 -- name: find_hold_for_patient
--- The hold if it is this patient's (anyone else: nothing, and a 404), with whether a confirmation is pending.
+-- The hold if it is this patient's, or for staff (`any`); anyone else: nothing, and a 404. With whether a
+-- confirmation is pending.
 SELECT h.id, h.doctor_id, h.patient_id, h.appointment_type_id, h.start_time, h.end_time, h.notes, h.status,
        h.expires_at, h.booking_request_id, h.waitlist_entry_id, h.appointment_id, h.created_at, h.ended_at,
        EXISTS (SELECT 1 FROM booking_requests br WHERE br.hold_id = h.id AND br.status = 'pending')
            AS confirming
-FROM holds h WHERE h.id = %(id)s AND h.patient_id = %(patient_id)s;
+FROM holds h WHERE h.id = %(id)s AND (%(any)s OR h.patient_id = %(patient_id)s);
 
 -- name: release_hold
 UPDATE holds SET status = 'released', ended_at = %(now)s WHERE id = %(id)s AND status = 'held';

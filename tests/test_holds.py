@@ -292,3 +292,25 @@ async def test_a_confirmation_stored_before_the_expiry_succeeds_even_when_decide
         # The other hold lapsed with nobody acting: its slot is bookable again.
         assert forgotten["status"] == "held"
         assert (await factory.book(other, doctor["id"], at(9.5), at(10), wait=10)).status_code == 201
+
+
+async def test_the_front_desk_holds_for_a_patient_and_confirms_it_for_them(
+    client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection,
+) -> None:
+    doctor, patient, desk = await factory.doctor(), await factory.patient(), await factory.staff()
+    await factory.window(doctor, at(9), at(12))
+    # Staff name the patient, as for a booking; without one it is a 400, and a patient cannot name another.
+    problem(await hold(client, desk, doctor["id"], at(9)), 400, "patient_id")
+    problem(await hold(client, patient, doctor["id"], at(9), patient_id=patient["id"]), 403)
+    held = await hold(client, desk, doctor["id"], at(9), patient_id=patient["id"])
+    assert held.status_code == 201, held.text
+    assert held.json()["patient_id"] == patient["id"]
+    [request] = rows(mysql, "SELECT patient_id, requested_by FROM booking_requests WHERE kind = 'hold'")
+    assert request == {"patient_id": patient["id"], "requested_by": desk["id"]}
+    # The patient sees it as theirs; the desk confirms it for them.
+    assert (await client.get(f"/holds/{held.json()['id']}", headers=patient.headers)).status_code == 200
+    booked = await confirm(client, desk, held.json()["id"])
+    assert booked.status_code == 201, booked.text
+    assert (booked.json()["patient_id"], booked.json()["start_time"]) == (patient["id"], iso(at(9)))
+    other = await factory.patient()
+    problem(await client.get(f"/holds/{held.json()['id']}", headers=other.headers), 404)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from service.core import waitlist
+from service.core import staff, waitlist
 from service.core.accounts import CurrentUser
 from service.core.appointments import requested_span, store_span_request
 from service.core.db import Connection, Database, Row
 from service.core.doctors import lock_doctor
-from service.core.errors import Conflict, Forbidden, NotFound
+from service.core.errors import Conflict, NotFound
 from service.core.settings import Settings
 from service.core.times import rfc3339, utcnow
 
@@ -41,27 +41,28 @@ def too_many(limit: int) -> Conflict:
 
 
 async def request_hold(
-    db: Database, settings: Settings, user: CurrentUser, doctor_id: int, start_time: datetime,
+    db: Database, settings: Settings, user: CurrentUser, patient_id: int, doctor_id: int, start_time: datetime,
     end_time: datetime | None, type_id: int | None, notes: str | None, idempotency_key: str | None,
 ) -> tuple[int, Row | None]:
-    """Store a hold request, decided by the worker like a booking: the request id and its row if new. A patient
-    with HOLDS_PER_PATIENT live holds is refused here already (and again, exactly, at the decision)."""
-    if user.role != "Patient":
-        raise Forbidden("only a patient holds a slot")
+    """Store a hold request for the patient (asked by them, or by staff for them: staff.booking_patient), decided by
+    the worker like a booking: the request id and its row if new. A patient with HOLDS_PER_PATIENT live holds is
+    refused here already (and again, exactly, at the decision)."""
     start, end = await requested_span(db, doctor_id, start_time, end_time, type_id)
-    live = await db.fetch_value("count_live_holds_of_patient", {"patient_id": user.id, "now": utcnow()})
+    live = await db.fetch_value("count_live_holds_of_patient", {"patient_id": patient_id, "now": utcnow()})
 
     def check_limit() -> None:  # a replayed Idempotency-Key answers where its request stands
         if live >= settings.holds_per_patient:
             raise too_many(settings.holds_per_patient)
 
-    return await store_span_request(db, user, user.id, doctor_id, type_id, start, end, notes, idempotency_key,
+    return await store_span_request(db, user, patient_id, doctor_id, type_id, start, end, notes, idempotency_key,
                                     "hold", check_new=check_limit)
 
 
 async def find_hold(db: Database | Connection, hold_id: int, user: CurrentUser) -> Row:
-    """The hold if it is the caller's; 404 otherwise, so others cannot learn that it exists."""
-    hold = await db.fetch_one("find_hold_for_patient", {"id": hold_id, "patient_id": user.id})
+    """The hold if it is the caller's, or the caller is staff (who hold, confirm and release for patients); 404
+    otherwise, so others cannot learn that it exists."""
+    hold = await db.fetch_one("find_hold_for_patient", {"id": hold_id, "patient_id": user.id,
+                                                        "any": staff.sees_every_appointment(user)})
     if hold is None:
         raise NotFound(f"no hold {hold_id} of yours")
     return hold
@@ -95,8 +96,8 @@ async def request_confirm(db: Database, user: CurrentUser, hold_id: int,
         check_live(await locked_hold(tx, hold_id, user), utcnow())
 
     request_id, stored = await store_span_request(
-        db, user, user.id, hold["doctor_id"], hold["appointment_type_id"], hold["start_time"], hold["end_time"],
-        hold["notes"], idempotency_key, "confirm_hold", hold_id=hold_id, check_locked=check_locked)
+        db, user, hold["patient_id"], hold["doctor_id"], hold["appointment_type_id"], hold["start_time"],
+        hold["end_time"], hold["notes"], idempotency_key, "confirm_hold", hold_id=hold_id, check_locked=check_locked)
     return request_id, stored, hold
 
 

@@ -23,8 +23,8 @@ from service.api.params import Id
 from service.api.problems import problem_responses
 from service.api.schedule_cache import schedule_changed
 from service.api.schemas import AppointmentOut, BookingIn, HoldOut, hold_out
-from service.api.security import requires_patient
-from service.core import holds
+from service.api.security import requires_patient_or_staff
+from service.core import holds, staff
 
 
 class HoldIn(BookingIn):
@@ -39,14 +39,15 @@ class HoldController(Controller):
     tags = ["holds"]
 
     @post(
-        "/", guards=[requires_patient], status_code=HTTP_202_ACCEPTED, operation_id="holdSlot",
+        "/", guards=[requires_patient_or_staff], status_code=HTTP_202_ACCEPTED, operation_id="holdSlot",
         summary="Keep a slot for a few minutes; a worker decides it like a booking",
         description=(
             "Stores a hold request and answers 202 with its status URL (whose answer carries `hold_id` once held). "
             "With `Prefer: wait=N` (N ≤ 10): 201 with the hold, or 409 with the reason: a booking's, or "
             "`too_many_holds` (HOLDS_PER_PATIENT live holds already). A held slot is busy for everyone else until "
             "`expires_at` (HOLD_SECONDS after the decision); confirm it before then. `Idempotency-Key` as for a "
-            "booking."),
+            "booking. Staff hold for the patient named by `patient_id` (as for a booking), and may then read, "
+            "confirm or release the hold."),
         responses={HTTP_201_CREATED: ResponseSpec(HoldOut, description="Held (with Prefer: wait)"),
                    **problem_responses(400, 401, 403, 404, 409, 413, 415, 503)},
     )
@@ -54,9 +55,10 @@ class HoldController(Controller):
         self, data: Annotated[HoldIn, Body()], user: UserDep, db: DatabaseDep, redis: RedisDep,
         listener: ListenerDep, settings: SettingsDep, idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
     ) -> Response[BookingAccepted]:
-        request_id, stored = await holds.request_hold(db, settings, user, data.doctor_id, data.start_time,
-                                                      data.end_time, data.appointment_type_id, data.notes,
-                                                      idempotency_key)
+        patient_id = await staff.booking_patient(db, user, data.patient_id)
+        request_id, stored = await holds.request_hold(db, settings, user, patient_id, data.doctor_id,
+                                                      data.start_time, data.end_time, data.appointment_type_id,
+                                                      data.notes, idempotency_key)
         return await accepted(db, redis, listener, user, data.doctor_id, request_id, stored, prefer)
 
     @get("/{hold_id:int}", operation_id="getHold", summary="One of your holds",
