@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 API_WORKERS ?= 1
+# Test processes: most tests wait on workers, timeouts and sleeps, so three share two cores well.
+TEST_PROCESSES ?= 3
 export DATABASE_URL ?= mysql://root@127.0.0.1:3306/doctor_appointments
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 # Proxies whose X-Forwarded-For names the client (rate limits count per client): behind a load balancer, its address.
@@ -43,8 +45,8 @@ run: migrate  ## API on :$(PORT) plus one worker; Ctrl-C stops both
 		--forwarded-allow-ips '$(FORWARDED_ALLOW_IPS)' & \
 	wait
 
-test: check-services  ## the whole suite against the local MariaDB/MySQL and Redis
-	$(BIN)/pytest
+test: check-services  ## the whole suite against the local MariaDB/MySQL and Redis, in TEST_PROCESSES processes
+	$(BIN)/pytest -n $(TEST_PROCESSES)
 
 bench: check-services  ## every benchmark scenario (about 10 min); writes tests/bench/results/latest.json and .png
 	$(BIN)/python -m tests.bench.run

@@ -55,7 +55,8 @@ PRODUCTION = {"APP_ENV": "production", "DATABASE_URL": "mysql://appointments:db-
               "REDIS_URL": "redis://:redis-pass-4711@cache:6379/0", "SMTP_URL": "smtp://mail.clinic.example:587"}
 
 
-@pytest.mark.parametrize("secret", [secrets.token_urlsafe(48), secrets.token_hex(32), secrets.token_urlsafe(24)])
+@pytest.mark.parametrize("secret", [secrets.token_urlsafe(48), secrets.token_hex(32), secrets.token_urlsafe(24)],
+                         ids=["urlsafe-48", "hex-32", "urlsafe-24"])
 def test_production_accepts_a_random_secret(secret: str) -> None:
     settings = Settings.from_env(PRODUCTION | {"JWT_SECRET": secret})
     assert settings.jwt_secret == secret
