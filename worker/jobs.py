@@ -128,12 +128,12 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
     log_decisions(decided)
     if faults.armed:
         faults.hit("after_commit")
-    if decided_count or decided.decisions:  # each committed batch wrote its events to the outbox
-        await enqueue_dispatch(redis)
     if lock is None:
         await publish_decisions(redis, decided)
     else:  # the release and the decisions' announcement in one round trip
         await release(lock, then_publish=decisions_announcement(redis, decided))
+    if decided_count or decided.decisions:  # each committed batch wrote its events to the outbox: after the lock
+        await enqueue_dispatch(redis)
     for freed_doctor in sorted(freed):  # appointments moved away: their old time may go to someone waiting
         await enqueue_refill(redis, freed_doctor)
     return f"decided {decided_count + len(decided.decisions)}"
