@@ -107,7 +107,7 @@ async def test_the_directory_reads_a_few_times_whatever_the_number_of_doctors(
     client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection,
 ) -> None:
     """No round trip per doctor: the statements MariaDB runs for one sorted directory read of 60 doctors are a
-    handful (a loop over doctors would run at least 60)."""
+    handful (a loop over doctors would run at least 60, every time)."""
     monday = next_monday()
     for n in range(60):
         await cardiologist(factory, f"Dr {n:02}", "Europe/Berlin", [(1 + n % 5, "09:00", "12:00")])
@@ -118,12 +118,19 @@ async def test_the_directory_reads_a_few_times_whatever_the_number_of_doctors(
             return int(cursor.fetchone()["Value"])
 
     await directory(client, specialty="Cardiology", sort="next_available", limit=5)  # warm the connections
-    before = statements()
-    ranked = await directory(client, specialty="Cardiology", available_after=iso(monday), sort="next_available",
-                             limit=5)
-    ran = statements() - before - 1  # less our own SHOW
-    assert len(ranked) == 5 and all(d["next_available_slot"] for d in ranked)
-    assert ran < 30, f"{ran} statements for one directory read of 60 doctors"
+    # The server counts every session's statements (other test processes', the workers' sweeps): the read's own
+    # count is the same every time, so the fewest seen over a few reads is it, plus whatever else ran then.
+    counts = []
+    for _ in range(20):
+        before = statements()
+        ranked = await directory(client, specialty="Cardiology", available_after=iso(monday),
+                                 sort="next_available", limit=5)
+        counts.append(statements() - before - 1)  # less our own SHOW
+        assert len(ranked) == 5 and all(d["next_available_slot"] for d in ranked)
+        if counts[-1] < 30:
+            break
+    ran = min(counts)
+    assert 0 < ran < 30, f"{ran} statements for one directory read of 60 doctors (seen: {counts})"
 
 
 async def test_directory_input_is_checked(client: httpx.AsyncClient) -> None:
