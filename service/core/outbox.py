@@ -13,13 +13,14 @@ import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
+from service.core import times
 from service.core.db import Connection, Database, Row
 from service.core.queue import enqueue_dispatch
 from service.core.times import utcnow
@@ -66,8 +67,8 @@ class Event:
 
 
 def rfc3339(value: datetime | None) -> str | None:
-    """A naive UTC time as RFC 3339 with Z."""
-    return None if value is None else value.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    """A naive UTC time as RFC 3339 with Z (times.rfc3339), or None."""
+    return None if value is None else times.rfc3339(value)
 
 
 def sequence_at(when: datetime) -> int:

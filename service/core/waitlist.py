@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from service.core import faults, history, outbox
 from service.core.accounts import CurrentUser
 from service.core.availability import DoctorTime, Rules, Taken
-from service.core.booking import PATIENT_ROWS, nearby_clusters
+from service.core.booking import PATIENT_ROWS, buffers_of, nearby_clusters
 from service.core.db import Connection, Database, Row
 from service.core.doctors import find_doctor, lock_doctor
 from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -276,18 +276,13 @@ async def read_schedule(tx: Connection, doctor_id: int, zone: ZoneInfo, patient_
             {patient: Taken(spans) for patient, spans in taken.items()})
 
 
-def buffers(appointment_type: Row | None) -> dict[str, int]:
-    return {name: appointment_type[name] if appointment_type else 0
-            for name in ("buffer_before_minutes", "buffer_after_minutes")}
-
-
 async def offer(tx: Connection, doctor_id: int, entry: Row, appointment_type: Row | None,
                 slot: tuple[datetime, datetime], now: datetime, hold_seconds: int) -> int:
     """Hold the slot for the entry's patient and tell them (`offered`)."""
     hold = {"doctor_id": doctor_id, "patient_id": entry["patient_id"],
             "appointment_type_id": entry["appointment_type_id"], "start_time": slot[0], "end_time": slot[1],
             "notes": None, "expires_at": now + timedelta(seconds=hold_seconds), "booking_request_id": None,
-            "waitlist_entry_id": entry["id"], "now": now, **buffers(appointment_type)}
+            "waitlist_entry_id": entry["id"], "now": now, **buffers_of(appointment_type)}
     _, hold_id = await tx.execute("insert_hold", hold)
     await tx.execute("mark_waitlist_entry_offered", {"id": entry["id"], "hold_id": hold_id})
     await offered(tx, entry, {**hold, "id": hold_id}, now)
@@ -303,7 +298,7 @@ async def book(tx: Connection, doctor_id: int, entry: Row, appointment_type: Row
     _, request_id = await tx.execute("insert_decided_booking_request", request)
     _, appointment_id = await tx.execute("insert_appointment", {
         **request, "booking_request_id": request_id, "rescheduled_from": None, "notes": None,
-        **buffers(appointment_type)})
+        **buffers_of(appointment_type)})
     await tx.execute("link_booking_request_appointment", {"id": request_id, "appointment_id": appointment_id})
     await tx.execute("mark_waitlist_entry_auto_booked", {"id": entry["id"], "appointment_id": appointment_id,
                                                          "now": now})
