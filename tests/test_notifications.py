@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email
+import email.policy
 import hashlib
 import hmac
 import json
@@ -643,9 +645,11 @@ def test_a_rescheduled_email_names_both_times() -> None:
            "end_time": datetime(2030, 1, 15, 1, 30)}
     new = {**old, "id": 8, "start_time": datetime(2030, 1, 16, 2), "end_time": datetime(2030, 1, 16, 2, 30)}
     event = outbox.appointment_event(outbox.RESCHEDULED, new, 5, previous=old, rescheduled_from=7)
-    message = notification_email({"type": event.type, "data": json.loads(json.dumps(event.data)),
-                                  "public_id": "evt_x"}, patient, doctor, patient, "clinic@example.com",
-                                 datetime(2030, 1, 1))
+    built = notification_email({"type": event.type, "data": json.loads(json.dumps(event.data)),
+                                "public_id": "evt_x"}, patient, doctor, patient, "clinic@example.com",
+                               datetime(2030, 1, 1))
+    message = email.message_from_bytes(built.as_bytes(), policy=email.policy.default)  # as a mail program reads it
+    assert message["Subject"] == "Appointment moved to Wednesday 16 January 2030, 11:00–11:30 (Asia/Tokyo, UTC+09:00)"
     text = message.get_body(("plain",)).get_content()
     assert "Wednesday 16 January 2030, 11:00–11:30 (Asia/Tokyo, UTC+09:00)" in text
     assert "It was on Tuesday 15 January 2030, 10:00–10:30" in text
@@ -726,3 +730,28 @@ async def test_the_backlog_is_a_gauge_of_metrics_and_waiting_events_share_one_jo
         scraped = (await http.get("/metrics")).text
         assert gauge(scraped, "notifications_outbox_undispatched") == 0
         assert gauge(scraped, "notifications_deliveries_due") == 0
+
+
+def test_an_email_names_people_in_any_script_and_carries_its_date() -> None:
+    """Names and subjects outside ASCII are encoded (RFC 2047) and read back as written; the Date is the send time."""
+    doctor = {"id": 1, "name": "Dr Żaneta Öberg", "email": "zaneta@clinic.example", "timezone": "Europe/Warsaw"}
+    patient = {"id": 2, "name": "李小龍", "email": "li@example.com", "timezone": "UTC"}
+    made = {"id": 9, "doctor_id": 1, "patient_id": 2, "start_time": datetime(2030, 3, 1, 9),
+            "end_time": datetime(2030, 3, 1, 9, 30)}
+    event = outbox.appointment_event(outbox.CONFIRMED, made)
+    row = {"type": event.type, "data": json.loads(json.dumps(event.data)), "public_id": "evt_y"}
+    invites: dict = {}
+    for recipient in (doctor, patient):
+        built = notification_email(row, recipient, doctor, patient, "clinic@example.com", datetime(2030, 2, 1, 12),
+                                   invites)
+        message = email.message_from_bytes(built.as_bytes(), policy=email.policy.default)
+        assert message["To"].addresses[0].display_name == recipient["name"]
+        assert message["Subject"] == ("Appointment confirmed: Friday 01 March 2030, 10:00–10:30"
+                                      " (Europe/Warsaw, UTC+01:00)")
+        assert message["Date"].datetime == datetime(2030, 2, 1, 12, tzinfo=UTC)
+        other = patient if recipient is doctor else doctor
+        assert other["name"] in message.get_body(("plain",)).get_content()
+        [part] = list(message.iter_attachments())
+        assert (part.get_filename(), part.get_param("method")) == ("invite.ics", "REQUEST")
+        assert str(only_event(Calendar.from_ical(part.get_content()))["UID"]) == "appointment-9@doctor-appointments"
+    assert list(invites) == ["evt_y"]  # one calendar made for both recipients

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from urllib.parse import unquote, urlsplit
 
+from service.core.calendars import plain_text
 from service.core.settings import Settings
 
 log = logging.getLogger("worker.mail")
 
 
-def _send(settings: Settings, messages: list[EmailMessage]) -> list[Exception | None]:
+def _send(settings: Settings, messages: list[Message]) -> list[Exception | None]:
     """Send each message over one connection; what went wrong with each (None: sent). A connection that cannot be
     made, or is lost, fails every message not yet sent."""
     url = urlsplit(settings.smtp_url)
@@ -44,7 +45,7 @@ async def send_email(settings: Settings, to: str, subject: str, body: str) -> No
     await send_message(settings, message)
 
 
-async def send_message(settings: Settings, message: EmailMessage) -> None:
+async def send_message(settings: Settings, message: Message) -> None:
     """Send one built message (raises if the SMTP server refuses it or is out of reach)."""
     if not settings.smtp_url:
         log.info("SMTP_URL is not set; this email goes to the log instead:\n%s", message)
@@ -54,15 +55,14 @@ async def send_message(settings: Settings, message: EmailMessage) -> None:
         raise outcome
 
 
-async def send_messages(settings: Settings, messages: list[EmailMessage]) -> list[Exception | None]:
+async def send_messages(settings: Settings, messages: list[Message]) -> list[Exception | None]:
     """Send several built messages over one connection; what went wrong with each (None: sent). Without SMTP_URL,
     each is a line in the log (recipient, subject and text: not the attachments)."""
     if not messages:
         return []
     if not settings.smtp_url:
         for message in messages:
-            body = message.get_body(("plain",))
             log.info("SMTP_URL is not set; this email goes to the log instead: To: %s; Subject: %s\n%s",
-                     message["To"], message["Subject"], body.get_content() if body is not None else "")
+                     message["To"], message["Subject"], plain_text(message))
         return [None] * len(messages)
     return await asyncio.to_thread(_send, settings, messages)

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from service.core import outbox
-from service.core.calendars import notification_email
+from service.core.calendars import Invites, notification_email
 from service.core.db import Database, Row
 from service.core.outbox import REMINDER
 from service.core.queue import DISPATCH_QUEUED
@@ -78,6 +78,7 @@ async def send_emails(ctx: Context, deliveries: list[Row]) -> None:
     ahead = await going_ahead(db, {d["appointment_id"] for d in deliveries if d["type"] == REMINDER})
     sendable, messages = [], []
     now = utcnow()
+    invites: Invites = {}  # each event's calendars, made once for its recipients
     for d in deliveries:
         doctor, patient, recipient = people.get(d["doctor_id"]), people.get(d["patient_id"]), people.get(
             int(d["recipient"]))
@@ -87,7 +88,7 @@ async def send_emails(ctx: Context, deliveries: list[Row]) -> None:
             await outbox.skipped(db, d, "the appointment is no longer going ahead")
         else:
             sendable.append(d)
-            messages.append(notification_email(d, recipient, doctor, patient, settings.mail_from, now))
+            messages.append(notification_email(d, recipient, doctor, patient, settings.mail_from, now, invites))
     outcomes = await send_messages(settings, messages)
     await outbox.delivered(db, [d for d, error in zip(sendable, outcomes, strict=True) if error is None])
     for d, error in zip(sendable, outcomes, strict=True):
