@@ -34,7 +34,7 @@ WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s
 -- The doctor's row lock (lock_doctor) and the doctor's pending requests, oldest first, in one round trip: one
 -- row with NULL request columns when nothing is pending, none when there is no such doctor.
 SELECT d.id AS doctor_id, d.timezone, br.id, br.patient_id, br.appointment_type_id, br.start_time, br.end_time,
-       br.notes, br.reschedules, br.kind, br.hold_id
+       br.notes, br.reschedules, br.kind, br.hold_id, br.requested_by, br.created_at
 FROM users d
 LEFT JOIN booking_requests br ON br.doctor_id = d.id AND br.status = 'pending'
 WHERE d.id = %(doctor_id)s AND d.role = 'Doctor'
@@ -44,7 +44,8 @@ FOR UPDATE;
 
 -- name: lock_pending_requests_of_doctor
 -- Oldest first, so a contested slot goes to whoever asked first.
-SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, reschedules, kind, hold_id
+SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, reschedules, kind, hold_id,
+       requested_by, created_at
 FROM booking_requests
 WHERE doctor_id = %(doctor_id)s AND status = 'pending'
 ORDER BY id
@@ -132,7 +133,8 @@ UPDATE booking_requests SET status = 'rejected', reason = %(reason)s, decided_at
 WHERE id IN %(ids)s AND status = 'pending';
 
 -- name: lock_booking_request
-SELECT id, doctor_id, status, reschedules FROM booking_requests WHERE id = %(id)s FOR UPDATE;
+SELECT id, doctor_id, patient_id, requested_by, created_at, status, reschedules FROM booking_requests
+WHERE id = %(id)s FOR UPDATE;
 
 -- name: mark_booking_request_failed
 UPDATE booking_requests SET status = 'failed', reason = %(reason)s, decided_at = %(now)s

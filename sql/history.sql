@@ -8,10 +8,11 @@ VALUES (%(appointment_id)s, %(booking_request_id)s, %(at)s, %(actor_id)s, %(acto
         %(from_status)s, %(to_status)s, %(reason)s);
 
 -- name: list_history_of_appointment
--- The appointment's own rows and those of the booking request that made it (requested, decided), in order. Bounded
--- like every list: an appointment changes a handful of times, the limit guards against the unforeseen.
+-- The appointment's own rows and those of the booking request that made it (requested, decided), in the order they
+-- happened: a request's `requested` row is appended with its decision, at the time it was made. Bounded like every
+-- list: an appointment changes a handful of times, the limit guards against the unforeseen.
 SELECT at, actor_id, actor_role, action, from_status, to_status, reason, booking_request_id, appointment_id
 FROM appointment_history
 WHERE appointment_id = %(appointment_id)s OR booking_request_id = %(booking_request_id)s
-ORDER BY id
+ORDER BY at, id
 LIMIT %(limit)s;

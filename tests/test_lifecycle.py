@@ -16,7 +16,15 @@ import httpx
 import pymysql
 
 from service.core.availability import OUTSIDE_AVAILABILITY, SLOT_TAKEN, Available, DoctorTime, Taken
-from service.core.booking import APPOINTMENT_NOT_CONFIRMED, Moving, PendingRequest, decide
+from service.core.booking import (
+    APPOINTMENT_NOT_CONFIRMED,
+    RETRIES_EXHAUSTED,
+    Moving,
+    PendingRequest,
+    decide,
+    fail_request,
+)
+from service.core.db import Database
 from tests.factory import Factory, User, at, iso
 from tests.support import ROOT, Rig, accepted_ids, no_overlapping_confirmed, problem, rows, settle, snapshot, until
 
@@ -486,16 +494,47 @@ async def test_a_worker_killed_inside_a_reschedule_leaves_nothing_half_done(rig:
         assert doomed.returncode == -signal.SIGKILL
         assert rig.rows("SELECT status FROM appointments") == [{"status": "confirmed"}]
         assert rig.rows("SELECT status FROM booking_requests WHERE id = %s", request_id) == [{"status": "pending"}]
+        # The request is its own record until decided: its `requested` row comes with the decision (core/history.py).
         assert [h["action"] for h in rig.rows("SELECT action FROM appointment_history ORDER BY id")] == [
-            "requested", "confirmed", "requested"]
+            "requested", "confirmed"]
 
         rig.worker()
         assert await settle(rig, [old["booking_request_id"], request_id]) == {("confirmed", None): 2}
         [was, now] = rig.rows("SELECT id, status, rescheduled_from, rescheduled_to FROM appointments ORDER BY id")
         assert was == {"id": old["id"], "status": "rescheduled", "rescheduled_from": None, "rescheduled_to": now["id"]}
         assert (now["status"], now["rescheduled_from"], now["rescheduled_to"]) == ("confirmed", old["id"], None)
-        assert [h["action"] for h in rig.rows("SELECT action FROM appointment_history ORDER BY id")] == [
+        assert [h["action"] for h in rig.rows("SELECT action FROM appointment_history ORDER BY at, id")] == [
             "requested", "confirmed", "requested", "rescheduled", "confirmed"]
+
+
+async def test_a_request_that_runs_out_of_tries_is_recorded_as_asked_for_then_failed(
+    client: httpx.AsyncClient, factory: Factory, db: Database, mysql: pymysql.Connection,
+) -> None:
+    """The worker's last try gives up (fail_request): the request is failed, and its history says who asked, when,
+    and that it failed; a second give-up changes nothing."""
+    doctor, patient, desk = await factory.doctor(), await factory.patient(), await factory.staff()
+    await factory.window(doctor, at(9), at(12))
+    old = await factory.booked(patient, doctor["id"], at(9), at(9.5))
+    asked_at = datetime.now(UTC).replace(tzinfo=None)
+    with mysql.cursor() as cursor:  # stored as the API stores it, with no job queued: nothing else decides it
+        cursor.execute("INSERT INTO booking_requests (patient_id, requested_by, doctor_id, start_time, end_time,"
+                       " created_at, kind, reschedules) VALUES (%s, %s, %s, %s, %s, %s, 'reschedule', %s)",
+                       (patient["id"], desk["id"], doctor["id"], at(10), at(10.5), asked_at, old["id"]))
+        request_id = cursor.lastrowid
+    failed = await fail_request(db, request_id)
+    assert failed is not None and [(d.request_id, d.status, d.reason) for d in failed.decisions] == [
+        (request_id, "failed", RETRIES_EXHAUSTED)]
+    assert await fail_request(db, request_id) is None
+    assert rows(mysql, "SELECT status, reason FROM booking_requests WHERE id = %s", request_id) == [
+        {"status": "failed", "reason": RETRIES_EXHAUSTED}]
+    assert rows(mysql, "SELECT at, actor_id, actor_role, action, to_status, reason FROM appointment_history"
+                       " WHERE booking_request_id = %s ORDER BY at, id", request_id) == [
+        {"at": asked_at, "actor_id": desk["id"], "actor_role": "Staff", "action": "requested",
+         "to_status": "pending", "reason": None},
+        {"at": failed.decided_at, "actor_id": None, "actor_role": "system", "action": "failed", "to_status": None,
+         "reason": RETRIES_EXHAUSTED}]
+    assert (await history_of(client, patient, old["id"]))[-2:] == [
+        ("requested", "Staff", None, "pending", None), ("failed", "system", None, None, RETRIES_EXHAUSTED)]
 
 
 # --- 8. history ------------------------------------------------------------------------------------------------------

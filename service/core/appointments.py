@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Literal
 
-from service.core import history, staff
+from service.core import staff
 from service.core.accounts import CurrentUser
 from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
 from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -80,8 +80,8 @@ async def store_request(
     end_time: datetime | None, notes: str | None, idempotency_key: str | None, type_id: int | None = None,
     reschedules: int | None = None, check_new: Callable[[], None] | None = None, kind: RequestKind | None = None,
 ) -> tuple[int, Row | None]:
-    """Store the pending request (a booking, a hold, or the move of appointment `reschedules`) with its history
-    row, or find the one this Idempotency-Key already made. `actor` asks: the patient, or staff on the patient's
+    """Store the pending request (a booking, a hold, or the move of appointment `reschedules`), or find the one this
+    Idempotency-Key already made. `actor` asks: the patient, or staff on the patient's
     behalf (kept as `requested_by`). `check_new` may refuse a new request (not a replayed one).
 
     Returns the request id and, if it is new, its row as stored.
@@ -112,16 +112,14 @@ async def store_span_request(
     stored = {"patient_id": patient_id, "requested_by": requested_by, "doctor_id": doctor_id,
               "appointment_type_id": type_id, "start_time": start, "end_time": end, "notes": notes,
               "created_at": utcnow(), "kind": kind, "reschedules": reschedules, "hold_id": hold_id}
+    row = {**stored, "idempotency_key": idempotency_key, "fingerprint": digest}
     try:
-        async with db.transaction() as tx:
-            if check_locked is not None:
+        if check_locked is None:  # one statement: its history row comes with its decision (core/history.py)
+            inserted, request_id = await db.execute("insert_booking_request", row)
+        else:
+            async with db.transaction() as tx:
                 await check_locked(tx)
-            inserted, request_id = await tx.execute(
-                "insert_booking_request", {**stored, "idempotency_key": idempotency_key, "fingerprint": digest})
-            if inserted:
-                await history.record(tx, [history.entry(
-                    "requested", stored["created_at"], actor, appointment_id=reschedules, request_id=request_id,
-                    to_status="pending")])
+                inserted, request_id = await tx.execute("insert_booking_request", row)
     except Exception as exc:
         if mysql_error_code(exc) == ER_DUP_ENTRY and idempotency_key:  # the same key raced in twice
             first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)

@@ -60,6 +60,8 @@ class PendingRequest:
     reschedules: int | None = None  # the appointment a reschedule moves
     kind: str = "book"  # book | reschedule | hold | confirm_hold
     hold_id: int | None = None  # the hold a confirm_hold turns into an appointment
+    requested_by: int | None = None  # staff who asked on the patient's behalf
+    created_at: datetime | None = None  # when it was asked for (its `requested` history row's time)
 
 
 @dataclass(slots=True)
@@ -205,7 +207,8 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
         rows = await tx.fetch_all("lock_pending_requests_of_doctor", params)
     now = utcnow()
     requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"],
-                               r["appointment_type_id"], r["reschedules"], r["kind"], r["hold_id"])
+                               r["appointment_type_id"], r["reschedules"], r["kind"], r["hold_id"], r["requested_by"],
+                               r["created_at"])
                 for r in rows if r["id"] is not None]
     policy = policy or HoldPolicy()
     types: dict[int, Row] = {}
@@ -336,7 +339,7 @@ async def record_decisions(
     history and their events."""
     holds = holds or Holds()
     by_id = {r.id: r for r in requests}
-    changes: list[Row] = []
+    changes = await requested_rows(tx, requests)
     made = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
     if held := [r for r in made if r.kind == "hold"]:
         changes += await record_holds(tx, doctor_id, held, decisions, now, types, (policy or HoldPolicy()).seconds)
@@ -384,6 +387,17 @@ async def record_decisions(
     # A slot hold is no appointment yet: its confirmation is the event.
     await record_events(tx, [decision_event(d, by_id[d.request_id], doctor_id, now, moving or {})
                              for d in decisions if by_id[d.request_id].kind != "hold"], now=now)
+
+
+async def requested_rows(tx: Connection, requests: list[PendingRequest]) -> list[Row]:
+    """The `requested` history rows of requests being decided (core/history.py): by the patient, or by staff for
+    them (whose role is read only then)."""
+    roles = {}
+    if staff_ids := tuple({r.requested_by for r in requests if r.requested_by is not None}):
+        roles = {row["id"]: row["role"] for row in await tx.fetch_all("find_people", {"ids": staff_ids})}
+    return [history.requested(r.id, r.created_at, r.requested_by or r.patient_id,
+                              roles.get(r.requested_by, "Staff") if r.requested_by else "Patient", r.reschedules)
+            for r in requests]
 
 
 def decision_event(d: Decision, r: PendingRequest, doctor_id: int, now: datetime, moving: dict[int, Moving]) -> Event:
@@ -434,6 +448,8 @@ async def fail_request(db: Database, request_id: int) -> Decided | None:
         if request is None or request["status"] != "pending":
             return None
         await tx.execute("mark_booking_request_failed", {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": now})
-        await history.record(tx, [history.entry("failed", now, appointment_id=request["reschedules"],
-                                                request_id=request_id, reason=RETRIES_EXHAUSTED)])
+        pending = PendingRequest(request_id, request["patient_id"], now, now, None, reschedules=request["reschedules"],
+                                 requested_by=request["requested_by"], created_at=request["created_at"])
+        await history.record(tx, [*await requested_rows(tx, [pending]), history.entry(
+            "failed", now, appointment_id=request["reschedules"], request_id=request_id, reason=RETRIES_EXHAUSTED)])
     return Decided(request["doctor_id"], now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)])

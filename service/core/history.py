@@ -1,5 +1,7 @@
 """The appointment history: one row per change of an appointment or booking request, appended in the transaction
-of the change, never updated or deleted."""
+of the change, never updated or deleted. A booking request's `requested` row is the exception that keeps a booking to
+one statement in the API: it is appended with the request's decision (confirmed, rejected, held or failed), carrying
+the time the request was made and who made it; the request itself is its record until then."""
 
 from __future__ import annotations
 
@@ -23,6 +25,13 @@ def entry(
     return {"appointment_id": appointment_id, "booking_request_id": request_id, "at": at,
             "actor_id": actor.id if actor else None, "actor_role": actor.role if actor else SYSTEM,
             "action": action, "from_status": from_status, "to_status": to_status, "reason": reason}
+
+
+def requested(request_id: int, at: datetime, actor_id: int, actor_role: str, appointment_id: int | None) -> Row:
+    """The `requested` row of a booking request (`appointment_id`: the appointment a reschedule moves)."""
+    return {"appointment_id": appointment_id, "booking_request_id": request_id, "at": at, "actor_id": actor_id,
+            "actor_role": actor_role, "action": "requested", "from_status": None, "to_status": "pending",
+            "reason": None}
 
 
 async def record(tx: Connection, entries: list[Row]) -> None:
