@@ -31,12 +31,16 @@ SELECT COUNT(*) FROM booking_requests
 WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s);
 
 -- name: lock_doctor_and_pending_requests
--- The doctor's row lock (lock_doctor) and the doctor's pending requests, oldest first, in one round trip: one
--- row with NULL request columns when nothing is pending, none when there is no such doctor.
+-- The doctor's row lock (lock_doctor) and the doctor's pending requests, oldest first, each with the rules of its
+-- appointment type if that is one of the doctor's active ones (`type_id` NULL otherwise), in one round trip: one
+-- row with NULL request columns when nothing is pending, none when there is no such doctor. (The type rows are
+-- locked too, after the doctor's, in the order every change of a type takes them.)
 SELECT d.id AS doctor_id, d.timezone, br.id, br.patient_id, br.appointment_type_id, br.start_time, br.end_time,
-       br.notes, br.reschedules, br.kind, br.hold_id, br.requested_by, br.created_at
+       br.notes, br.reschedules, br.kind, br.hold_id, br.requested_by, br.created_at,
+       t.id AS type_id, t.buffer_before_minutes, t.buffer_after_minutes, t.min_notice_minutes, t.max_days_ahead
 FROM users d
 LEFT JOIN booking_requests br ON br.doctor_id = d.id AND br.status = 'pending'
+LEFT JOIN appointment_types t ON t.id = br.appointment_type_id AND t.doctor_id = d.id AND t.active
 WHERE d.id = %(doctor_id)s AND d.role = 'Doctor'
 ORDER BY br.id
 LIMIT %(limit)s

@@ -112,12 +112,6 @@ SELECT id, doctor_id, name, duration_minutes, buffer_before_minutes, buffer_afte
 FROM appointment_types WHERE doctor_id = %(doctor_id)s AND active
 ORDER BY name, id;
 
--- name: list_appointment_types_by_id
--- The types a batch of requests names, as they stand under the doctor's lock.
-SELECT id, doctor_id, name, duration_minutes, buffer_before_minutes, buffer_after_minutes, min_notice_minutes,
-       max_days_ahead, cancel_notice_minutes, active
-FROM appointment_types WHERE id IN %(ids)s;
-
 -- name: update_appointment_type
 UPDATE appointment_types
 SET name = %(name)s, duration_minutes = %(duration_minutes)s, buffer_before_minutes = %(buffer_before_minutes)s,

@@ -230,9 +230,7 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
             holds.counts = {row["patient_id"]: row["live"] for row in await tx.fetch_all(
                 "count_live_holds_of_patients", {"ids": patient_ids, "now": now})}
         moving_keys = set(moving) | {hold_key(hold_id) for hold_id in holds.holding}
-        if type_ids := tuple({r.appointment_type_id for r in requests if r.appointment_type_id is not None}):
-            types = {t["id"]: t for t in await tx.fetch_all("list_appointment_types_by_id", {"ids": type_ids})
-                     if t["doctor_id"] == doctor_id and t["active"]}
+        types = {r["type_id"]: {name: r[name] for name in TYPE_RULES} for r in rows if r["type_id"] is not None}
         ranges = ranges_to_read(requests)
         schedule_rows: list[Row] = []
         patient_taken: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
@@ -275,6 +273,8 @@ async def lock_moving_appointments(tx: Connection, doctor_id: int, appointment_i
             for row in await tx.fetch_all("find_appointments_by_id", {"ids": appointment_ids})}
 
 
+# The columns of a request's type that a decision uses (lock_doctor_and_pending_requests reads them with it).
+TYPE_RULES = ("buffer_before_minutes", "buffer_after_minutes", "min_notice_minutes", "max_days_ahead")
 PATIENT_ROWS = ("patient", "patient_hold")  # list_schedule_between's rows of the batch's patients' own time
 
 

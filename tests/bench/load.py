@@ -33,6 +33,7 @@ CONNECTION_TRIES = 3
 settings_from_env = cache(lambda: Settings.from_env(os.environ))
 
 PASSWORD = "bench-password-1"
+STEADY_TYPE = {"name": "Consultation", "duration_minutes": 25, "buffer_after_minutes": 5, "min_notice_minutes": 60}
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -184,18 +185,21 @@ class Load(Client):
         for doctor in self.doctors:
             status, body = await self.call("POST", "/doctors/availability", doctor["token"], json=windows)
             assert status == 201, (status, body)
+            # Every booking is of a type with a buffer (25 minutes and 5 after: a 30-minute grid), and a notice.
+            status, body = await self.call("POST", "/doctors/me/appointment-types", doctor["token"], json=STEADY_TYPE)
+            assert status == 201, (status, body)
+            doctor["type_id"] = body["id"]
 
     def booking(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """A random patient asking for a random 30-minute slot; a quarter are shifted 15 minutes, so equal and
-        partially overlapping requests meet."""
+        """A random patient asking for a random slot of the doctor's type (30 minutes with its buffer); a quarter are
+        shifted 15 minutes, so equal and partially overlapping requests meet."""
         doctor = self.rng.choice(self.doctors)
         patient = self.rng.choice(self.patients)
         start = self.first_day + timedelta(days=self.rng.randrange(self.config["days"]), hours=8,
                                            minutes=30 * self.rng.randrange(15))
         if self.rng.random() < 0.25:
             start += timedelta(minutes=15)
-        body = {"doctor_id": doctor["id"], "start_time": start.isoformat(),
-                "end_time": (start + timedelta(minutes=30)).isoformat()}
+        body = {"doctor_id": doctor["id"], "start_time": start.isoformat(), "appointment_type_id": doctor["type_id"]}
         return patient, body
 
     async def book_and_follow(self, patient: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -230,10 +234,11 @@ class Load(Client):
         return summarize(await asyncio.gather(*tasks), began) | {"offered_rate": rate}
 
     def slots_path(self, shift_seconds: int = 0) -> str:
-        """A week of a random doctor's 30-minute slots; `shift_seconds` moves the range's start."""
+        """A week of a random doctor's slots of its type; `shift_seconds` moves the range's start."""
         start = self.first_day + timedelta(seconds=shift_seconds)
         end = start + timedelta(days=7)
-        return (f"/doctors/{self.rng.choice(self.doctors)['id']}/slots?duration=30"
+        doctor = self.rng.choice(self.doctors)
+        return (f"/doctors/{doctor['id']}/slots?appointment_type_id={doctor['type_id']}"
                 f"&from={start.isoformat().replace('+00:00', 'Z')}&to={end.isoformat().replace('+00:00', 'Z')}")
 
 

@@ -55,11 +55,12 @@ class BenchmarkFailed(AssertionError):
 async def raw_booking_baseline(settings: Settings, bookings: int, concurrency: int) -> float:
     """Bookings per second of the worker's own transaction in a tight loop over asyncmy: no HTTP, no queue.
 
-    One pending request per transaction (no batching), `concurrency` doctors in parallel.
+    One pending request per transaction (no batching), `concurrency` doctors in parallel, each request of an
+    appointment type with a buffer as in the steady load (its history and outbox rows written as there).
     """
     db = await Database.connect(settings, min_size=concurrency)
     now = utcnow()
-    start = now.replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=400)
+    start = now.replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=300)
     per_doctor = bookings // concurrency
     doctor_ids = []
     async with db.transaction() as tx:
@@ -77,11 +78,16 @@ async def raw_booking_baseline(settings: Settings, bookings: int, concurrency: i
                 await cursor.execute(
                     "INSERT INTO availabilities (doctor_id, start_time, end_time, created_at) VALUES (%s, %s, %s, %s)",
                     (doctor_ids[-1], start, start + timedelta(days=30), now))
+                await cursor.execute(
+                    "INSERT INTO appointment_types (doctor_id, name, duration_minutes, buffer_after_minutes,"
+                    " min_notice_minutes, created_at, updated_at) VALUES (%s, 'Consultation', 25, 5, 60, %s, %s)",
+                    (doctor_ids[-1], now, now))
+                type_id = cursor.lastrowid
                 await cursor.executemany(
-                    "INSERT INTO booking_requests (patient_id, doctor_id, start_time, end_time, created_at)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    [(patient_id, doctor_ids[-1], start + timedelta(minutes=30 * k),
-                      start + timedelta(minutes=30 * k + 30), now) for k in range(per_doctor)])
+                    "INSERT INTO booking_requests (patient_id, doctor_id, appointment_type_id, start_time, end_time,"
+                    " created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(patient_id, doctor_ids[-1], type_id, start + timedelta(minutes=30 * k),
+                      start + timedelta(minutes=30 * k + 25), now) for k in range(per_doctor)])
 
     async def one_doctor(doctor_id: int) -> int:
         decided = 0
