@@ -3,6 +3,7 @@ number of doctors."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -181,3 +182,41 @@ async def test_the_readmes_worked_example(client: httpx.AsyncClient, factory: Fa
     assert booked.status_code == 201, booked.text
     assert (booked.json()["start_time"], booked.json()["end_time"]) == (f"{day}T07:40:00Z", f"{day}T08:20:00Z")
     assert await morning() == ["11:00"]
+
+
+async def test_the_coming_weeks_first_free_slots_follow_every_change_in_every_api_process(
+    clients: list[httpx.AsyncClient], factory: Factory,
+) -> None:
+    """Each API process keeps every doctor's free slots of the coming week (core/directory.py's FreeSlots): a
+    booking, a cancellation and time off, made through one process, move the ranking that the other one answers."""
+    booking_api, searching_api = clients
+    tomorrow = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    specialty = f"Cardiology {tomorrow:%j}-{id(clients)}"  # this test's doctors alone
+    first = await factory.doctor(name="Dr First", specialty=specialty)
+    second = await factory.doctor(name="Dr Second", specialty=specialty)
+    await factory.window(first, tomorrow + 10 * H, tomorrow + 12 * H)
+    await factory.window(second, tomorrow + 10.5 * H, tomorrow + 12 * H)
+    patient = await factory.patient()
+
+    async def ranking() -> list[tuple[str, str | None]]:
+        found = await directory(searching_api, specialty=specialty, available_after=iso(tomorrow + 9 * H),
+                                sort="next_available")
+        return [(d["name"], (d["next_available_slot"] or {}).get("start_time")) for d in found]
+
+    async def becomes(expected: list[tuple[str, str | None]]) -> None:
+        for _ in range(200):  # the other process hears of a change by pub/sub, a moment after its commit
+            if (seen := await ranking()) == expected:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the directory still answers {seen}, not {expected}")
+
+    await becomes([("Dr First", iso(tomorrow + 10 * H)), ("Dr Second", iso(tomorrow + 10.5 * H))])
+    assert await ranking() == await ranking()  # answered again from the cache: the same
+    taken = [await factory.booked(patient, first["id"], tomorrow + (10 + k / 2) * H, tomorrow + (10.5 + k / 2) * H,
+                                  client=booking_api) for k in range(2)]
+    await becomes([("Dr Second", iso(tomorrow + 10.5 * H)), ("Dr First", iso(tomorrow + 11 * H))])
+    cancelled = await booking_api.delete(f"/appointments/{taken[0]['id']}", headers=patient.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    await becomes([("Dr First", iso(tomorrow + 10 * H)), ("Dr Second", iso(tomorrow + 10.5 * H))])
+    await factory.time_off(first, tomorrow, tomorrow + 2 * 24 * H, cancel_appointments=True, reason="Away")
+    await becomes([("Dr Second", iso(tomorrow + 10.5 * H)), ("Dr First", None)])

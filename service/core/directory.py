@@ -2,13 +2,23 @@
 
 A few round trips whatever the number of doctors: every doctor's schedule over a short range first (most have a
 slot within a day), then, for those still without one, over longer and longer ranges, each in one query.
+
+With a FreeSlots cache (the API keeps one a process), each doctor's slots over the coming week are computed once and
+kept until the doctor's schedule changes, so a search mostly reads the matching doctors and looks their answers up.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+from service.core.availability import Available, Rules
 from service.core.db import Database, Row
 from service.core.doctors import list_doctors
 from service.core.errors import InvalidInput
@@ -22,10 +32,100 @@ STEPS = (timedelta(days=1), timedelta(days=6), timedelta(days=24), timedelta(day
 MAX_SORTED = 5000  # doctors ranked by first free slot in one request; narrow the search past that
 
 
+Span = tuple[datetime, datetime, Available]
+COVERED = timedelta(days=8)  # what a cached entry covers from when it was made: the week a directory is asked about
+
+
+@dataclass(slots=True)
+class _Entry:
+    version: str
+    expires: float  # time.monotonic()
+    until: datetime  # the slots cover [made, until)
+    starts: list[datetime]
+    spans: list[Span]
+
+
+class FreeSlots:
+    """Each doctor's bookable slots over the coming COVERED days (of a type, or of 30 minutes), kept in this process
+    while the doctor's schedule version holds (`version_of`: the API's ScheduleVersions, which every change of the
+    doctor's schedule bumps, a booking's decision included), and for `ttl` seconds at most.
+
+    The slots do not depend on the instant asked about (each interval's grid starts with the interval), so an entry
+    answers any `available_after` it covers: the first slot at or after it, and after the notice from now. A change
+    committed in another process reaches this one by pub/sub a moment later, as for the cached slot reads.
+    """
+
+    def __init__(self, version_of: Callable[[int], str], ttl: float = 30.0, max_entries: int = 50_000) -> None:
+        self.version_of = version_of
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[tuple[int, int | None], _Entry] = {}
+        self._filling = asyncio.Lock()  # one fill at a time: concurrent searches wait for it instead of repeating it
+
+    def first(self, doctor_id: int, type_id: int | None, start: datetime, now: datetime,
+              rules: Rules) -> Span | None | bool:
+        """The doctor's first slot at or after `start`; None if the entry covers `start` and has none after it;
+        False if there is no usable entry."""
+        entry = self._entries.get((doctor_id, type_id))
+        if (entry is None or entry.expires < time.monotonic() or entry.version != self.version_of(doctor_id)
+                or start >= entry.until):
+            return False
+        index = bisect_left(entry.starts, max(start, now + rules.min_notice))
+        return entry.spans[index] if index < len(entry.spans) else None
+
+    async def fill(self, db: Database, doctor_ids: set[int], types: dict[int, Row], zones: dict[int, ZoneInfo],
+                   now: datetime) -> None:
+        """Compute and keep the entries of these doctors (one read of their schedules)."""
+        async with self._filling:
+            missing = sorted(d for d in doctor_ids
+                             if self.first(d, type_id_of(types.get(d)), now, now, NO_NOTICE) is False)
+            if not missing:
+                return
+            versions = {d: self.version_of(d) for d in missing}  # before the read: a change during it retires it
+            until = now + COVERED
+            rows_of = await schedules_of(db, missing, now, until)
+            if len(self._entries) + len(missing) > self.max_entries:
+                self._entries.clear()
+            expires = time.monotonic() + self.ttl
+            for doctor_id in missing:
+                appointment_type = types.get(doctor_id)
+                spans, _ = doctor_time_from_rows(rows_of[doctor_id], zones[doctor_id], [(now, until)]).slots(
+                    length_of(appointment_type), now, until, now, ALL_SLOTS, rules_of(appointment_type))
+                self._entries[(doctor_id, type_id_of(appointment_type))] = _Entry(
+                    versions[doctor_id], expires, until, [span[0] for span in spans], spans)
+
+
+NO_NOTICE = Rules()
+ALL_SLOTS = 12 * 24 * 8  # every 5-minute slot of COVERED: an entry is never cut short
+
+
+def type_id_of(appointment_type: Row | None) -> int | None:
+    return appointment_type["id"] if appointment_type else None
+
+
+def length_of(appointment_type: Row | None) -> timedelta:
+    return timedelta(minutes=appointment_type["duration_minutes"]) if appointment_type else DEFAULT_LENGTH
+
+
+async def schedules_of(db: Database, doctor_ids: list[int], start: datetime, end: datetime) -> dict[int, list[Row]]:
+    rows_of: dict[int, list[Row]] = defaultdict(list)
+    for row in await db.fetch_all("list_schedules_of_doctors", {"doctor_ids": tuple(doctor_ids),
+                                                                **read_bounds(start, end)}):
+        rows_of[row["doctor_id"]].append(row)
+    return rows_of
+
+
+def as_slot(span: Span, zone: ZoneInfo) -> Slot:
+    slot_start, slot_end, interval = span
+    return Slot(slot_start.replace(tzinfo=UTC), slot_end.replace(tzinfo=UTC), in_zone(slot_start, zone),
+                in_zone(slot_end, zone), interval.window_id)
+
+
 async def next_free_slots(db: Database, doctors: list[Row], after: datetime,
-                          type_name: str | None) -> dict[int, Slot | None]:
+                          type_name: str | None, cache: FreeSlots | None = None) -> dict[int, Slot | None]:
     """Each doctor's first bookable slot starting at or after `after` (within 62 days), or None; of their active
-    type named `type_name` (its length and rules) if given, else of 30 minutes."""
+    type named `type_name` (its length and rules) if given, else of 30 minutes. With `cache`, from each doctor's
+    cached week where it covers `after`."""
     now = utcnow()
     found: dict[int, Slot | None] = {doctor["id"]: None for doctor in doctors}
     if not doctors:
@@ -37,44 +137,62 @@ async def next_free_slots(db: Database, doctors: list[Row], after: datetime,
             types.setdefault(row["doctor_id"], row)
     pending = set(found) if type_name is None else set(types)
     start = max(after, now)
+    if cache is not None and start < now + COVERED:
+        pending = await from_cache(cache, db, pending, types, zones, start, now, found)
     for step in STEPS:
         if not pending:
             break
         end = start + step
-        rows_of: dict[int, list[Row]] = defaultdict(list)
-        for row in await db.fetch_all("list_schedules_of_doctors",
-                                      {"doctor_ids": tuple(sorted(pending)), **read_bounds(start, end)}):
-            rows_of[row["doctor_id"]].append(row)
+        rows_of = await schedules_of(db, sorted(pending), start, end)
         for doctor_id in list(pending):
             appointment_type = types.get(doctor_id)
-            length = timedelta(minutes=appointment_type["duration_minutes"]) if appointment_type else DEFAULT_LENGTH
-            time = doctor_time_from_rows(rows_of[doctor_id], zones[doctor_id], [(start, end)])
-            first, _ = time.slots(length, start, end, now, 1, rules_of(appointment_type))
+            first, _ = doctor_time_from_rows(rows_of[doctor_id], zones[doctor_id], [(start, end)]).slots(
+                length_of(appointment_type), start, end, now, 1, rules_of(appointment_type))
             if first:
-                slot_start, slot_end, interval = first[0]
-                zone = zones[doctor_id]
-                found[doctor_id] = Slot(slot_start.replace(tzinfo=UTC), slot_end.replace(tzinfo=UTC),
-                                        in_zone(slot_start, zone), in_zone(slot_end, zone), interval.window_id)
+                found[doctor_id] = as_slot(first[0], zones[doctor_id])
                 pending.discard(doctor_id)
         start = end
     return found
 
 
+async def from_cache(cache: FreeSlots, db: Database, doctor_ids: set[int], types: dict[int, Row],
+                     zones: dict[int, ZoneInfo], start: datetime, now: datetime,
+                     found: dict[int, Slot | None]) -> set[int]:
+    """Answer what the cache can (filling it for the doctors it has no entry of) into `found`; the doctors left
+    for the ranged reads (no slot in their cached week: maybe one later)."""
+    def answer(doctor_ids: set[int]) -> set[int]:
+        unanswered = set()
+        for doctor_id in doctor_ids:
+            appointment_type = types.get(doctor_id)
+            span = cache.first(doctor_id, type_id_of(appointment_type), start, now, rules_of(appointment_type))
+            if span:
+                found[doctor_id] = as_slot(span, zones[doctor_id])  # type: ignore[arg-type]
+            else:
+                unanswered.add(doctor_id)
+        return unanswered
+
+    unanswered = answer(doctor_ids)
+    if unanswered:
+        await cache.fill(db, unanswered, types, zones, now)
+        unanswered = answer(unanswered)
+    return unanswered
+
+
 async def search(db: Database, name_part: str | None, specialty: str | None, type_name: str | None,
                  after: datetime | None, sort_by_next_free: bool, limit: int,
-                 offset: int) -> tuple[list[tuple[Row, Slot | None]], int]:
+                 offset: int, cache: FreeSlots | None = None) -> tuple[list[tuple[Row, Slot | None]], int]:
     """A page of the directory with each doctor's next free slot after `after` (now by default), by name or by
     that slot (soonest first, doctors with none last)."""
     after = after or utcnow()
     if not sort_by_next_free:
         rows, total = await list_doctors(db, name_part, specialty, limit, offset, type_name)
-        slots = await next_free_slots(db, rows, after, type_name)
+        slots = await next_free_slots(db, rows, after, type_name, cache)
         return [(row, slots[row["id"]]) for row in rows], total
     rows, total = await list_doctors(db, name_part, specialty, MAX_SORTED + 1, 0, type_name)
     if total > MAX_SORTED:
         raise InvalidInput(f"{total} doctors match: narrow the search (specialty, q, appointment_type_name) to at "
                            f"most {MAX_SORTED} to sort them by next free slot", field="sort")
-    slots = await next_free_slots(db, rows, after, type_name)
+    slots = await next_free_slots(db, rows, after, type_name, cache)
 
     def soonest_first(row: Row) -> tuple[bool, datetime, str, int]:
         slot = slots[row["id"]]
