@@ -212,6 +212,11 @@ async def test_the_coming_weeks_first_free_slots_follow_every_change_in_every_ap
 
     await becomes([("Dr First", iso(tomorrow + 10 * H)), ("Dr Second", iso(tomorrow + 10.5 * H))])
     assert await ranking() == await ranking()  # answered again from the cache: the same
+    # A slot starting before the instant asked about is not offered, not even by a few seconds.
+    just_after = await directory(searching_api, specialty=specialty, sort="next_available",
+                                 available_after=iso(tomorrow + 10 * H + timedelta(seconds=30)))
+    assert [(d["name"], d["next_available_slot"]["start_time"]) for d in just_after] == [
+        ("Dr First", iso(tomorrow + 10.5 * H)), ("Dr Second", iso(tomorrow + 10.5 * H))]
     taken = [await factory.booked(patient, first["id"], tomorrow + (10 + k / 2) * H, tomorrow + (10.5 + k / 2) * H,
                                   client=booking_api) for k in range(2)]
     await becomes([("Dr Second", iso(tomorrow + 10.5 * H)), ("Dr First", iso(tomorrow + 11 * H))])

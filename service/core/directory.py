@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from array import array
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from service.core.availability import Available, Rules
+from service.core.availability import Rules
 from service.core.db import Database, Row
 from service.core.doctors import list_doctors
 from service.core.errors import InvalidInput
@@ -32,17 +33,26 @@ STEPS = (timedelta(days=1), timedelta(days=6), timedelta(days=24), timedelta(day
 MAX_SORTED = 5000  # doctors ranked by first free slot in one request; narrow the search past that
 
 
-Span = tuple[datetime, datetime, Available]
-COVERED = timedelta(days=8)  # what a cached entry covers from when it was made: the week a directory is asked about
+Span = tuple[datetime, datetime, int | None]  # a slot: its start, end and window (naive UTC)
+EPOCH = datetime(1970, 1, 1)
+MINUTE = timedelta(minutes=1)
+# What a cached entry covers from when it was made: the coming week or two a directory is asked about, with room
+# for a slot after a weekend or a holiday (a doctor with none in it is searched further without the cache).
+COVERED = timedelta(days=15)
 
 
 @dataclass(slots=True)
 class _Entry:
+    """One doctor's slots as arrays of numbers (minutes since 1970, window ids or 0): a process keeps thousands of
+    these, and arrays are no work for the garbage collector, where as many tuples of objects made its full
+    collections the slowest requests."""
+
     version: str
     expires: float  # time.monotonic()
     until: datetime  # the slots cover [made, until)
-    starts: list[datetime]
-    spans: list[Span]
+    length: timedelta
+    starts: array
+    windows: array
 
 
 class FreeSlots:
@@ -70,8 +80,12 @@ class FreeSlots:
         if (entry is None or entry.expires < time.monotonic() or entry.version != self.version_of(doctor_id)
                 or start >= entry.until):
             return False
-        index = bisect_left(entry.starts, max(start, now + rules.min_notice))
-        return entry.spans[index] if index < len(entry.spans) else None
+        earliest = max(start, now + rules.min_notice)
+        index = bisect_left(entry.starts, -((EPOCH - earliest) // MINUTE))  # the first whole minute at or after
+        if index == len(entry.starts):
+            return None
+        slot_start = EPOCH + entry.starts[index] * MINUTE
+        return slot_start, slot_start + entry.length, entry.windows[index] or None
 
     async def fill(self, db: Database, doctor_ids: set[int], types: dict[int, Row], zones: dict[int, ZoneInfo],
                    now: datetime) -> None:
@@ -89,14 +103,16 @@ class FreeSlots:
             expires = time.monotonic() + self.ttl
             for doctor_id in missing:
                 appointment_type = types.get(doctor_id)
+                length = length_of(appointment_type)
                 spans, _ = doctor_time_from_rows(rows_of[doctor_id], zones[doctor_id], [(now, until)]).slots(
-                    length_of(appointment_type), now, until, now, ALL_SLOTS, rules_of(appointment_type))
+                    length, now, until, now, ALL_SLOTS, rules_of(appointment_type))
                 self._entries[(doctor_id, type_id_of(appointment_type))] = _Entry(
-                    versions[doctor_id], expires, until, [span[0] for span in spans], spans)
+                    versions[doctor_id], expires, until, length, array("q", (minutes(span[0]) for span in spans)),
+                    array("q", (span[2].window_id or 0 for span in spans)))
 
 
 NO_NOTICE = Rules()
-ALL_SLOTS = 12 * 24 * 8  # every 5-minute slot of COVERED: an entry is never cut short
+ALL_SLOTS = 12 * 24 * COVERED.days  # every 5-minute slot of COVERED: an entry is never cut short
 
 
 def type_id_of(appointment_type: Row | None) -> int | None:
@@ -115,22 +131,26 @@ async def schedules_of(db: Database, doctor_ids: list[int], start: datetime, end
     return rows_of
 
 
+def minutes(moment: datetime) -> int:
+    """Whole minutes since 1970 (slots lie on a 5-minute grid)."""
+    return (moment - EPOCH) // MINUTE
+
+
 def as_slot(span: Span, zone: ZoneInfo) -> Slot:
-    slot_start, slot_end, interval = span
+    slot_start, slot_end, window_id = span
     return Slot(slot_start.replace(tzinfo=UTC), slot_end.replace(tzinfo=UTC), in_zone(slot_start, zone),
-                in_zone(slot_end, zone), interval.window_id)
+                in_zone(slot_end, zone), window_id)
 
 
-async def next_free_slots(db: Database, doctors: list[Row], after: datetime,
-                          type_name: str | None, cache: FreeSlots | None = None) -> dict[int, Slot | None]:
+async def next_free_spans(db: Database, doctors: list[Row], after: datetime,
+                          type_name: str | None, cache: FreeSlots | None = None) -> dict[int, Span | None]:
     """Each doctor's first bookable slot starting at or after `after` (within 62 days), or None; of their active
     type named `type_name` (its length and rules) if given, else of 30 minutes. With `cache`, from each doctor's
-    cached week where it covers `after`."""
+    cached week where it covers `after`. (As spans: a search makes Slots of its page's only.)"""
     now = utcnow()
-    found: dict[int, Slot | None] = {doctor["id"]: None for doctor in doctors}
+    found: dict[int, Span | None] = {doctor["id"]: None for doctor in doctors}
     if not doctors:
         return found
-    zones = {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors}
     types: dict[int, Row] = {}
     if type_name is not None:
         for row in await db.fetch_all("list_active_types_named", {"doctor_ids": tuple(found), "type_name": type_name}):
@@ -138,7 +158,8 @@ async def next_free_slots(db: Database, doctors: list[Row], after: datetime,
     pending = set(found) if type_name is None else set(types)
     start = max(after, now)
     if cache is not None and start < now + COVERED:
-        pending = await from_cache(cache, db, pending, types, zones, start, now, found)
+        pending = await from_cache(cache, db, pending, types, doctors, start, now, found)
+    zones = {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors}
     for step in STEPS:
         if not pending:
             break
@@ -149,30 +170,32 @@ async def next_free_slots(db: Database, doctors: list[Row], after: datetime,
             first, _ = doctor_time_from_rows(rows_of[doctor_id], zones[doctor_id], [(start, end)]).slots(
                 length_of(appointment_type), start, end, now, 1, rules_of(appointment_type))
             if first:
-                found[doctor_id] = as_slot(first[0], zones[doctor_id])
+                slot_start, slot_end, interval = first[0]
+                found[doctor_id] = slot_start, slot_end, interval.window_id
                 pending.discard(doctor_id)
         start = end
     return found
 
 
-async def from_cache(cache: FreeSlots, db: Database, doctor_ids: set[int], types: dict[int, Row],
-                     zones: dict[int, ZoneInfo], start: datetime, now: datetime,
-                     found: dict[int, Slot | None]) -> set[int]:
+async def from_cache(cache: FreeSlots, db: Database, doctor_ids: set[int], types: dict[int, Row], doctors: list[Row],
+                     start: datetime, now: datetime, found: dict[int, Span | None]) -> set[int]:
     """Answer what the cache can (filling it for the doctors it has no entry of) into `found`; the doctors left
     for the ranged reads (no slot in their cached week: maybe one later)."""
+    rules = {doctor_id: rules_of(appointment_type) for doctor_id, appointment_type in types.items()}
+
     def answer(doctor_ids: set[int]) -> set[int]:
         unanswered = set()
         for doctor_id in doctor_ids:
-            appointment_type = types.get(doctor_id)
-            span = cache.first(doctor_id, type_id_of(appointment_type), start, now, rules_of(appointment_type))
+            span = cache.first(doctor_id, type_id_of(types.get(doctor_id)), start, now, rules.get(doctor_id, NO_NOTICE))
             if span:
-                found[doctor_id] = as_slot(span, zones[doctor_id])  # type: ignore[arg-type]
+                found[doctor_id] = span  # type: ignore[assignment]
             else:
                 unanswered.add(doctor_id)
         return unanswered
 
     unanswered = answer(doctor_ids)
     if unanswered:
+        zones = {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors if doctor["id"] in unanswered}
         await cache.fill(db, unanswered, types, zones, now)
         unanswered = answer(unanswered)
     return unanswered
@@ -184,19 +207,23 @@ async def search(db: Database, name_part: str | None, specialty: str | None, typ
     """A page of the directory with each doctor's next free slot after `after` (now by default), by name or by
     that slot (soonest first, doctors with none last)."""
     after = after or utcnow()
+
+    def with_slots(rows: list[Row]) -> list[tuple[Row, Slot | None]]:
+        return [(row, as_slot(span, zone_named(row["timezone"])) if (span := spans[row["id"]]) else None)
+                for row in rows]
+
     if not sort_by_next_free:
         rows, total = await list_doctors(db, name_part, specialty, limit, offset, type_name)
-        slots = await next_free_slots(db, rows, after, type_name, cache)
-        return [(row, slots[row["id"]]) for row in rows], total
+        spans = await next_free_spans(db, rows, after, type_name, cache)
+        return with_slots(rows), total
     rows, total = await list_doctors(db, name_part, specialty, MAX_SORTED + 1, 0, type_name)
     if total > MAX_SORTED:
         raise InvalidInput(f"{total} doctors match: narrow the search (specialty, q, appointment_type_name) to at "
                            f"most {MAX_SORTED} to sort them by next free slot", field="sort")
-    slots = await next_free_slots(db, rows, after, type_name, cache)
+    spans = await next_free_spans(db, rows, after, type_name, cache)
 
     def soonest_first(row: Row) -> tuple[bool, datetime, str, int]:
-        slot = slots[row["id"]]
-        return slot is None, slot.start_time if slot else after.replace(tzinfo=UTC), row["name"], row["id"]
+        span = spans[row["id"]]
+        return span is None, span[0] if span else after, row["name"], row["id"]
 
-    ranked = sorted(rows, key=soonest_first)
-    return [(row, slots[row["id"]]) for row in ranked[offset:offset + limit]], total
+    return with_slots(sorted(rows, key=soonest_first)[offset:offset + limit]), total

@@ -77,6 +77,8 @@ def directory_rows(r: dict[str, Any]) -> Rows:
         ("directory sorted by next free: req/s", f"{r['search_per_s']:.0f}"),
         ("  ÷ trivial", f"{r['ratio_search_to_trivial']:.3f}"),
         ("  p50/p95/p99 ms", ms3(r["search_ms"])),
+        ("  a specialty's first (cold) search: median / max ms", f"{r['cold_search_ms']['50']:.0f} / "
+                                                                 f"{r['cold_search_ms']['100']:.0f}"),
         ("one doctor's 7-day slots, uncached: req/s", f"{r['slots_uncached_per_s']:.0f}"),
         ("  ÷ trivial", f"{r['ratio_slots_to_trivial']:.3f}"),
         ("  p50/p95/p99 ms", ms3(r["slots_uncached_ms"])),
