@@ -54,7 +54,7 @@ from service.api.schedule_cache import ScheduleVersions, drop_expired_responses
 from service.api.security import UserCache, jwt_auth
 from service.core.accounts import CurrentUser, Passwords
 from service.core.db import Connection, Database
-from service.core.directory import FreeSlots
+from service.core.directory import DirectoryCache
 from service.core.settings import Settings
 
 API_DESCRIPTION = """\
@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     passwords = Passwords(settings.bcrypt_rounds, settings.password_hash_concurrency)
     user_cache = UserCache(settings.auth_cache_seconds)
     schedule_versions = ScheduleVersions()
-    free_slots = FreeSlots(schedule_versions.of)  # the directory's first-free answers, retired with the versions
+    directory_cache = DirectoryCache(schedule_versions.of, schedule_versions.listing)  # retired with the versions
     listener = Notifications(redis, users=user_cache, schedule=schedule_versions)
     cached_responses = MemoryStore()
     auth = jwt_auth(settings)
@@ -173,7 +173,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "listener": value(listener),
             "user_cache": value(user_cache),
             "schedule_versions": value(schedule_versions),
-            "free_slots": value(free_slots),
+            "directory_cache": value(directory_cache),
             "user": Provide(provide_user, sync_to_thread=False),
         },
         lifespan=[lifespan],

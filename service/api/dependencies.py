@@ -10,7 +10,7 @@ from service.api.schedule_cache import ScheduleVersions
 from service.api.security import UserCache
 from service.core.accounts import CurrentUser, Passwords
 from service.core.db import Connection, Database
-from service.core.directory import FreeSlots
+from service.core.directory import DirectoryCache
 from service.core.settings import Settings
 
 # What a handler parameter of that name receives (see the dependencies in app.py).
@@ -23,5 +23,5 @@ SettingsDep = NamedDependency[Settings]  # settings
 ListenerDep = NamedDependency[Notifications]  # listener: this process's pub/sub
 ScheduleDep = NamedDependency[ScheduleVersions]  # schedule_versions: versions of the doctors' schedules in this process
 UserCacheDep = NamedDependency[UserCache]  # user_cache
-FreeSlotsDep = NamedDependency[FreeSlots]  # free_slots: the directory's cached first-free answers in this process
+DirectoryCacheDep = NamedDependency[DirectoryCache]  # directory_cache: listings and free slots in this process
 

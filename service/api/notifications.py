@@ -103,7 +103,7 @@ class Notifications:
                         if name == decisions:
                             self._wake(message["data"])
                         elif name == schedule_changed:
-                            self.schedule.changed(int(message["data"]))
+                            self.schedule.changed(int(message["data"]), listing=True)
                         elif name == users_changed:
                             self.users.forget(int(message["data"]))
             except asyncio.CancelledError:

@@ -41,12 +41,20 @@ class ScheduleVersions:
     def __init__(self) -> None:
         self._versions: defaultdict[int, int] = defaultdict(int)
         self._epoch = 0
+        self._listing = 0
 
     def of(self, doctor_id: int) -> str:
         return f"{self._epoch}.{self._versions.get(doctor_id, 0)}"
 
-    def changed(self, doctor_id: int) -> None:
+    def listing(self) -> str:
+        """The version of the directory's listing (which doctors match what, their zones and types): every change
+        but a booking's decision bumps it, and a doctor's registration."""
+        return f"{self._epoch}.{self._listing}"
+
+    def changed(self, doctor_id: int, listing: bool = False) -> None:
         self._versions[doctor_id] += 1
+        if listing:
+            self._listing += 1
 
     def all_changed(self) -> None:
         self._versions.clear()
@@ -80,7 +88,7 @@ async def announce_schedule_change(redis: Redis, versions: ScheduleVersions, doc
                                    refill: bool = False) -> None:
     """After a commit that changed a doctor's schedule: retire the cached answers, here at once, in the other API
     processes through Redis; with `refill`, queue the doctor's waitlist refill."""
-    versions.changed(doctor_id)
+    versions.changed(doctor_id, listing=True)
     try:
         await publish_schedule_changed(redis, doctor_id)
     except Exception as exc:  # noqa: BLE001 - committed already; the other processes' copies expire in a second

@@ -3,8 +3,8 @@
 A few round trips whatever the number of doctors: every doctor's schedule over a short range first (most have a
 slot within a day), then, for those still without one, over longer and longer ranges, each in one query.
 
-With a FreeSlots cache (the API keeps one a process), each doctor's slots over the coming week are computed once and
-kept until the doctor's schedule changes, so a search mostly reads the matching doctors and looks their answers up.
+With a DirectoryCache (the API keeps one a process), a search's matching doctors and each doctor's slots over the
+coming days are computed once and kept until they change, so a warm search reads nothing from MySQL.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -55,22 +55,40 @@ class _Entry:
     windows: array
 
 
-class FreeSlots:
+class DirectoryCache:
     """Each doctor's bookable slots over the coming COVERED days (of a type, or of 30 minutes), kept in this process
     while the doctor's schedule version holds (`version_of`: the API's ScheduleVersions, which every change of the
-    doctor's schedule bumps, a booking's decision included), and for `ttl` seconds at most.
+    doctor's schedule bumps, a booking's decision included), and for `ttl` seconds at most. And the doctors a search
+    matches, kept while the listing's version holds (`listing_version`: bumped by every change but a booking's, and
+    by a doctor's registration), for LISTING_SECONDS at most.
 
     The slots do not depend on the instant asked about (each interval's grid starts with the interval), so an entry
     answers any `available_after` it covers: the first slot at or after it, and after the notice from now. A change
     committed in another process reaches this one by pub/sub a moment later, as for the cached slot reads.
     """
 
-    def __init__(self, version_of: Callable[[int], str], ttl: float = 30.0, max_entries: int = 50_000) -> None:
+    def __init__(self, version_of: Callable[[int], str], listing_version: Callable[[], str], ttl: float = 30.0,
+                 max_entries: int = 50_000) -> None:
         self.version_of = version_of
+        self.listing_version = listing_version
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[tuple[int, int | None], _Entry] = {}
         self._filling = asyncio.Lock()  # one fill at a time: concurrent searches wait for it instead of repeating it
+        self._listings: dict[tuple[object, ...], tuple[str, float, list[Row], int]] = {}
+
+    async def listing(self, key: tuple[object, ...],
+                      read: Callable[[], Awaitable[tuple[list[Row], int]]]) -> tuple[list[Row], int]:
+        """The doctors (and their count) that `read` finds for `key`, from the cache while it holds."""
+        version = self.listing_version()
+        cached = self._listings.get(key)
+        if cached is not None and cached[0] == version and cached[1] > time.monotonic():
+            return cached[2], cached[3]
+        rows, total = await read()
+        if len(self._listings) >= MAX_LISTINGS:
+            self._listings.clear()
+        self._listings[key] = version, time.monotonic() + LISTING_SECONDS, rows, total  # the version read before
+        return rows, total
 
     def first(self, doctor_id: int, type_id: int | None, start: datetime, now: datetime,
               rules: Rules) -> Span | None | bool:
@@ -112,6 +130,9 @@ class FreeSlots:
 
 
 NO_NOTICE = Rules()
+# A listing that no announced change retired (a doctor removed by hand) lives this long; searches are this many.
+LISTING_SECONDS = 5.0
+MAX_LISTINGS = 1000
 ALL_SLOTS = 12 * 24 * COVERED.days  # every 5-minute slot of COVERED: an entry is never cut short
 
 
@@ -143,7 +164,7 @@ def as_slot(span: Span, zone: ZoneInfo) -> Slot:
 
 
 async def next_free_spans(db: Database, doctors: list[Row], after: datetime,
-                          type_name: str | None, cache: FreeSlots | None = None) -> dict[int, Span | None]:
+                          type_name: str | None, cache: DirectoryCache | None = None) -> dict[int, Span | None]:
     """Each doctor's first bookable slot starting at or after `after` (within 62 days), or None; of their active
     type named `type_name` (its length and rules) if given, else of 30 minutes. With `cache`, from each doctor's
     cached week where it covers `after`. (As spans: a search makes Slots of its page's only.)"""
@@ -177,8 +198,8 @@ async def next_free_spans(db: Database, doctors: list[Row], after: datetime,
     return found
 
 
-async def from_cache(cache: FreeSlots, db: Database, doctor_ids: set[int], types: dict[int, Row], doctors: list[Row],
-                     start: datetime, now: datetime, found: dict[int, Span | None]) -> set[int]:
+async def from_cache(cache: DirectoryCache, db: Database, doctor_ids: set[int], types: dict[int, Row],
+                     doctors: list[Row], start: datetime, now: datetime, found: dict[int, Span | None]) -> set[int]:
     """Answer what the cache can (filling it for the doctors it has no entry of) into `found`; the doctors left
     for the ranged reads (no slot in their cached week: maybe one later)."""
     rules = {doctor_id: rules_of(appointment_type) for doctor_id, appointment_type in types.items()}
@@ -203,7 +224,7 @@ async def from_cache(cache: FreeSlots, db: Database, doctor_ids: set[int], types
 
 async def search(db: Database, name_part: str | None, specialty: str | None, type_name: str | None,
                  after: datetime | None, sort_by_next_free: bool, limit: int,
-                 offset: int, cache: FreeSlots | None = None) -> tuple[list[tuple[Row, Slot | None]], int]:
+                 offset: int, cache: DirectoryCache | None = None) -> tuple[list[tuple[Row, Slot | None]], int]:
     """A page of the directory with each doctor's next free slot after `after` (now by default), by name or by
     that slot (soonest first, doctors with none last)."""
     after = after or utcnow()
@@ -212,11 +233,18 @@ async def search(db: Database, name_part: str | None, specialty: str | None, typ
         return [(row, as_slot(span, zone_named(row["timezone"])) if (span := spans[row["id"]]) else None)
                 for row in rows]
 
+    async def matching(limit: int, offset: int) -> tuple[list[Row], int]:
+        def read() -> Awaitable[tuple[list[Row], int]]:
+            return list_doctors(db, name_part, specialty, limit, offset, type_name)
+        if cache is None:
+            return await read()
+        return await cache.listing((name_part, specialty, type_name, limit, offset), read)
+
     if not sort_by_next_free:
-        rows, total = await list_doctors(db, name_part, specialty, limit, offset, type_name)
+        rows, total = await matching(limit, offset)
         spans = await next_free_spans(db, rows, after, type_name, cache)
         return with_slots(rows), total
-    rows, total = await list_doctors(db, name_part, specialty, MAX_SORTED + 1, 0, type_name)
+    rows, total = await matching(MAX_SORTED + 1, 0)
     if total > MAX_SORTED:
         raise InvalidInput(f"{total} doctors match: narrow the search (specialty, q, appointment_type_name) to at "
                            f"most {MAX_SORTED} to sort them by next free slot", field="sort")

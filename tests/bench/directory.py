@@ -50,7 +50,7 @@ async def load(config: dict[str, Any], session: aiohttp.ClientSession) -> dict[s
 
     status, page = await client.call("GET", search())  # the answer is checked once: a full, ranked page
     assert status == 200 and len(page["items"]) == min(20, page["total"]), (status, page)
-    # The first search of a specialty computes its doctors' coming week (the API's FreeSlots cache), later ones
+    # The first search of a specialty computes its doctors' coming week (the API's DirectoryCache cache), later ones
     # look it up: the cold ones are timed apart, one a specialty, and the readers measure a warm directory.
     cold = []
     for specialty in config["specialties"]:

@@ -11,8 +11,17 @@ from litestar.params import Body
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
-from service.api.dependencies import DatabaseDep, PasswordsDep, RedisDep, SettingsDep, UserCacheDep, UserDep
+from service.api.dependencies import (
+    DatabaseDep,
+    PasswordsDep,
+    RedisDep,
+    ScheduleDep,
+    SettingsDep,
+    UserCacheDep,
+    UserDep,
+)
 from service.api.problems import problem_responses
+from service.api.schedule_cache import announce_schedule_change
 from service.api.schemas import NOT_BLANK, WS, Specialty, TimeZoneName
 from service.api.security import PUBLIC
 from service.core import accounts
@@ -102,10 +111,13 @@ class AuthController(Controller):
           description=("`role` is `Doctor` or `Patient`; anything else, `Staff` included, is a 400. Staff accounts "
                        "are made only by an operator (`python -m service create-staff EMAIL`)."),
           responses=problem_responses(400, 409, 413, 415, 429, 503))
-    async def register(self, data: Annotated[RegisterIn, Body()], db: DatabaseDep, passwords: PasswordsDep) -> UserOut:
+    async def register(self, data: Annotated[RegisterIn, Body()], db: DatabaseDep, passwords: PasswordsDep,
+                       redis: RedisDep, schedule_versions: ScheduleDep) -> UserOut:
         row = await accounts.register(db, passwords, email=data.email, name=data.name, role=data.role,
                                       password=data.password, specialty=data.specialty,
                                       timezone=data.timezone.value if data.timezone else None)
+        if row["role"] == "Doctor":  # a new doctor in the directory's listings
+            await announce_schedule_change(redis, schedule_versions, row["id"])
         return from_row(UserOut, row)
 
     @post("/login", **PUBLIC, status_code=200, operation_id="login", summary="Exchange credentials for a token",

@@ -12,7 +12,7 @@ from litestar.params import Body, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
-from service.api.dependencies import DatabaseDep, FreeSlotsDep, RedisDep, ScheduleDep, TransactionDep, UserDep
+from service.api.dependencies import DatabaseDep, DirectoryCacheDep, RedisDep, ScheduleDep, TransactionDep, UserDep
 from service.api.params import MAX_ID, AppointmentStatusFilter, From, Id, Limit, Offset, To, next_page_link, query_time
 from service.api.problems import problem_responses
 from service.api.schedule_cache import CACHE_SECONDS, schedule_changed
@@ -140,7 +140,7 @@ class DoctorController(Controller):
     async def list_doctors(
         self,
         db: DatabaseDep,
-        free_slots: FreeSlotsDep,
+        directory_cache: DirectoryCacheDep,
         q: Annotated[str | None, QueryParameter(max_length=255, description="Part of the doctor's name")] = None,
         specialty: Annotated[str | None, QueryParameter(max_length=100)] = None,
         appointment_type_name: Annotated[str | None, QueryParameter(
@@ -157,7 +157,7 @@ class DoctorController(Controller):
         after = (None if available_after is None  # `available_after=` is no time: a 400, as for `from` and `to`
                  else to_db(parse_time(available_after, "available_after"), "available_after"))
         found, total = await directory.search(db, q, specialty, appointment_type_name, after,
-                                              sort == "next_available", limit, offset, free_slots)
+                                              sort == "next_available", limit, offset, directory_cache)
         return page(DoctorPage, [from_row(DoctorOut, {**row, "next_available_slot": slot}) for row, slot in found],
                     total, limit, offset)
 
