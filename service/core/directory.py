@@ -76,6 +76,7 @@ class DirectoryCache:
         self._entries: dict[tuple[int, int | None], _Entry] = {}
         self._filling = asyncio.Lock()  # one fill at a time: concurrent searches wait for it instead of repeating it
         self._listings: dict[tuple[object, ...], tuple[str, float, list[Row], int]] = {}
+        self._reading: dict[tuple[object, ...], asyncio.Future[tuple[list[Row], int]]] = {}
 
     async def listing(self, key: tuple[object, ...],
                       read: Callable[[], Awaitable[tuple[list[Row], int]]]) -> tuple[list[Row], int]:
@@ -84,7 +85,13 @@ class DirectoryCache:
         cached = self._listings.get(key)
         if cached is not None and cached[0] == version and cached[1] > time.monotonic():
             return cached[2], cached[3]
-        rows, total = await read()
+        if (reading := self._reading.get((key, version))) is not None:  # one read at a time: the others wait for it
+            return await asyncio.shield(reading)
+        reading = self._reading[(key, version)] = asyncio.ensure_future(read())
+        try:
+            rows, total = await asyncio.shield(reading)
+        finally:
+            del self._reading[(key, version)]
         if len(self._listings) >= MAX_LISTINGS:
             self._listings.clear()
         self._listings[key] = version, time.monotonic() + LISTING_SECONDS, rows, total  # the version read before
