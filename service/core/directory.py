@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from service.core.availability import Rules
 from service.core.db import Database, Row
 from service.core.doctors import list_doctors
 from service.core.errors import InvalidInput
@@ -97,16 +96,16 @@ class DirectoryCache:
         self._listings[key] = version, time.monotonic() + LISTING_SECONDS, rows, total  # the version read before
         return rows, total
 
-    def first(self, doctor_id: int, type_id: int | None, start: datetime, now: datetime,
-              rules: Rules) -> Span | None | bool:
-        """The doctor's first slot at or after `start`; None if the entry covers `start` and has none after it;
-        False if there is no usable entry."""
+    def first(self, doctor_id: int, type_id: int | None, start: datetime, earliest: int,
+              clock: float) -> Span | None | bool:
+        """The doctor's first slot starting at or after minute `earliest` (minutes(); at least `start`, and after
+        the notice from now); None if the entry covers `start` and has none after it; False if there is no usable
+        entry (`clock`: time.monotonic())."""
         entry = self._entries.get((doctor_id, type_id))
-        if (entry is None or entry.expires < time.monotonic() or entry.version != self.version_of(doctor_id)
+        if (entry is None or entry.expires < clock or entry.version != self.version_of(doctor_id)
                 or start >= entry.until):
             return False
-        earliest = max(start, now + rules.min_notice)
-        index = bisect_left(entry.starts, -((EPOCH - earliest) // MINUTE))  # the first whole minute at or after
+        index = bisect_left(entry.starts, earliest)
         if index == len(entry.starts):
             return None
         slot_start = EPOCH + entry.starts[index] * MINUTE
@@ -116,8 +115,9 @@ class DirectoryCache:
                    now: datetime) -> None:
         """Compute and keep the entries of these doctors (one read of their schedules)."""
         async with self._filling:
+            clock = time.monotonic()
             missing = sorted(d for d in doctor_ids
-                             if self.first(d, type_id_of(types.get(d)), now, now, NO_NOTICE) is False)
+                             if self.first(d, type_id_of(types.get(d)), now, minutes_from(now), clock) is False)
             if not missing:
                 return
             versions = {d: self.version_of(d) for d in missing}  # before the read: a change during it retires it
@@ -136,7 +136,6 @@ class DirectoryCache:
                     array("q", (span[2].window_id or 0 for span in spans)))
 
 
-NO_NOTICE = Rules()
 # A listing that no announced change retired (a doctor removed by hand) lives this long; searches are this many.
 LISTING_SECONDS = 5.0
 MAX_LISTINGS = 1000
@@ -164,6 +163,11 @@ def minutes(moment: datetime) -> int:
     return (moment - EPOCH) // MINUTE
 
 
+def minutes_from(moment: datetime) -> int:
+    """The first whole minute since 1970 at or after `moment`."""
+    return -((EPOCH - moment) // MINUTE)
+
+
 def as_slot(span: Span, zone: ZoneInfo) -> Slot:
     slot_start, slot_end, window_id = span
     return Slot(slot_start.replace(tzinfo=UTC), slot_end.replace(tzinfo=UTC), in_zone(slot_start, zone),
@@ -187,7 +191,7 @@ async def next_free_spans(db: Database, doctors: list[Row], after: datetime,
     start = max(after, now)
     if cache is not None and start < now + COVERED:
         pending = await from_cache(cache, db, pending, types, doctors, start, now, found)
-    zones = {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors}
+    zones = {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors if doctor["id"] in pending}
     for step in STEPS:
         if not pending:
             break
@@ -209,12 +213,17 @@ async def from_cache(cache: DirectoryCache, db: Database, doctor_ids: set[int], 
                      doctors: list[Row], start: datetime, now: datetime, found: dict[int, Span | None]) -> set[int]:
     """Answer what the cache can (filling it for the doctors it has no entry of) into `found`; the doctors left
     for the ranged reads (no slot in their cached week: maybe one later)."""
-    rules = {doctor_id: rules_of(appointment_type) for doctor_id, appointment_type in types.items()}
+    # The first minute each doctor's slot may start: from `start`, and after the notice of the doctor's type.
+    earliest = {doctor_id: minutes_from(max(start, now + rules_of(appointment_type).min_notice))
+                for doctor_id, appointment_type in types.items()}
+    without_type = minutes_from(start)
 
     def answer(doctor_ids: set[int]) -> set[int]:
         unanswered = set()
+        clock = time.monotonic()
         for doctor_id in doctor_ids:
-            span = cache.first(doctor_id, type_id_of(types.get(doctor_id)), start, now, rules.get(doctor_id, NO_NOTICE))
+            span = cache.first(doctor_id, type_id_of(types.get(doctor_id)), start,
+                               earliest.get(doctor_id, without_type), clock)
             if span:
                 found[doctor_id] = span  # type: ignore[assignment]
             else:
@@ -257,8 +266,10 @@ async def search(db: Database, name_part: str | None, specialty: str | None, typ
                            f"most {MAX_SORTED} to sort them by next free slot", field="sort")
     spans = await next_free_spans(db, rows, after, type_name, cache)
 
-    def soonest_first(row: Row) -> tuple[bool, datetime, str, int]:
+    never = datetime.max
+
+    def soonest_first(row: Row) -> tuple[datetime, str, int]:  # doctors without a slot last
         span = spans[row["id"]]
-        return span is None, span[0] if span else after, row["name"], row["id"]
+        return span[0] if span else never, row["name"], row["id"]
 
     return with_slots(sorted(rows, key=soonest_first)[offset:offset + limit]), total
