@@ -10,6 +10,7 @@ coming days are computed once and kept until they change, so a warm search reads
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from array import array
 from bisect import bisect_left
@@ -125,14 +126,16 @@ class DirectoryCache:
             rows_of = await schedules_of(db, missing, now, until)
             if len(self._entries) + len(missing) > self.max_entries:
                 self._entries.clear()
-            expires = time.monotonic() + self.ttl
+            clock = time.monotonic()
             for doctor_id in missing:
                 appointment_type = types.get(doctor_id)
                 length = length_of(appointment_type)
                 spans, _ = doctor_time_from_rows(rows_of[doctor_id], zones[doctor_id], [(now, until)]).slots(
                     length, now, until, now, ALL_SLOTS, rules_of(appointment_type))
+                # Each lives between half and all of `ttl`: entries made together are not all made again together.
                 self._entries[(doctor_id, type_id_of(appointment_type))] = _Entry(
-                    versions[doctor_id], expires, until, length, array("q", (minutes(span[0]) for span in spans)),
+                    versions[doctor_id], clock + self.ttl * random.uniform(0.5, 1.0), until, length,
+                    array("q", (minutes(span[0]) for span in spans)),
                     array("q", (span[2].window_id or 0 for span in spans)))
 
 
