@@ -36,7 +36,7 @@ WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s
 -- row with NULL request columns when nothing is pending, none when there is no such doctor. (The type rows are
 -- locked too, after the doctor's, in the order every change of a type takes them.)
 SELECT d.id AS doctor_id, d.timezone, br.id, br.patient_id, br.appointment_type_id, br.start_time, br.end_time,
-       br.notes, br.reschedules, br.kind, br.hold_id, br.requested_by, br.created_at,
+       br.notes, br.reschedules, br.kind, br.hold_id, br.requested_by, br.created_at, br.requested_in_history,
        t.id AS type_id, t.buffer_before_minutes, t.buffer_after_minutes, t.min_notice_minutes, t.max_days_ahead
 FROM users d
 LEFT JOIN booking_requests br ON br.doctor_id = d.id AND br.status = 'pending'
@@ -49,7 +49,7 @@ FOR UPDATE;
 -- name: lock_pending_requests_of_doctor
 -- Oldest first, so a contested slot goes to whoever asked first.
 SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, reschedules, kind, hold_id,
-       requested_by, created_at
+       requested_by, created_at, requested_in_history
 FROM booking_requests
 WHERE doctor_id = %(doctor_id)s AND status = 'pending'
 ORDER BY id
@@ -137,7 +137,8 @@ UPDATE booking_requests SET status = 'rejected', reason = %(reason)s, decided_at
 WHERE id IN %(ids)s AND status = 'pending';
 
 -- name: lock_booking_request
-SELECT id, doctor_id, patient_id, requested_by, created_at, status, reschedules FROM booking_requests
+SELECT id, doctor_id, patient_id, requested_by, created_at, requested_in_history, status, reschedules
+FROM booking_requests
 WHERE id = %(id)s FOR UPDATE;
 
 -- name: mark_booking_request_failed

@@ -536,6 +536,16 @@ async def test_a_request_that_runs_out_of_tries_is_recorded_as_asked_for_then_fa
     assert (await history_of(client, patient, old["id"]))[-2:] == [
         ("requested", "Staff", None, "pending", None), ("failed", "system", None, None, RETRIES_EXHAUSTED)]
 
+    # A request stored before migration 0014 had its `requested` row written with it: its decision adds no other.
+    with mysql.cursor() as cursor:
+        cursor.execute("INSERT INTO booking_requests (patient_id, doctor_id, start_time, end_time, created_at,"
+                       " requested_in_history) VALUES (%s, %s, %s, %s, %s, TRUE)",
+                       (patient["id"], doctor["id"], at(11), at(11.5), asked_at))
+        older = cursor.lastrowid
+    assert await fail_request(db, older) is not None
+    assert [h["action"] for h in rows(mysql, "SELECT action FROM appointment_history WHERE booking_request_id = %s",
+                                      older)] == ["failed"]
+
 
 # --- 8. history ------------------------------------------------------------------------------------------------------
 

@@ -103,7 +103,9 @@ async def store_span_request(
     requested_by = None if actor.id == patient_id else actor.id
     digest = (fingerprint(doctor_id, type_id, start, end, notes, reschedules, requested_by, kind, hold_id)
               if idempotency_key else None)
-    if idempotency_key:
+    # A key's first use is the usual case: with nothing to check before a new request, the insert itself finds a
+    # replay (the key is unique per patient) and the lookup runs only then (below).
+    if idempotency_key and (check_new is not None or check_locked is not None):
         first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
         if first is not None:
             return first, None
@@ -121,7 +123,7 @@ async def store_span_request(
                 await check_locked(tx)
                 inserted, request_id = await tx.execute("insert_booking_request", row)
     except Exception as exc:
-        if mysql_error_code(exc) == ER_DUP_ENTRY and idempotency_key:  # the same key raced in twice
+        if mysql_error_code(exc) == ER_DUP_ENTRY and idempotency_key:  # a replay, or the same key raced in twice
             first = await find_by_idempotency_key(db, patient_id, idempotency_key, digest)
             if first is not None:
                 return first, None

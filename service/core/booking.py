@@ -62,6 +62,7 @@ class PendingRequest:
     hold_id: int | None = None  # the hold a confirm_hold turns into an appointment
     requested_by: int | None = None  # staff who asked on the patient's behalf
     created_at: datetime | None = None  # when it was asked for (its `requested` history row's time)
+    requested_in_history: bool = False  # stored before its decision wrote that row (migration 0014): it has one
 
 
 @dataclass(slots=True)
@@ -208,7 +209,7 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
     now = utcnow()
     requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"],
                                r["appointment_type_id"], r["reschedules"], r["kind"], r["hold_id"], r["requested_by"],
-                               r["created_at"])
+                               r["created_at"], bool(r["requested_in_history"]))
                 for r in rows if r["id"] is not None]
     policy = policy or HoldPolicy()
     types: dict[int, Row] = {}
@@ -339,7 +340,7 @@ async def record_decisions(
     history and their events."""
     holds = holds or Holds()
     by_id = {r.id: r for r in requests}
-    changes = await requested_rows(tx, requests)
+    changes = await requested_rows(tx, requests, now)
     made = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
     if held := [r for r in made if r.kind == "hold"]:
         changes += await record_holds(tx, doctor_id, held, decisions, now, types, (policy or HoldPolicy()).seconds)
@@ -389,13 +390,15 @@ async def record_decisions(
                              for d in decisions if by_id[d.request_id].kind != "hold"], now=now)
 
 
-async def requested_rows(tx: Connection, requests: list[PendingRequest]) -> list[Row]:
+async def requested_rows(tx: Connection, requests: list[PendingRequest], now: datetime) -> list[Row]:
     """The `requested` history rows of requests being decided (core/history.py): by the patient, or by staff for
-    them (whose role is read only then)."""
+    them (whose role is read only then). Never after `now`, the decision's time, whatever the clocks of the API and
+    the worker say; none for a request that has its row already (stored before migration 0014)."""
+    requests = [r for r in requests if not r.requested_in_history]
     roles = {}
     if staff_ids := tuple({r.requested_by for r in requests if r.requested_by is not None}):
         roles = {row["id"]: row["role"] for row in await tx.fetch_all("find_people", {"ids": staff_ids})}
-    return [history.requested(r.id, r.created_at, r.requested_by or r.patient_id,
+    return [history.requested(r.id, min(r.created_at or now, now), r.requested_by or r.patient_id,
                               roles.get(r.requested_by, "Staff") if r.requested_by else "Patient", r.reschedules)
             for r in requests]
 
@@ -449,7 +452,8 @@ async def fail_request(db: Database, request_id: int) -> Decided | None:
             return None
         await tx.execute("mark_booking_request_failed", {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": now})
         pending = PendingRequest(request_id, request["patient_id"], now, now, None, reschedules=request["reschedules"],
-                                 requested_by=request["requested_by"], created_at=request["created_at"])
-        await history.record(tx, [*await requested_rows(tx, [pending]), history.entry(
+                                 requested_by=request["requested_by"], created_at=request["created_at"],
+                                 requested_in_history=bool(request["requested_in_history"]))
+        await history.record(tx, [*await requested_rows(tx, [pending], now), history.entry(
             "failed", now, appointment_id=request["reschedules"], request_id=request_id, reason=RETRIES_EXHAUSTED)])
     return Decided(request["doctor_id"], now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)])

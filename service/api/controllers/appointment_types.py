@@ -94,9 +94,10 @@ class AppointmentTypeController(Controller):
           operation_id="createAppointmentType", summary="Offer a kind of appointment", description=CREATE_DESCRIPTION,
           responses=problem_responses(400, 401, 403, 409, 413, 415, 503))
     async def create_mine(
-        self, data: Annotated[AppointmentTypeIn, Body()], user: UserDep, tx: TransactionDep,
+        self, data: Annotated[AppointmentTypeIn, Body()], user: UserDep, tx: TransactionDep, redis: RedisDep,
+        schedule_versions: ScheduleDep,
     ) -> AppointmentTypeOut:
-        return await create(data, user.id, user, tx)
+        return await create(data, user.id, user, tx, redis, schedule_versions)
 
     @post("/{doctor_id:int}/appointment-types", guards=[requires_doctor_or_staff], status_code=HTTP_201_CREATED,
           operation_id="createDoctorAppointmentType",
@@ -105,8 +106,9 @@ class AppointmentTypeController(Controller):
           responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 503))
     async def create_for_doctor(
         self, doctor_id: Id, data: Annotated[AppointmentTypeIn, Body()], user: UserDep, tx: TransactionDep,
+        redis: RedisDep, schedule_versions: ScheduleDep,
     ) -> AppointmentTypeOut:
-        return await create(data, doctor_id, user, tx)
+        return await create(data, doctor_id, user, tx, redis, schedule_versions)
 
     @patch("/me/appointment-types/{type_id:int}", guards=[requires_doctor], operation_id="updateAppointmentType",
            summary="Change an appointment type: later bookings follow the new rules",
@@ -154,9 +156,12 @@ class AppointmentTypeController(Controller):
         return [from_row(AppointmentTypeOut, row) for row in await appointment_types.list_active(db, doctor_id)]
 
 
-async def create(data: AppointmentTypeIn, doctor_id: int, user: CurrentUser, tx: Connection) -> AppointmentTypeOut:
+async def create(data: AppointmentTypeIn, doctor_id: int, user: CurrentUser, tx: Connection, redis: Redis,
+                 schedule_versions: ScheduleVersions) -> AppointmentTypeOut:
     values = msgspec.structs.asdict(data) | {"name": data.name.strip()}
-    return from_row(AppointmentTypeOut, await appointment_types.create(tx, doctor_id, user, values))
+    row = await appointment_types.create(tx, doctor_id, user, values)
+    await schedule_changed(tx, redis, schedule_versions, doctor_id)  # a new type in the directory's searches
+    return from_row(AppointmentTypeOut, row)
 
 
 async def update(data: AppointmentTypePatch, doctor_id: int, type_id: int, user: CurrentUser, tx: Connection,

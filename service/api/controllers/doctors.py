@@ -177,6 +177,8 @@ class DoctorController(Controller):
             await schedule_changed(tx, redis, schedule_versions, user.id)
         if data.specialty is not msgspec.UNSET:
             await doctors.update_specialty(tx, user.id, data.specialty)
+            if data.timezone is msgspec.UNSET:  # the directory lists the doctor under another specialty
+                await schedule_changed(tx, redis, schedule_versions, user.id)
         return from_row(DoctorOut, await doctors.find_doctor(tx, user.id))
 
     @post("/availability", guards=[requires_doctor], status_code=HTTP_201_CREATED,
