@@ -29,7 +29,8 @@ ORDER BY id;
 
 -- name: list_schedules_of_doctors
 -- list_schedule_in_range for many doctors at once (the directory's next free slot): one round trip whatever their
--- number, each scan a range of a (doctor_id, start_time) index per doctor.
+-- number, each scan a range of a (doctor_id, start_time) index per doctor. A live hold's `c` is the seconds until it
+-- lapses (the directory's cache keeps what it read no longer).
 SELECT 'hours' AS kind, doctor_id, id, NULL AS start_time, NULL AS end_time, CAST(weekday AS SIGNED) AS a,
        CAST(start_minute AS SIGNED) AS b, CAST(end_minute AS SIGNED) AS c
 FROM weekly_hours WHERE doctor_id IN %(doctor_ids)s
@@ -49,7 +50,7 @@ WHERE doctor_id IN %(doctor_ids)s AND held_start IS NOT NULL
   AND start_time < %(day_after)s AND start_time > %(day_before)s
 UNION ALL
 SELECT 'held', doctor_id, id, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
-       CAST(buffer_after_minutes AS SIGNED), NULL
+       CAST(buffer_after_minutes AS SIGNED), CAST(TIMESTAMPDIFF(SECOND, %(now)s, expires_at) AS SIGNED)
 FROM holds h
 WHERE doctor_id IN %(doctor_ids)s AND status = 'held'
   AND start_time < %(day_after)s AND start_time > %(day_before)s

@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 import httpx
 import pymysql
 
+from service.core.db import Database
+from service.core.directory import DirectoryCache, search
 from tests.factory import Factory, User, iso
 
 H = timedelta(hours=1)
@@ -228,3 +230,29 @@ async def test_the_coming_weeks_first_directory_cache_follow_every_change_in_eve
     # A doctor who registers joins the listing at once (last: no hours yet), in every process.
     await factory.doctor(name="Dr Third", specialty=specialty)
     await becomes([("Dr Second", iso(tomorrow + 10.5 * H)), ("Dr First", None), ("Dr Third", None)])
+
+
+async def test_a_cached_week_ends_when_a_hold_it_read_lapses(
+    factory: Factory, db: Database, mysql: pymysql.Connection,
+) -> None:
+    """A hold's lapse is announced by nobody (the sweep's refill comes later): the cache keeps what it read with a
+    live hold no longer than the hold lives. Here the versions never change, so only that lifetime can retire it."""
+    cache = DirectoryCache(lambda doctor_id: "same", lambda: "same")
+    tomorrow = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    specialty = f"Holds {id(cache)}"
+    doctor, patient = await factory.doctor(name="Dr Held", specialty=specialty), await factory.patient()
+    await factory.window(doctor, tomorrow + 10 * H, tomorrow + 11 * H)
+    with mysql.cursor() as cursor:
+        cursor.execute("INSERT INTO holds (doctor_id, patient_id, start_time, end_time, expires_at, created_at)"
+                       " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6) + INTERVAL 2 SECOND, UTC_TIMESTAMP(6))",
+                       (doctor["id"], patient["id"], tomorrow + 10 * H, tomorrow + 10.5 * H))
+
+    async def first_free() -> str:
+        [(_, slot)] = (await search(db, None, specialty, None, (tomorrow + 9 * H).replace(tzinfo=None), True, 20, 0,
+                                    cache))[0]
+        return slot.start_time.isoformat()
+
+    assert await first_free() == (tomorrow + 10.5 * H).isoformat()  # held
+    assert await first_free() == (tomorrow + 10.5 * H).isoformat()  # from the cache
+    await asyncio.sleep(2.5)
+    assert await first_free() == (tomorrow + 10 * H).isoformat()  # the hold lapsed: read again

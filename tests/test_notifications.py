@@ -742,10 +742,12 @@ def test_an_email_names_people_in_any_script_and_carries_its_date() -> None:
     row = {"type": event.type, "data": json.loads(json.dumps(event.data)), "public_id": "evt_y"}
     invites: dict = {}
     for recipient in (doctor, patient):
-        built = notification_email(row, recipient, doctor, patient, "clinic@example.com", datetime(2030, 2, 1, 12),
-                                   invites)
+        built = notification_email(row, recipient, doctor, patient, "Clínica Sol <no-reply@clinic.example>",
+                                   datetime(2030, 2, 1, 12), invites)
         message = email.message_from_bytes(built.as_bytes(), policy=email.policy.default)
         assert message["To"].addresses[0].display_name == recipient["name"]
+        [sender] = message["From"].addresses
+        assert (sender.display_name, sender.addr_spec) == ("Clínica Sol", "no-reply@clinic.example")
         assert message["Subject"] == ("Appointment confirmed: Friday 01 March 2030, 10:00–10:30"
                                       " (Europe/Warsaw, UTC+01:00)")
         assert message["Date"].datetime == datetime(2030, 2, 1, 12, tzinfo=UTC)

@@ -13,7 +13,7 @@ from email.header import Header
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.utils import format_datetime, formataddr, make_msgid
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from typing import Any
 
 from icalendar import Calendar, vCalAddress
@@ -141,7 +141,7 @@ def notification_email(event: Row, recipient: Row, doctor: Row, patient: Row, ma
         message.attach(text)
         for part in invites:
             message.attach(part)
-    message["From"] = mail_from
+    message["From"] = formataddr(parseaddr(mail_from))  # a display name beyond ASCII is encoded, the address not
     message["To"] = formataddr((recipient["name"], recipient["email"]))
     message["Subject"] = Header(SUBJECTS[event["type"]].format(when=when), "utf-8")
     message["Date"] = format_datetime(_utc(now))

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from service.core.db import Database, Row
@@ -68,34 +69,46 @@ class DirectoryCache:
     """
 
     def __init__(self, version_of: Callable[[int], str], listing_version: Callable[[], str], ttl: float = 30.0,
-                 max_entries: int = 50_000) -> None:
+                 max_slots: int = 5_000_000, max_listed: int = 200_000) -> None:
         self.version_of = version_of
         self.listing_version = listing_version
         self.ttl = ttl
-        self.max_entries = max_entries
+        self.max_slots = max_slots  # slots kept in all (4 + 8 bytes each), so memory is bounded whatever is asked
+        self.max_listed = max_listed  # doctors' rows kept in all listings
         self._entries: dict[tuple[int, int | None], _Entry] = {}
+        self._slots = 0
         self._filling = asyncio.Lock()  # one fill at a time: concurrent searches wait for it instead of repeating it
         self._listings: dict[tuple[object, ...], tuple[str, float, list[Row], int]] = {}
-        self._reading: dict[tuple[object, ...], asyncio.Future[tuple[list[Row], int]]] = {}
+        self._listed = 0
+        self._reading: dict[tuple[object, ...], asyncio.Task[tuple[list[Row], int]]] = {}
 
     async def listing(self, key: tuple[object, ...],
                       read: Callable[[], Awaitable[tuple[list[Row], int]]]) -> tuple[list[Row], int]:
-        """The doctors (and their count) that `read` finds for `key`, from the cache while it holds."""
+        """The doctors (and their count) that `read` finds for `key`, from the cache while it holds. One read at a
+        time for a key and version: the searches that miss meanwhile wait for it; it completes and is kept even if
+        the search that started it is cancelled."""
         version = self.listing_version()
         cached = self._listings.get(key)
         if cached is not None and cached[0] == version and cached[1] > time.monotonic():
             return cached[2], cached[3]
-        if (reading := self._reading.get((key, version))) is not None:  # one read at a time: the others wait for it
-            return await asyncio.shield(reading)
-        reading = self._reading[(key, version)] = asyncio.ensure_future(read())
-        try:
-            rows, total = await asyncio.shield(reading)
-        finally:
-            del self._reading[(key, version)]
-        if len(self._listings) >= MAX_LISTINGS:
+        reading = self._reading.get((key, version))
+        if reading is None:
+            reading = self._reading[(key, version)] = asyncio.ensure_future(read())
+            reading.add_done_callback(partial(self._listed_read, key, version))
+        return await asyncio.shield(reading)
+
+    def _listed_read(self, key: tuple[object, ...], version: str, reading: asyncio.Task) -> None:
+        del self._reading[(key, version)]
+        if reading.cancelled() or reading.exception() is not None:  # the searches waiting for it see the error
+            return
+        rows, total = reading.result()
+        if (kept := self._listings.pop(key, None)) is not None:
+            self._listed -= len(kept[2])
+        if self._listed + len(rows) > self.max_listed:
             self._listings.clear()
+            self._listed = 0
         self._listings[key] = version, time.monotonic() + LISTING_SECONDS, rows, total  # the version read before
-        return rows, total
+        self._listed += len(rows)
 
     def first(self, doctor_id: int, type_id: int | None, start: datetime, earliest: int,
               clock: float) -> Span | None | bool:
@@ -124,24 +137,37 @@ class DirectoryCache:
             versions = {d: self.version_of(d) for d in missing}  # before the read: a change during it retires it
             until = now + COVERED
             rows_of = await schedules_of(db, missing, now, until)
-            if len(self._entries) + len(missing) > self.max_entries:
-                self._entries.clear()
-            clock = time.monotonic()
-            for doctor_id in missing:
+            for done, doctor_id in enumerate(missing, 1):
                 appointment_type = types.get(doctor_id)
                 length = length_of(appointment_type)
-                spans, _ = doctor_time_from_rows(rows_of[doctor_id], zones[doctor_id], [(now, until)]).slots(
+                rows = rows_of[doctor_id]
+                spans, _ = doctor_time_from_rows(rows, zones[doctor_id], [(now, until)]).slots(
                     length, now, until, now, ALL_SLOTS, rules_of(appointment_type))
                 # Each lives between half and all of `ttl`: entries made together are not all made again together.
-                self._entries[(doctor_id, type_id_of(appointment_type))] = _Entry(
-                    versions[doctor_id], clock + self.ttl * random.uniform(0.5, 1.0), until, length,
-                    array("q", (minutes(span[0]) for span in spans)),
-                    array("q", (span[2].window_id or 0 for span in spans)))
+                # A live hold's lapse is no change anybody announces: the entry ends with the first one it read (one
+                # lapsed but awaiting its confirmation is retired by that decision).
+                lifetime = min([self.ttl * random.uniform(0.5, 1.0),
+                                *(row["c"] for row in rows if row["kind"] == "held" and (row["c"] or 0) > 0)])
+                self._keep((doctor_id, type_id_of(appointment_type)), _Entry(
+                    versions[doctor_id], time.monotonic() + lifetime, until, length,
+                    array("i", (minutes(span[0]) for span in spans)),
+                    array("q", (span[2].window_id or 0 for span in spans))))
+                if done % FILL_SLICE == 0:
+                    await asyncio.sleep(0)  # thousands of doctors: let other requests in between
+
+    def _keep(self, key: tuple[int, int | None], entry: _Entry) -> None:
+        if (kept := self._entries.pop(key, None)) is not None:
+            self._slots -= len(kept.starts)
+        if self._slots + len(entry.starts) > self.max_slots:
+            self._entries.clear()
+            self._slots = 0
+        self._entries[key] = entry
+        self._slots += len(entry.starts)
 
 
-# A listing that no announced change retired (a doctor removed by hand) lives this long; searches are this many.
+# A listing that no announced change retired (a doctor removed by hand) lives this long.
 LISTING_SECONDS = 5.0
-MAX_LISTINGS = 1000
+FILL_SLICE = 100  # doctors computed between two chances for other requests to run
 ALL_SLOTS = 12 * 24 * COVERED.days  # every 5-minute slot of COVERED: an entry is never cut short
 
 
@@ -221,8 +247,9 @@ async def from_cache(cache: DirectoryCache, db: Database, doctor_ids: set[int], 
                 for doctor_id, appointment_type in types.items()}
     without_type = minutes_from(start)
 
-    def answer(doctor_ids: set[int]) -> set[int]:
-        unanswered = set()
+    def answer(doctor_ids: set[int]) -> tuple[set[int], set[int]]:
+        """Into `found`; the doctors with no entry, and those with none in their entry."""
+        missing, without = set(), set()
         clock = time.monotonic()
         for doctor_id in doctor_ids:
             span = cache.first(doctor_id, type_id_of(types.get(doctor_id)), start,
@@ -230,15 +257,16 @@ async def from_cache(cache: DirectoryCache, db: Database, doctor_ids: set[int], 
             if span:
                 found[doctor_id] = span  # type: ignore[assignment]
             else:
-                unanswered.add(doctor_id)
-        return unanswered
+                (without if span is None else missing).add(doctor_id)
+        return missing, without
 
-    unanswered = answer(doctor_ids)
-    if unanswered:
-        zones = {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors if doctor["id"] in unanswered}
-        await cache.fill(db, unanswered, types, zones, now)
-        unanswered = answer(unanswered)
-    return unanswered
+    missing, without = answer(doctor_ids)
+    if missing:
+        zones = {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors if doctor["id"] in missing}
+        await cache.fill(db, missing, types, zones, now)
+        still_missing, none_cached = answer(missing)
+        without |= still_missing | none_cached
+    return without
 
 
 async def search(db: Database, name_part: str | None, specialty: str | None, type_name: str | None,
