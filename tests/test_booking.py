@@ -636,3 +636,17 @@ async def test_the_claim_skips_running_jobs_and_takes_no_more_than_it_has_room_f
     assert await claim_up_to(5) == [b"due-2"]  # not the running ones, not the one due later
     assert await claim_up_to(5) == []
     assert 0 < await bare_redis.pttl("arq:in-progress:due-2") <= 70_000
+
+
+def test_the_requests_a_process_remembers_are_those_of_the_last_minute() -> None:
+    """Memory follows the booking rate, not the process's age: a request stored over a minute before the newest is
+    forgotten (its polls read MySQL), as is the oldest past RECENT_REQUESTS."""
+    notifications = Notifications(None, users=UserCache(0), schedule=ScheduleVersions())  # type: ignore[arg-type]
+    old, recent = pending_row(1), pending_row(2)
+    old["created_at"] -= timedelta(seconds=61)
+    recent["created_at"] -= timedelta(seconds=59)
+    notifications.remember(old)
+    notifications.remember(recent)
+    assert list(notifications._recent) == [1, 2]
+    notifications.remember(pending_row(3))
+    assert list(notifications._recent) == [2, 3]

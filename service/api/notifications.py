@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import msgspec
 from redis.asyncio import Redis
@@ -20,9 +20,11 @@ from service.core.db import Row
 from service.core.queue import DECISIONS, SCHEDULE_CHANGED, USERS_CHANGED, Decision, channel, read_decided_message
 
 log = logging.getLogger("service.notifications")
-# Requests this process stored, kept as they stand, and decisions it heard of requests it did not (yet) know:
-# enough for the long polls that follow a POST within seconds; older ones are read from MySQL.
+# Requests this process stored, kept as they stand for a minute (at most so many), and decisions it heard of requests
+# it did not (yet) know: enough for the long polls that follow a POST within seconds; older ones are read from MySQL.
+# Memory follows the booking rate, not the time the process has run.
 RECENT_REQUESTS = 20_000
+RECENT_FOR = timedelta(seconds=60)
 EARLY_DECISIONS = 5_000
 # A remembered request still pending is trusted this long into a poll before MySQL is asked: its decision may
 # have been lost (a worker killed between commit and publish, a message missed around a reconnect).
@@ -69,7 +71,9 @@ class Notifications:
             count_decided(early[0], row["created_at"], early[1])
             row = decided_row(row, *early)
         self._recent[row["id"]] = row
-        if len(self._recent) > RECENT_REQUESTS:
+        too_old = row["created_at"] - RECENT_FOR
+        while self._recent and (len(self._recent) > RECENT_REQUESTS
+                                or next(iter(self._recent.values()))["created_at"] < too_old):
             self._recent.popitem(last=False)
 
     def start(self) -> None:
