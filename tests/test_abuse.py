@@ -28,6 +28,7 @@ from litestar.handlers import HTTPRouteHandler
 from service.api.app import create_app
 from service.api.extensions import decode_body
 from service.api.security import PUBLIC
+from service.core.db import Database
 from service.core.errors import InvalidInput
 from service.core.settings import Settings
 from tests.factory import PASSWORD, Factory, User, at, day, iso
@@ -791,13 +792,14 @@ async def send_raw(api_url: str, method: str, path: str, headers: dict[str, byte
 
 
 async def test_idempotency_keys_are_compared_byte_for_byte(
-    api_url: str, mysql: pymysql.Connection, booking: dict[str, Any]
+    api_url: str, mysql: pymysql.Connection, db: Database, booking: dict[str, Any]
 ) -> None:
-    """Keys that differ only in case or a trailing space are different keys: each makes its own request, and only
-    the very same key replays one. (uvicorn's parser, httptools, keeps a value's trailing space as sent.)"""
-    keys = [b"Order-ABC", b"order-abc", b"Order-ABC "]
+    """Keys that differ only in case, or only by a trailing space, are different keys: each makes its own request,
+    and only the very same key replays one. (Over HTTP the trailing space may not arrive: uvicorn 0.55 strips a
+    header value's trailing whitespace, as RFC 9110 allows; so the storage is checked for it directly.)"""
+    keys = [b"Order-ABC", b"order-abc"]
     bodies = [json.dumps({**booking["body"], "start_time": iso(at(hour)), "end_time": iso(at(hour + 0.5))}).encode()
-              for hour in (10, 11, 12)]
+              for hour in (10, 11)]
 
     async def book(key: bytes, body: bytes) -> tuple[int, dict[str, Any]]:
         return await send_raw(api_url, "POST", "/appointments", {
@@ -805,17 +807,28 @@ async def test_idempotency_keys_are_compared_byte_for_byte(
             "Idempotency-Key": key}, body)
 
     made = [await book(key, body) for key, body in zip(keys, bodies, strict=True)]
-    assert [status for status, _ in made] == [202, 202, 202], made
+    assert [status for status, _ in made] == [202, 202], made
     ids = [answer["request_id"] for _, answer in made]
-    assert len(set(ids)) == 3
+    assert len(set(ids)) == 2
     assert rows(mysql, "SELECT id, idempotency_key FROM booking_requests ORDER BY id") == [
         {"id": request_id, "idempotency_key": key} for request_id, key in zip(ids, keys, strict=True)]
     for request_id, key, body in zip(ids, keys, bodies, strict=True):
         status, answer = await book(key, body)  # the same key and body: the same request
         assert status == 202 and answer["request_id"] == request_id, (key, answer)
-    status, answer = await book(keys[2], bodies[0])  # the same key with another body
+    status, answer = await book(keys[1], bodies[0])  # the same key with another body
     assert status == 409, answer
-    assert len(rows(mysql, "SELECT id FROM booking_requests")) == 3
+    assert len(rows(mysql, "SELECT id FROM booking_requests")) == 2
+
+    # A trailing space is a byte like any other where keys are kept: no padding in the unique key or the lookup.
+    padded = {"kind": "book", "reschedules": None, "hold_id": None, "patient_id": booking["patient"]["id"],
+              "requested_by": None, "doctor_id": booking["body"]["doctor_id"], "appointment_type_id": None,
+              "start_time": at(12), "end_time": at(12.5), "notes": None, "idempotency_key": "Order-ABC ",
+              "fingerprint": "x", "created_at": at(0)}
+    inserted, padded_id = await db.execute("insert_booking_request", padded)
+    assert inserted == 1
+    found = await db.fetch_one("find_booking_request_by_idempotency_key",
+                               {"patient_id": booking["patient"]["id"], "idempotency_key": "Order-ABC "})
+    assert found is not None and found["id"] == padded_id
 
 
 @pytest.mark.parametrize("key", [
