@@ -231,6 +231,21 @@ async def test_the_coming_weeks_first_directory_cache_follow_every_change_in_eve
     await factory.doctor(name="Dr Third", specialty=specialty)
     await becomes([("Dr Second", iso(tomorrow + 10.5 * H)), ("Dr First", None), ("Dr Third", None)])
 
+    # Searching by type name: a type created in one process is found by the other's (cached) listing.
+    async def typed_becomes(expected: list[str]) -> None:
+        for _ in range(100):
+            seen = [d["name"] for d in await directory(searching_api, specialty=specialty, sort="next_available",
+                                                       appointment_type_name="Check-up")]
+            if seen == expected:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the typed search still answers {seen}, not {expected}")
+
+    await typed_becomes([])
+    await factory.appointment_type(second, name="Check-up", duration_minutes=30)
+    await typed_becomes(["Dr Second"])
+    await factory.appointment_type(first, name="Check-up", duration_minutes=30)
+    await typed_becomes(["Dr Second", "Dr First"])
 
 async def test_a_cached_week_ends_when_a_hold_it_read_lapses(
     factory: Factory, db: Database, mysql: pymysql.Connection,

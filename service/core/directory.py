@@ -42,6 +42,27 @@ MINUTE = timedelta(minutes=1)
 COVERED = timedelta(days=15)
 
 
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The doctors a search matches (a page, or all of them to rank), how many match in all, and each one's active
+    type of the name searched for (none without a type name)."""
+
+    rows: list[Row]
+    total: int
+    types: dict[int, Row]
+
+
+async def read_listing(db: Database, name_part: str | None, specialty: str | None, type_name: str | None,
+                       limit: int, offset: int) -> Listing:
+    rows, total = await list_doctors(db, name_part, specialty, limit, offset, type_name)
+    types: dict[int, Row] = {}
+    if type_name is not None and rows:
+        for row in await db.fetch_all("list_active_types_named", {"doctor_ids": tuple(row["id"] for row in rows),
+                                                                  "type_name": type_name}):
+            types.setdefault(row["doctor_id"], row)
+    return Listing(rows, total, types)
+
+
 @dataclass(slots=True)
 class _Entry:
     """One doctor's slots as arrays of numbers (minutes since 1970, window ids or 0): a process keeps thousands of
@@ -78,19 +99,18 @@ class DirectoryCache:
         self._entries: dict[tuple[int, int | None], _Entry] = {}
         self._slots = 0
         self._filling = asyncio.Lock()  # one fill at a time: concurrent searches wait for it instead of repeating it
-        self._listings: dict[tuple[object, ...], tuple[str, float, list[Row], int]] = {}
+        self._listings: dict[tuple[object, ...], tuple[str, float, Listing]] = {}
         self._listed = 0
-        self._reading: dict[tuple[object, ...], asyncio.Task[tuple[list[Row], int]]] = {}
+        self._reading: dict[tuple[object, ...], asyncio.Task[Listing]] = {}
 
-    async def listing(self, key: tuple[object, ...],
-                      read: Callable[[], Awaitable[tuple[list[Row], int]]]) -> tuple[list[Row], int]:
-        """The doctors (and their count) that `read` finds for `key`, from the cache while it holds. One read at a
-        time for a key and version: the searches that miss meanwhile wait for it; it completes and is kept even if
-        the search that started it is cancelled."""
+    async def listing(self, key: tuple[object, ...], read: Callable[[], Awaitable[Listing]]) -> Listing:
+        """What `read` finds for `key` (the doctors, their count and types), from the cache while it holds. One read
+        at a time for a key and version: the searches that miss meanwhile wait for it; it completes and is kept even
+        if the search that started it is cancelled."""
         version = self.listing_version()
         cached = self._listings.get(key)
         if cached is not None and cached[0] == version and cached[1] > time.monotonic():
-            return cached[2], cached[3]
+            return cached[2]
         reading = self._reading.get((key, version))
         if reading is None:
             reading = self._reading[(key, version)] = asyncio.ensure_future(read())
@@ -101,14 +121,14 @@ class DirectoryCache:
         del self._reading[(key, version)]
         if reading.cancelled() or reading.exception() is not None:  # the searches waiting for it see the error
             return
-        rows, total = reading.result()
+        listing: Listing = reading.result()
         if (kept := self._listings.pop(key, None)) is not None:
-            self._listed -= len(kept[2])
-        if self._listed + len(rows) > self.max_listed:
+            self._listed -= len(kept[2].rows)
+        if self._listed + len(listing.rows) > self.max_listed:
             self._listings.clear()
             self._listed = 0
-        self._listings[key] = version, time.monotonic() + LISTING_SECONDS, rows, total  # the version read before
-        self._listed += len(rows)
+        self._listings[key] = version, time.monotonic() + LISTING_SECONDS, listing  # the version read before
+        self._listed += len(listing.rows)
 
     def first(self, doctor_id: int, type_id: int | None, start: datetime, earliest: int,
               clock: float) -> Span | None | bool:
@@ -187,6 +207,10 @@ async def schedules_of(db: Database, doctor_ids: list[int], start: datetime, end
     return rows_of
 
 
+def zones_of(doctors: list[Row], doctor_ids: set[int]) -> dict[int, ZoneInfo]:
+    return {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors if doctor["id"] in doctor_ids}
+
+
 def minutes(moment: datetime) -> int:
     """Whole minutes since 1970 (slots lie on a 5-minute grid)."""
     return (moment - EPOCH) // MINUTE
@@ -203,24 +227,21 @@ def as_slot(span: Span, zone: ZoneInfo) -> Slot:
                 in_zone(slot_end, zone), window_id)
 
 
-async def next_free_spans(db: Database, doctors: list[Row], after: datetime,
-                          type_name: str | None, cache: DirectoryCache | None = None) -> dict[int, Span | None]:
-    """Each doctor's first bookable slot starting at or after `after` (within 62 days), or None; of their active
-    type named `type_name` (its length and rules) if given, else of 30 minutes. With `cache`, from each doctor's
-    cached week where it covers `after`. (As spans: a search makes Slots of its page's only.)"""
+async def next_free_spans(db: Database, listing: Listing, after: datetime, by_type: bool,
+                          cache: DirectoryCache | None = None) -> dict[int, Span | None]:
+    """Each listed doctor's first bookable slot starting at or after `after` (within 62 days), or None; `by_type`,
+    of their type in the listing (its length and rules; None without one), else of 30 minutes. With `cache`, from
+    each doctor's cached week where it covers `after`. (As spans: a search makes Slots of its page's only.)"""
     now = utcnow()
+    doctors, types = listing.rows, listing.types
     found: dict[int, Span | None] = {doctor["id"]: None for doctor in doctors}
     if not doctors:
         return found
-    types: dict[int, Row] = {}
-    if type_name is not None:
-        for row in await db.fetch_all("list_active_types_named", {"doctor_ids": tuple(found), "type_name": type_name}):
-            types.setdefault(row["doctor_id"], row)
-    pending = set(found) if type_name is None else set(types)
+    pending = set(types) if by_type else set(found)
     start = max(after, now)
     if cache is not None and start < now + COVERED:
         pending = await from_cache(cache, db, pending, types, doctors, start, now, found)
-    zones = {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors if doctor["id"] in pending}
+    zones = zones_of(doctors, pending)
     for step in STEPS:
         if not pending:
             break
@@ -262,8 +283,7 @@ async def from_cache(cache: DirectoryCache, db: Database, doctor_ids: set[int], 
 
     missing, without = answer(doctor_ids)
     if missing:
-        zones = {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors if doctor["id"] in missing}
-        await cache.fill(db, missing, types, zones, now)
+        await cache.fill(db, missing, types, zones_of(doctors, missing), now)
         still_missing, none_cached = answer(missing)
         without |= still_missing | none_cached
     return without
@@ -280,22 +300,22 @@ async def search(db: Database, name_part: str | None, specialty: str | None, typ
         return [(row, as_slot(span, zone_named(row["timezone"])) if (span := spans[row["id"]]) else None)
                 for row in rows]
 
-    async def matching(limit: int, offset: int) -> tuple[list[Row], int]:
-        def read() -> Awaitable[tuple[list[Row], int]]:
-            return list_doctors(db, name_part, specialty, limit, offset, type_name)
+    async def matching(limit: int, offset: int) -> Listing:
+        def read() -> Awaitable[Listing]:
+            return read_listing(db, name_part, specialty, type_name, limit, offset)
         if cache is None:
             return await read()
         return await cache.listing((name_part, specialty, type_name, limit, offset), read)
 
     if not sort_by_next_free:
-        rows, total = await matching(limit, offset)
-        spans = await next_free_spans(db, rows, after, type_name, cache)
-        return with_slots(rows), total
-    rows, total = await matching(MAX_SORTED + 1, 0)
-    if total > MAX_SORTED:
-        raise InvalidInput(f"{total} doctors match: narrow the search (specialty, q, appointment_type_name) to at "
-                           f"most {MAX_SORTED} to sort them by next free slot", field="sort")
-    spans = await next_free_spans(db, rows, after, type_name, cache)
+        listing = await matching(limit, offset)
+        spans = await next_free_spans(db, listing, after, type_name is not None, cache)
+        return with_slots(listing.rows), listing.total
+    listing = await matching(MAX_SORTED + 1, 0)
+    if listing.total > MAX_SORTED:
+        raise InvalidInput(f"{listing.total} doctors match: narrow the search (specialty, q, appointment_type_name) "
+                           f"to at most {MAX_SORTED} to sort them by next free slot", field="sort")
+    spans = await next_free_spans(db, listing, after, type_name is not None, cache)
 
     never = datetime.max
 
@@ -303,4 +323,4 @@ async def search(db: Database, name_part: str | None, specialty: str | None, typ
         span = spans[row["id"]]
         return span[0] if span else never, row["name"], row["id"]
 
-    return with_slots(sorted(rows, key=soonest_first)[offset:offset + limit]), total
+    return with_slots(sorted(listing.rows, key=soonest_first)[offset:offset + limit]), listing.total

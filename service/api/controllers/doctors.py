@@ -174,11 +174,10 @@ class DoctorController(Controller):
     ) -> DoctorOut:
         if data.timezone is not msgspec.UNSET:  # weekly hours now mean other instants
             await hours.set_timezone(tx, user.id, data.timezone.value)
-            await schedule_changed(tx, redis, schedule_versions, user.id)
-        if data.specialty is not msgspec.UNSET:
+        if data.specialty is not msgspec.UNSET:  # the directory lists the doctor under another specialty
             await doctors.update_specialty(tx, user.id, data.specialty)
-            if data.timezone is msgspec.UNSET:  # the directory lists the doctor under another specialty
-                await schedule_changed(tx, redis, schedule_versions, user.id)
+        if data.timezone is not msgspec.UNSET or data.specialty is not msgspec.UNSET:
+            await schedule_changed(tx, redis, schedule_versions, user.id)
         return from_row(DoctorOut, await doctors.find_doctor(tx, user.id))
 
     @post("/availability", guards=[requires_doctor], status_code=HTTP_201_CREATED,
