@@ -486,6 +486,42 @@ async def test_changing_a_type_changes_the_rules_of_later_bookings_only(
         "rejected", TOO_SOON)
 
 
+async def test_each_api_process_stores_bookings_by_a_types_current_length_after_a_change_in_another(
+    clients: list[httpx.AsyncClient], factory: Factory, mysql: pymysql.Connection,
+) -> None:
+    """An API process keeps the types bookings name (core/schedule.py's BookableTypes): a change of length, or a
+    deactivation, made through the other process reaches its next bookings within moments, not at its TTL."""
+    changing_api, booking_api = clients
+    doctor, patient = await factory.doctor(), await factory.patient()
+    await factory.window(doctor, at(9), at(17))
+    kind = await factory.appointment_type(doctor, duration_minutes=30)
+    path = f"/doctors/me/appointment-types/{kind['id']}"
+    starts = iter(at(9) + k * minutes(30) for k in range(200))
+
+    async def stored_length() -> timedelta:
+        [request_id] = accepted_ids([await book(booking_api, patient, doctor["id"], next(starts), type_id=kind["id"],
+                                                wait=0)])
+        [row] = rows(mysql, "SELECT start_time, end_time FROM booking_requests WHERE id = %s", request_id)
+        return row["end_time"] - row["start_time"]
+
+    assert await stored_length() == minutes(30)
+    assert await stored_length() == minutes(30)  # from this process's copy now
+    changed = await changing_api.patch(path, json={"duration_minutes": 45}, headers=doctor.headers)
+    assert changed.status_code == 200, changed.text
+    for _ in range(50):  # by pub/sub, a moment after the commit
+        if (length := await stored_length()) == minutes(45):
+            break
+        await asyncio.sleep(0.02)
+    assert length == minutes(45)
+    assert (await changing_api.delete(path, headers=doctor.headers)).status_code == 204
+    for _ in range(50):
+        refused = await book(booking_api, patient, doctor["id"], next(starts), type_id=kind["id"], wait=0)
+        if refused.status_code == 404:
+            break
+        await asyncio.sleep(0.02)
+    problem(refused, 404, "appointment_type_id")
+
+
 async def test_a_type_deactivated_between_request_and_decision_is_refused_by_the_decision(
     client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection, settings: Settings, stack: dict,
 ) -> None:

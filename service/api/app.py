@@ -55,6 +55,7 @@ from service.api.security import UserCache, jwt_auth
 from service.core.accounts import CurrentUser, Passwords
 from service.core.db import Connection, Database
 from service.core.directory import DirectoryCache
+from service.core.schedule import BookableTypes
 from service.core.settings import Settings
 
 API_DESCRIPTION = """\
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     user_cache = UserCache(settings.auth_cache_seconds)
     schedule_versions = ScheduleVersions()
     directory_cache = DirectoryCache(schedule_versions.of, schedule_versions.listing)  # retired with the versions
+    bookable_types = BookableTypes(schedule_versions.listing)
     listener = Notifications(redis, users=user_cache, schedule=schedule_versions)
     cached_responses = MemoryStore()
     auth = jwt_auth(settings)
@@ -174,6 +176,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "user_cache": value(user_cache),
             "schedule_versions": value(schedule_versions),
             "directory_cache": value(directory_cache),
+            "bookable_types": value(bookable_types),
             "user": Provide(provide_user, sync_to_thread=False),
         },
         lifespan=[lifespan],

@@ -11,6 +11,7 @@ from service.api.security import UserCache
 from service.core.accounts import CurrentUser, Passwords
 from service.core.db import Connection, Database
 from service.core.directory import DirectoryCache
+from service.core.schedule import BookableTypes
 from service.core.settings import Settings
 
 # What a handler parameter of that name receives (see the dependencies in app.py).
@@ -24,4 +25,5 @@ ListenerDep = NamedDependency[Notifications]  # listener: this process's pub/sub
 ScheduleDep = NamedDependency[ScheduleVersions]  # schedule_versions: versions of the doctors' schedules in this process
 UserCacheDep = NamedDependency[UserCache]  # user_cache
 DirectoryCacheDep = NamedDependency[DirectoryCache]  # directory_cache: listings and free slots in this process
+BookableTypesDep = NamedDependency[BookableTypes]  # bookable_types: the types bookings name, in this process
 

@@ -12,7 +12,7 @@ from service.core import staff
 from service.core.accounts import CurrentUser
 from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
 from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from service.core.schedule import bookable_type
+from service.core.schedule import BookableTypes, bookable_type
 from service.core.times import grid_span, on_grid, time_range, to_db, utcnow
 
 AppointmentStatus = Literal["confirmed", "checked_in", "completed", "no_show", "cancelled", "rescheduled"]
@@ -57,16 +57,16 @@ def fingerprint(doctor_id: int, type_id: int | None, start: datetime, end: datet
 
 
 async def requested_span(db: Database, doctor_id: int, start_time: datetime, end_time: datetime | None,
-                         type_id: int | None) -> tuple[datetime, datetime]:
+                         type_id: int | None, types: BookableTypes | None = None) -> tuple[datetime, datetime]:
     """The span a booking asks for: from its start and end, or from its start and its type's length (one of the
-    doctor's active types)."""
+    doctor's active types, from `types` while it holds them)."""
     if type_id is None:
         if end_time is None:
             raise InvalidInput("give end_time, or an appointment_type_id", field="end_time")
         return check_booking(start_time, end_time)
     if end_time is not None:
         raise InvalidInput("give either end_time or appointment_type_id, not both", field="end_time")
-    appointment_type = await bookable_type(db, doctor_id, type_id)
+    appointment_type = await bookable_type(db, doctor_id, type_id, types=types)
     start = on_grid(to_db(start_time, "start_time"), "start_time")
     try:
         end = start + timedelta(minutes=appointment_type["duration_minutes"])
@@ -79,6 +79,7 @@ async def store_request(
     db: Database, actor: CurrentUser, patient_id: int, doctor_id: int, start_time: datetime,
     end_time: datetime | None, notes: str | None, idempotency_key: str | None, type_id: int | None = None,
     reschedules: int | None = None, check_new: Callable[[], None] | None = None, kind: RequestKind | None = None,
+    types: BookableTypes | None = None,
 ) -> tuple[int, Row | None]:
     """Store the pending request (a booking, a hold, or the move of appointment `reschedules`), or find the one this
     Idempotency-Key already made. `actor` asks: the patient, or staff on the patient's
@@ -86,7 +87,7 @@ async def store_request(
 
     Returns the request id and, if it is new, its row as stored.
     """
-    start, end = await requested_span(db, doctor_id, start_time, end_time, type_id)
+    start, end = await requested_span(db, doctor_id, start_time, end_time, type_id, types)
     kind = kind or ("book" if reschedules is None else "reschedule")
     return await store_span_request(db, actor, patient_id, doctor_id, type_id, start, end, notes, idempotency_key,
                                     kind, reschedules=reschedules, check_new=check_new)

@@ -19,6 +19,7 @@ from service.core.appointments import requested_span, store_span_request
 from service.core.db import Connection, Database, Row
 from service.core.doctors import lock_doctor
 from service.core.errors import Conflict, NotFound
+from service.core.schedule import BookableTypes
 from service.core.settings import Settings
 from service.core.times import rfc3339, utcnow
 
@@ -43,11 +44,12 @@ def too_many(limit: int) -> Conflict:
 async def request_hold(
     db: Database, settings: Settings, user: CurrentUser, patient_id: int, doctor_id: int, start_time: datetime,
     end_time: datetime | None, type_id: int | None, notes: str | None, idempotency_key: str | None,
+    types: BookableTypes | None = None,
 ) -> tuple[int, Row | None]:
     """Store a hold request for the patient (asked by them, or by staff for them: staff.booking_patient), decided by
     the worker like a booking: the request id and its row if new. A patient with HOLDS_PER_PATIENT live holds is
     refused here already (and again, exactly, at the decision)."""
-    start, end = await requested_span(db, doctor_id, start_time, end_time, type_id)
+    start, end = await requested_span(db, doctor_id, start_time, end_time, type_id, types)
     live = await db.fetch_value("count_live_holds_of_patient", {"patient_id": patient_id, "now": utcnow()})
 
     def check_limit() -> None:  # a replayed Idempotency-Key answers where its request stands

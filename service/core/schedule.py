@@ -3,7 +3,8 @@ next available time from now. The rules themselves live in availability.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
@@ -143,9 +144,44 @@ async def doctor_time(db: Database, doctor_id: int, range_start: datetime,
     return doctor_time_from_rows(rows, zone, [(range_start, range_end)]), zone
 
 
-async def bookable_type(db: Database, doctor_id: int, type_id: int, field: str = "appointment_type_id") -> Row:
-    """One of the doctor's active appointment types; 404 naming `field` otherwise."""
-    found = await db.fetch_one("find_appointment_type", {"id": type_id})
+class BookableTypes:
+    """Each API process's copy of the appointment types that bookings name, so storing a booking needs no read of its
+    type. Entries hold while the listing's version does (`listing_version`: the API's ScheduleVersions.listing, which
+    every change of a type bumps, at once in this process, by pub/sub a moment later in the others; a booking's
+    decision does not) and for `ttl` seconds at most; at most `size` are kept.
+
+    A type changed a moment ago in another process is read as it stood, as if the booking had come a moment
+    earlier: its request keeps the length it was stored with either way, and the worker's decision checks, under the
+    doctor's lock, that the type is still active, with its rules as they are then.
+    """
+
+    def __init__(self, listing_version: Callable[[], str], ttl: float = 30.0, size: int = 10_000) -> None:
+        self.listing_version = listing_version
+        self.ttl = ttl
+        self.size = size
+        self._rows: dict[int, tuple[str, float, Row]] = {}
+
+    async def find(self, db: Database, type_id: int) -> Row | None:
+        """The type with this id (any doctor's, active or not), or None."""
+        version = self.listing_version()  # as it was before the read: a change meanwhile leaves the entry behind
+        cached = self._rows.get(type_id)
+        if cached is not None and cached[0] == version and cached[1] > time.monotonic():
+            return cached[2]
+        found = await db.fetch_one("find_appointment_type", {"id": type_id})
+        self._rows.pop(type_id, None)
+        if found is not None:
+            if len(self._rows) >= self.size:  # the oldest entry goes
+                del self._rows[next(iter(self._rows))]
+            self._rows[type_id] = (version, time.monotonic() + self.ttl, found)
+        return found
+
+
+async def bookable_type(db: Database, doctor_id: int, type_id: int, field: str = "appointment_type_id",
+                        types: BookableTypes | None = None) -> Row:
+    """One of the doctor's active appointment types (from `types` while it holds it); 404 naming `field`
+    otherwise."""
+    found = await (types.find(db, type_id) if types is not None else db.fetch_one("find_appointment_type",
+                                                                                 {"id": type_id}))
     if found is None or found["doctor_id"] != doctor_id or not found["active"]:
         raise NotFound(f"doctor {doctor_id} has no active appointment type {type_id}",
                        errors=[{"field": field, "message": "no such active type of this doctor"}])

@@ -14,6 +14,7 @@ from msgspec import Meta
 
 from service.api.answers import BookingAccepted, IdempotencyKey, Prefer, accepted
 from service.api.dependencies import (
+    BookableTypesDep,
     DatabaseDep,
     ListenerDep,
     RedisDep,
@@ -82,13 +83,14 @@ class AppointmentController(Controller):
         db: DatabaseDep,
         redis: RedisDep,
         listener: ListenerDep,
+        bookable_types: BookableTypesDep,
         idempotency_key: IdempotencyKey = None,
         prefer: Prefer = None,
     ) -> Response[BookingAccepted]:
         patient_id = await staff.booking_patient(db, user, data.patient_id)
         request_id, stored = await appointments.store_request(
             db, user, patient_id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
-            data.appointment_type_id)
+            data.appointment_type_id, types=bookable_types)
         return await accepted(db, redis, listener, user, data.doctor_id, request_id, stored, prefer)
 
     @post(

@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from service.api.answers import BookingAccepted, IdempotencyKey, Prefer, accepted
 from service.api.dependencies import (
+    BookableTypesDep,
     DatabaseDep,
     ListenerDep,
     RedisDep,
@@ -53,12 +54,13 @@ class HoldController(Controller):
     )
     async def hold(
         self, data: Annotated[HoldIn, Body()], user: UserDep, db: DatabaseDep, redis: RedisDep,
-        listener: ListenerDep, settings: SettingsDep, idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
+        listener: ListenerDep, settings: SettingsDep, bookable_types: BookableTypesDep,
+        idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
     ) -> Response[BookingAccepted]:
         patient_id = await staff.booking_patient(db, user, data.patient_id)
         request_id, stored = await holds.request_hold(db, settings, user, patient_id, data.doctor_id,
                                                       data.start_time, data.end_time, data.appointment_type_id,
-                                                      data.notes, idempotency_key)
+                                                      data.notes, idempotency_key, bookable_types)
         return await accepted(db, redis, listener, user, data.doctor_id, request_id, stored, prefer)
 
     @get("/{hold_id:int}", operation_id="getHold", summary="One of your holds",
