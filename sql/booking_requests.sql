@@ -30,29 +30,22 @@ LIMIT %(limit)s OFFSET %(offset)s;
 SELECT COUNT(*) FROM booking_requests
 WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s);
 
--- name: lock_doctor_and_pending_requests
--- The doctor's row lock (lock_doctor) and the doctor's pending requests, oldest first, each with the rules of its
--- appointment type if that is one of the doctor's active ones (`type_id` NULL otherwise), in one round trip: one
--- row with NULL request columns when nothing is pending, none when there is no such doctor. (The type rows are
--- locked too, after the doctor's, in the order every change of a type takes them.)
-SELECT d.id AS doctor_id, d.timezone, br.id, br.patient_id, br.appointment_type_id, br.start_time, br.end_time,
-       br.notes, br.reschedules, br.kind, br.hold_id, br.requested_by, br.created_at, br.requested_in_history,
-       t.id AS type_id, t.buffer_before_minutes, t.buffer_after_minutes, t.min_notice_minutes, t.max_days_ahead
-FROM users d
-LEFT JOIN booking_requests br ON br.doctor_id = d.id AND br.status = 'pending'
-LEFT JOIN appointment_types t ON t.id = br.appointment_type_id AND t.doctor_id = d.id AND t.active
-WHERE d.id = %(doctor_id)s AND d.role = 'Doctor'
-ORDER BY br.id
-LIMIT %(limit)s
-FOR UPDATE;
+-- name: lock_doctor_for_decision
+-- The doctor's row lock (lock_doctor) and time zone; no row when there is no such doctor.
+SELECT id, timezone FROM users WHERE id = %(doctor_id)s AND role = 'Doctor' FOR UPDATE;
 
 -- name: lock_pending_requests_of_doctor
--- Oldest first, so a contested slot goes to whoever asked first.
-SELECT id, patient_id, doctor_id, appointment_type_id, start_time, end_time, notes, reschedules, kind, hold_id,
-       requested_by, created_at, requested_in_history
-FROM booking_requests
-WHERE doctor_id = %(doctor_id)s AND status = 'pending'
-ORDER BY id
+-- Oldest first, so a contested slot goes to whoever asked first; each with the rules of its appointment type if
+-- that is one of the doctor's active ones (`type_id` NULL otherwise). Read in the order of the (doctor, status, id)
+-- index, so the scan stops at the limit and locks only the rows returned, however many are pending (without the
+-- hint, MariaDB may scan every pending request of every doctor through the (status, created_at) index and sort).
+SELECT br.id, br.patient_id, br.appointment_type_id, br.start_time, br.end_time, br.notes, br.reschedules, br.kind,
+       br.hold_id, br.requested_by, br.created_at, br.requested_in_history,
+       t.id AS type_id, t.buffer_before_minutes, t.buffer_after_minutes, t.min_notice_minutes, t.max_days_ahead
+FROM booking_requests br FORCE INDEX (idx_booking_requests_doctor_pending)
+LEFT JOIN appointment_types t ON t.id = br.appointment_type_id AND t.doctor_id = br.doctor_id AND t.active
+WHERE br.doctor_id = %(doctor_id)s AND br.status = 'pending'
+ORDER BY br.id
 LIMIT %(limit)s
 FOR UPDATE;
 

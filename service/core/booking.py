@@ -202,15 +202,14 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
     if locked_first:
         await tx.fetch_all("lock_users", {"ids": tuple(sorted(locked_first))})
     params = {"doctor_id": doctor_id, "limit": batch_size}
-    rows = await tx.fetch_all("lock_doctor_and_pending_requests", params)
-    doctor_exists = bool(rows)
-    if not doctor_exists:
-        rows = await tx.fetch_all("lock_pending_requests_of_doctor", params)
+    doctor_rows, rows = await tx.fetch_batch([  # one round trip, the doctor's lock first
+        ("lock_doctor_for_decision", params), ("lock_pending_requests_of_doctor", params)])
+    doctor_exists = bool(doctor_rows)
     now = utcnow()
     requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"],
                                r["appointment_type_id"], r["reschedules"], r["kind"], r["hold_id"], r["requested_by"],
                                r["created_at"], bool(r["requested_in_history"]))
-                for r in rows if r["id"] is not None]
+                for r in rows]
     policy = policy or HoldPolicy()
     types: dict[int, Row] = {}
     moving: dict[int, Moving] = {}
@@ -226,19 +225,24 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
             holds.holding = {row["id"]: HeldSlot(**row) for row in await tx.fetch_all("find_holds_by_id", {
                 "ids": hold_ids, "doctor_id": doctor_id})}
         patient_ids = tuple(sorted({r.patient_id for r in requests}))
-        await tx.fetch_all("lock_users", {"ids": patient_ids})
-        if any(r.kind == "hold" for r in requests):  # counted under the patients' locks: no two batches overrun it
-            holds.counts = {row["patient_id"]: row["live"] for row in await tx.fetch_all(
-                "count_live_holds_of_patients", {"ids": patient_ids, "now": now})}
+        ranges = ranges_to_read(requests)
+        # One round trip: the patients' locks, then (under them) their live holds if the batch makes holds, and
+        # the schedule of each range.
+        counting_holds = any(r.kind == "hold" for r in requests)  # under the patients' locks: none overrun
+        _, *read = await tx.fetch_batch([
+            ("lock_users", {"ids": patient_ids}),
+            *([("count_live_holds_of_patients", {"ids": patient_ids, "now": now})] if counting_holds else []),
+            *(("list_schedule_between", {"doctor_id": doctor_id, "patient_ids": patient_ids,
+                                         **read_bounds(start, end, now)}) for start, end in ranges)])
+        if counting_holds:
+            holds.counts = {row["patient_id"]: row["live"] for row in read.pop(0)}
         moving_keys = set(moving) | {hold_key(hold_id) for hold_id in holds.holding}
         types = {r["type_id"]: {name: r[name] for name in TYPE_RULES} for r in rows if r["type_id"] is not None}
-        ranges = ranges_to_read(requests)
         schedule_rows: list[Row] = []
         patient_taken: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
         patient_moving: dict[int, dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
-        for start, end in ranges:
-            for row in await tx.fetch_all("list_schedule_between", {
-                    "doctor_id": doctor_id, "patient_ids": patient_ids, **read_bounds(start, end, now)}):
+        for range_rows in read:
+            for row in range_rows:
                 if row["kind"] not in PATIENT_ROWS:
                     schedule_rows.append(row)
                     continue
@@ -247,7 +251,7 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
                     patient_moving[row["patient_id"]][key] = (row["start_time"], row["end_time"])
                 else:
                     patient_taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
-        doctor = doctor_time_from_rows(schedule_rows, zone_named(rows[0]["timezone"]), ranges, moving_keys)
+        doctor = doctor_time_from_rows(schedule_rows, zone_named(doctor_rows[0]["timezone"]), ranges, moving_keys)
         patients = {p: Taken(patient_taken.get(p, ()), patient_moving.get(p)) for p in patient_ids}
         decisions = decide(requests, doctor, patients, now, types, moving, holds)
     await record_decisions(tx, doctor_id, requests, decisions, now, types, moving, holds, policy)
@@ -274,7 +278,7 @@ async def lock_moving_appointments(tx: Connection, doctor_id: int, appointment_i
             for row in await tx.fetch_all("find_appointments_by_id", {"ids": appointment_ids})}
 
 
-# The columns of a request's type that a decision uses (lock_doctor_and_pending_requests reads them with it).
+# The columns of a request's type that a decision uses (lock_pending_requests_of_doctor reads them with it).
 TYPE_RULES = ("buffer_before_minutes", "buffer_after_minutes", "min_notice_minutes", "max_days_ahead")
 PATIENT_ROWS = ("patient", "patient_hold")  # list_schedule_between's rows of the batch's patients' own time
 
@@ -337,9 +341,10 @@ async def record_decisions(
     policy: HoldPolicy | None = None,
 ) -> None:
     """Write a batch's decisions: appointments made (and moved), holds made and confirmed, requests decided, their
-    history and their events."""
+    history and their events. Whatever needs no answer from MySQL goes in one round trip at the end."""
     holds = holds or Holds()
     by_id = {r.id: r for r in requests}
+    writes = tx.batch()
     changes = await requested_rows(tx, requests, now)
     made = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
     if held := [r for r in made if r.kind == "hold"]:
@@ -358,14 +363,14 @@ async def record_decisions(
             await tx.execute_many("insert_appointment", appointments)
             appointment_ids = {row["booking_request_id"]: row["id"] for row in
                                await tx.fetch_all("appointments_of_requests", {"ids": confirmed_ids})}
-        await tx.execute("confirm_booking_requests", {"ids": confirmed_ids, "now": now})
+        await writes.execute("confirm_booking_requests", {"ids": confirmed_ids, "now": now})
         if moved:
-            await tx.execute("link_rescheduled_appointments", {"ids": moved})
+            await writes.execute("link_rescheduled_appointments", {"ids": moved})
         if held_confirmed := [r for r in confirmed if r.kind == "confirm_hold"]:
             confirmations = [{"id": r.hold_id, "appointment_id": appointment_ids[r.id], "now": now}
                              for r in held_confirmed]
-            await tx.execute_many("mark_hold_confirmed", confirmations)
-            await tx.execute_many("mark_waitlist_entry_booked", confirmations)  # an offer from the waitlist
+            await writes.execute_many("mark_hold_confirmed", confirmations)
+            await writes.execute_many("mark_waitlist_entry_booked", confirmations)  # an offer from the waitlist
         for d in decisions:
             if d.status == "confirmed" and by_id[d.request_id].kind != "hold":
                 d.appointment_id = appointment_ids[d.request_id]
@@ -382,12 +387,13 @@ async def record_decisions(
             changes.append(history.entry("rejected", now, appointment_id=by_id[d.request_id].reschedules,
                                          request_id=d.request_id, reason=d.reason))
     for reason, ids in rejected.items():
-        await tx.execute("reject_booking_requests", {"ids": tuple(ids), "reason": reason, "now": now})
-    await history.record(tx, changes)
-    # The batch's events, in the same transaction (one statement); the worker asks for their delivery after commit.
+        await writes.execute("reject_booking_requests", {"ids": tuple(ids), "reason": reason, "now": now})
+    await history.record(writes, changes)
+    # The batch's events, in the same transaction; the worker asks for their delivery after commit.
     # A slot hold is no appointment yet: its confirmation is the event.
-    await record_events(tx, [decision_event(d, by_id[d.request_id], doctor_id, now, moving or {})
-                             for d in decisions if by_id[d.request_id].kind != "hold"], now=now)
+    await record_events(writes, [decision_event(d, by_id[d.request_id], doctor_id, now, moving or {})
+                                 for d in decisions if by_id[d.request_id].kind != "hold"], now=now)
+    await writes.send()
 
 
 async def requested_rows(tx: Connection, requests: list[PendingRequest], now: datetime) -> list[Row]:

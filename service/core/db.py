@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncmy
-from asyncmy.cursors import DictCursor
+from asyncmy.constants.CLIENT import MULTI_STATEMENTS
+from asyncmy.cursors import Cursor, DictCursor
 
 from service.core.settings import Settings
 
@@ -52,45 +53,116 @@ def mysql_error_code(exc: BaseException) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+Statement = tuple[str, Mapping[str, Any] | None]  # a named query and its parameters
+
+
 class Connection:
-    """One pooled connection; runs named queries with named parameters."""
+    """One pooled connection; runs named queries with named parameters.
 
-    __slots__ = ("_after_commit", "raw")
+    In a transaction, BEGIN goes to MySQL with the first statement, in one round trip (a round trip costs more than
+    the statements of a booking do, see the README's benchmark notes); `fetch_batch` and `Batch` send several
+    statements in one.
+    """
 
-    def __init__(self, raw: asyncmy.Connection) -> None:
+    __slots__ = ("_after_commit", "_begin", "raw")
+
+    def __init__(self, raw: asyncmy.Connection, begin: bool = False) -> None:
         self.raw = raw
+        self._begin = begin  # a transaction whose BEGIN is still to be sent
         self._after_commit: list[Callable[[], Awaitable[None]]] = []
 
     def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run `callback` once this transaction has committed; never if it rolls back."""
         self._after_commit.append(callback)
 
+    async def _run(self, cursor: Cursor, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """Execute `sql` (one statement or several), with the transaction's BEGIN first if it is still to be sent;
+        the cursor is left on the first result of `sql`. Returns that result's rows affected."""
+        if not self._begin:
+            return await cursor.execute(sql, params)
+        self._begin = False
+        await cursor.execute("BEGIN;\n" + cursor.mogrify(sql, params))
+        await cursor.nextset()
+        return cursor.rowcount
+
     async def fetch_one(self, query: str, params: Mapping[str, Any] | None = None) -> Row | None:
         async with self.raw.cursor(DictCursor) as cursor:
-            await cursor.execute(QUERIES[query], params)
+            await self._run(cursor, QUERIES[query], params)
             return await cursor.fetchone()
 
     async def fetch_all(self, query: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         async with self.raw.cursor(DictCursor) as cursor:
-            await cursor.execute(QUERIES[query], params)
+            await self._run(cursor, QUERIES[query], params)
             return list(await cursor.fetchall())
+
+    async def fetch_batch(self, statements: list[Statement]) -> list[list[Row]]:
+        """Several reads (or locking reads) in one round trip, run in order; each one's rows."""
+        async with self.raw.cursor(DictCursor) as cursor:
+            await self._run(cursor, _joined(cursor, statements))
+            results = [list(await cursor.fetchall())]
+            while await cursor.nextset():
+                results.append(list(await cursor.fetchall()))
+            return results
 
     async def fetch_value(self, query: str, params: Mapping[str, Any] | None = None) -> Any:
         async with self.raw.cursor() as cursor:
-            await cursor.execute(QUERIES[query], params)
+            await self._run(cursor, QUERIES[query], params)
             row = await cursor.fetchone()
             return row[0] if row else None
 
     async def execute(self, query: str, params: Mapping[str, Any] | None = None) -> tuple[int, int]:
         """Run a write; return (rows affected, last insert id)."""
         async with self.raw.cursor() as cursor:
-            affected = await cursor.execute(QUERIES[query], params)
+            affected = await self._run(cursor, QUERIES[query], params)
             return affected, cursor.lastrowid
 
     async def execute_many(self, query: str, rows: list[Mapping[str, Any]]) -> int:
         """Run one write for many rows (asyncmy folds an INSERT … VALUES into one statement)."""
+        if self._begin:  # asyncmy folds only a lone INSERT: BEGIN goes on its own
+            self._begin = False
+            await self.raw.begin()
         async with self.raw.cursor() as cursor:
             return await cursor.executemany(QUERIES[query], rows)
+
+    def batch(self) -> Batch:
+        return Batch(self)
+
+
+class Batch:
+    """Writes whose results nobody reads, sent together in one round trip by `send()`, in the order they were
+    added. It takes a Connection's place for them (history.record, outbox.record_events)."""
+
+    __slots__ = ("_conn", "_statements")
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._statements: list[Statement] = []
+
+    async def execute(self, query: str, params: Mapping[str, Any] | None = None) -> None:
+        self._statements.append((query, params))
+
+    async def execute_many(self, query: str, rows: list[Mapping[str, Any]]) -> None:
+        self._statements += [(query, row) for row in rows]
+
+    def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._conn.after_commit(callback)
+
+    async def send(self) -> None:
+        if not self._statements:
+            return
+        async with self._conn.raw.cursor() as cursor:
+            await self._conn._run(cursor, _joined(cursor, self._statements))
+            while await cursor.nextset():
+                pass
+        self._statements = []
+
+
+def _joined(cursor: Cursor, statements: list[Statement]) -> str:
+    """Named queries with their parameters escaped by the driver (as `execute` does), as one multi-statement."""
+    return ";\n".join(cursor.mogrify(QUERIES[query], params) for query, params in statements)
+
+
+Writer = Connection | Batch  # where writes whose results nobody reads can go
 
 
 class Database:
@@ -115,6 +187,9 @@ class Database:
             # Every read after a row lock sees all that was committed before it (see core/booking.py),
             # and range scans take no gap locks that would stall the API's inserts.
             init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            # Several statements in one round trip (Connection): only named queries from sql/ are ever sent, with
+            # every parameter escaped by the driver, so no input can add a statement.
+            client_flag=MULTI_STATEMENTS,
             pool_recycle=3600,
             connect_timeout=5,
         )
@@ -136,14 +211,15 @@ class Database:
         The one transaction helper: request handlers and the worker both use it.
         """
         async with self.pool.acquire() as raw:
-            await raw.begin()
-            tx = Connection(raw)
+            tx = Connection(raw, begin=True)  # BEGIN goes with the first statement
             try:
                 yield tx
             except BaseException:
-                await _rollback_quietly(raw)
+                if not tx._begin:
+                    await _rollback_quietly(raw)
                 raise
-            await raw.commit()
+            if not tx._begin:
+                await raw.commit()
         for callback in tx._after_commit:
             await callback()
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Literal
 
 from service.core.accounts import CurrentUser
-from service.core.db import Connection, Database, Row
+from service.core.db import Database, Row, Writer
 
 Action = Literal["requested", "confirmed", "rejected", "failed", "rescheduled", "status_changed", "cancelled", "held"]
 SYSTEM = "system"  # the actor of a worker's decision
@@ -34,8 +34,8 @@ def requested(request_id: int, at: datetime, actor_id: int, actor_role: str, app
             "reason": None}
 
 
-async def record(tx: Connection, entries: list[Row]) -> None:
-    """Append rows, in the caller's transaction: one round trip however many."""
+async def record(tx: Writer, entries: list[Row]) -> None:
+    """Append rows, in the caller's transaction (or its batch of writes): one statement however many."""
     if len(entries) == 1:
         await tx.execute("insert_history", entries[0])
     elif entries:

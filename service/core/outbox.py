@@ -21,7 +21,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from service.core import times
-from service.core.db import Connection, Database, Row
+from service.core.db import Database, Row, Writer
 from service.core.queue import enqueue_dispatch
 from service.core.times import utcnow
 
@@ -97,7 +97,7 @@ def appointment_event(type_: str, row: Row, sequence: int = 0, previous: Row | N
     return Event(type_, row["doctor_id"], row["patient_id"], row["id"], data)
 
 
-async def record_events(tx: Connection, events: list[Event], redis: Redis | None = None,
+async def record_events(tx: Writer, events: list[Event], redis: Redis | None = None,
                         now: datetime | None = None) -> None:
     """Write `events` to the outbox inside the caller's transaction, in one statement. With `redis`, the worker is
     asked to deliver them once the transaction commits (without it, the caller asks, or the sweep finds them)."""

@@ -46,6 +46,7 @@ RESULTS = ROOT / "tests" / "bench" / "results"
 MYSQL_SERVER = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
 REDIS_SERVER = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 SCENARIOS = ("steady", "rush", "directory", "mixed", "soak")
+SLOTS_A_DAY = 16  # the raw baseline's: 30 minutes apart from 08:00 to 16:00
 
 
 class BenchmarkFailed(AssertionError):
@@ -56,38 +57,40 @@ async def raw_booking_baseline(settings: Settings, bookings: int, concurrency: i
     """Bookings per second of the worker's own transaction in a tight loop over asyncmy: no HTTP, no queue.
 
     One pending request per transaction (no batching), `concurrency` doctors in parallel, each request of an
-    appointment type with a buffer as in the steady load (its history and outbox rows written as there).
+    appointment type with a buffer as in the steady load (its history and outbox rows written as there), each one
+    confirmed (the run fails otherwise: a rejection writes less than a booking).
     """
     db = await Database.connect(settings, min_size=concurrency)
     now = utcnow()
     start = now.replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=300)
     per_doctor = bookings // concurrency
     doctor_ids = []
-    async with db.transaction() as tx:
-        raw = tx.raw
-        async with raw.cursor() as cursor:
-            for i in range(concurrency):
-                await cursor.execute(
-                    "INSERT INTO users (email, name, role, password_hash, created_at) VALUES (%s, %s, %s, 'x', %s)",
-                    (f"raw-doctor-{i}@bench.example", f"Raw {i}", "Doctor", now))
-                doctor_ids.append(cursor.lastrowid)
-                await cursor.execute(
-                    "INSERT INTO users (email, name, role, password_hash, created_at) VALUES (%s, %s, %s, 'x', %s)",
-                    (f"raw-patient-{i}@bench.example", f"Raw patient {i}", "Patient", now))
-                patient_id = cursor.lastrowid
-                await cursor.execute(
-                    "INSERT INTO availabilities (doctor_id, start_time, end_time, created_at) VALUES (%s, %s, %s, %s)",
-                    (doctor_ids[-1], start, start + timedelta(days=30), now))
-                await cursor.execute(
-                    "INSERT INTO appointment_types (doctor_id, name, duration_minutes, buffer_after_minutes,"
-                    " min_notice_minutes, created_at, updated_at) VALUES (%s, 'Consultation', 25, 5, 60, %s, %s)",
-                    (doctor_ids[-1], now, now))
-                type_id = cursor.lastrowid
-                await cursor.executemany(
-                    "INSERT INTO booking_requests (patient_id, doctor_id, appointment_type_id, start_time, end_time,"
-                    " created_at) VALUES (%s, %s, %s, %s, %s, %s)",
-                    [(patient_id, doctor_ids[-1], type_id, start + timedelta(minutes=30 * k),
-                      start + timedelta(minutes=30 * k + 25), now) for k in range(per_doctor)])
+    async with db.connection() as conn, conn.raw.cursor() as cursor:  # the setup, a statement at a time
+        for i in range(concurrency):
+            await cursor.execute(
+                "INSERT INTO users (email, name, role, password_hash, created_at) VALUES (%s, %s, %s, 'x', %s)",
+                (f"raw-doctor-{i}@bench.example", f"Raw {i}", "Doctor", now))
+            doctor_ids.append(cursor.lastrowid)
+            await cursor.execute(
+                "INSERT INTO users (email, name, role, password_hash, created_at) VALUES (%s, %s, %s, 'x', %s)",
+                (f"raw-patient-{i}@bench.example", f"Raw patient {i}", "Patient", now))
+            patient_id = cursor.lastrowid
+            # Windows of 08:00-16:00 (a window is at most 24 hours: the decision reads no longer ones whole).
+            await cursor.executemany(
+                "INSERT INTO availabilities (doctor_id, start_time, end_time, created_at) VALUES (%s, %s, %s, %s)",
+                [(doctor_ids[-1], start + timedelta(days=day), start + timedelta(days=day, hours=8), now)
+                 for day in range(-(-per_doctor // SLOTS_A_DAY))])
+            await cursor.execute(
+                "INSERT INTO appointment_types (doctor_id, name, duration_minutes, buffer_after_minutes,"
+                " min_notice_minutes, created_at, updated_at) VALUES (%s, 'Consultation', 25, 5, 60, %s, %s)",
+                (doctor_ids[-1], now, now))
+            type_id = cursor.lastrowid
+            await cursor.executemany(
+                "INSERT INTO booking_requests (patient_id, doctor_id, appointment_type_id, start_time, end_time,"
+                " created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                [(patient_id, doctor_ids[-1], type_id, slot, slot + timedelta(minutes=25), now)
+                 for slot in (start + timedelta(days=k // SLOTS_A_DAY, minutes=30 * (k % SLOTS_A_DAY))
+                              for k in range(per_doctor))])
 
     async def one_doctor(doctor_id: int) -> int:
         decided = 0
@@ -98,7 +101,13 @@ async def raw_booking_baseline(settings: Settings, bookings: int, concurrency: i
     began = time.perf_counter()
     total = sum(await asyncio.gather(*(one_doctor(d) for d in doctor_ids)))
     elapsed = time.perf_counter() - began
+    async with db.connection() as conn, conn.raw.cursor() as cursor:
+        await cursor.execute("SELECT status, COUNT(*) FROM booking_requests WHERE doctor_id IN %s GROUP BY status",
+                             (tuple(doctor_ids),))
+        outcomes = dict(await cursor.fetchall())
     await db.close()
+    if outcomes != {"confirmed": per_doctor * concurrency}:
+        raise BenchmarkFailed(f"the raw baseline's requests should all be confirmed: {outcomes}")
     return total / elapsed
 
 
