@@ -24,8 +24,9 @@ from yoyo import read_migrations
 from scripts.docker_secrets import with_secrets
 from service.api.app import create_app
 from service.api.extensions import resolve_dependencies_in_turn
-from service.core.db import MIGRATIONS_DIR, QUERIES, load_queries, migrate
+from service.core.db import ER_DUP_ENTRY, MIGRATIONS_DIR, QUERIES, Database, load_queries, migrate, mysql_error_code
 from service.core.settings import MySQLAddress, Settings, SettingsError
+from service.core.times import utcnow
 from tests.support import Processes
 
 TABLES = {"users", "availabilities", "booking_requests", "appointments", "password_reset_tokens", "weekly_hours",
@@ -327,6 +328,59 @@ def test_migrations_create_the_database_apply_twice_harmlessly_and_roll_back(set
 
 
 # --- health ---------------------------------------------------------------------------------------------------
+
+def user_row(email: str) -> dict[str, Any]:
+    return {"email": email, "name": "Db Test", "role": "Patient", "specialty": None, "timezone": "UTC",
+            "password_hash": "x", "created_at": utcnow()}
+
+
+def emails_like(mysql: pymysql.Connection, prefix: str) -> list[str]:
+    with mysql.cursor() as cursor:
+        cursor.execute("SELECT email FROM users WHERE email LIKE %s ORDER BY id", (prefix + "%",))
+        return [row["email"] for row in cursor.fetchall()]
+
+
+async def test_a_transactions_begin_goes_with_its_first_statement_and_a_failed_batch_undoes_it_all(
+    db: Database, mysql: pymysql.Connection,
+) -> None:
+    """BEGIN travels with the first statement (Connection._run), yet the transaction is real: nothing is seen
+    outside before the commit; a batch whose second write fails rolls back the whole transaction."""
+    tag = f"tx-{secrets.token_hex(4)}-"
+    async with db.transaction() as tx:
+        await tx.execute("insert_user", user_row(tag + "a@example.com"))
+        assert emails_like(mysql, tag) == []  # not committed yet: not autocommitted either
+    assert emails_like(mysql, tag) == [tag + "a@example.com"]
+
+    with pytest.raises(Exception) as raised:
+        async with db.transaction() as tx:
+            await tx.execute("insert_user", user_row(tag + "b@example.com"))
+            writes = tx.batch()
+            await writes.execute("insert_user", user_row(tag + "c@example.com"))
+            await writes.execute("insert_user", user_row(tag + "a@example.com"))  # taken: the batch fails here
+            await writes.execute("insert_user", user_row(tag + "d@example.com"))
+            await writes.send()
+    assert mysql_error_code(raised.value) == ER_DUP_ENTRY
+    assert emails_like(mysql, tag) == [tag + "a@example.com"]
+    async with db.connection() as conn:  # the pooled connection is clean for its next user
+        assert (await conn.fetch_one("find_user_by_email", {"email": tag + "a@example.com"}))["name"] == "Db Test"
+
+
+async def test_batched_statements_escape_every_value_and_answer_in_order(
+    db: Database, mysql: pymysql.Connection,
+) -> None:
+    """Several statements go in one round trip (MULTI_STATEMENTS), each value escaped by the driver: a value that
+    looks like another statement is stored as it is, and adds none."""
+    tag = f"esc-{secrets.token_hex(4)}-"
+    sneaky = tag + "x'); DELETE FROM users; -- \\'@example.com"
+    async with db.transaction() as tx:
+        writes = tx.batch()
+        await writes.execute_many("insert_user", [user_row(sneaky), user_row(tag + "plain@example.com")])
+        await writes.send()
+        first, second = await tx.fetch_batch([
+            ("find_user_by_email", {"email": sneaky}), ("find_user_by_email", {"email": tag + "plain@example.com"})])
+    assert [row["email"] for row in first + second] == [sneaky, tag + "plain@example.com"]
+    assert emails_like(mysql, tag) == [sneaky, tag + "plain@example.com"]
+
 
 async def test_health_is_ok_when_mysql_and_redis_answer(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
