@@ -382,6 +382,29 @@ async def test_batched_statements_escape_every_value_and_answer_in_order(
     assert emails_like(mysql, tag) == [sneaky, tag + "plain@example.com"]
 
 
+async def test_a_connection_lost_while_being_made_is_cant_connect_not_a_crash(
+    db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncmy can raise RuntimeError when the server goes away in the middle of a new connection's handshake (seen
+    in test_mysql_restarted_under_load as a 500): it is MySQL being out of reach (2003, a 503), while a RuntimeError
+    of the caller's own passes through as it is."""
+
+    def server_gone_mid_connect() -> object:
+        raise RuntimeError("Transport does not expose socket instance")
+
+    with pytest.raises(RuntimeError, match="mine"):  # the caller's own, raised with a connection in hand
+        async with db.connection():
+            raise RuntimeError("mine")
+    monkeypatch.setattr(db.pool, "acquire", server_gone_mid_connect)  # the fault, injected
+    with pytest.raises(Exception) as raised:
+        await db.fetch_one("find_user_by_email", {"email": "nobody@example.com"})
+    assert mysql_error_code(raised.value) == 2003
+    with pytest.raises(Exception) as raised:
+        async with db.transaction():
+            pass
+    assert mysql_error_code(raised.value) == 2003
+
+
 async def test_health_is_ok_when_mysql_and_redis_answer(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
     assert response.status_code == 200

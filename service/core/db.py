@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncmy
+import asyncmy.errors
 from asyncmy.constants.CLIENT import MULTI_STATEMENTS
 from asyncmy.cursors import Cursor, DictCursor
 
@@ -200,8 +201,23 @@ class Database:
         await self.pool.wait_closed()
 
     @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncmy.Connection]:
+        """A pooled connection. A server that goes away while a new connection is being made can make asyncmy
+        raise RuntimeError ("Transport does not expose socket instance", setting keep-alive on a transport already
+        closed): that is "can't connect" (2003) too, which the API answers 503."""
+        acquired = False
+        try:
+            async with self.pool.acquire() as raw:
+                acquired = True
+                yield raw
+        except RuntimeError as exc:
+            if acquired:  # the caller's, not the connection's
+                raise
+            raise asyncmy.errors.OperationalError(2003, f"Can't connect to MySQL server: {exc}") from exc
+
+    @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
-        async with self.pool.acquire() as raw:
+        async with self._acquire() as raw:
             yield Connection(raw)
 
     @asynccontextmanager
@@ -210,7 +226,7 @@ class Database:
 
         The one transaction helper: request handlers and the worker both use it.
         """
-        async with self.pool.acquire() as raw:
+        async with self._acquire() as raw:
             tx = Connection(raw, begin=True)  # BEGIN goes with the first statement
             try:
                 yield tx
