@@ -90,7 +90,7 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     bcrypt_rounds: Annotated[int, _between(4, 31)] = 12
     access_token_minutes: Annotated[int, _between(1, 1440)] = msgspec.field(
         default=30, name="ACCESS_TOKEN_EXPIRE_MINUTES")
-    auth_cache_seconds: Annotated[float, _between(0, 300)] = 10.0
+    auth_cache_seconds: Annotated[float, _between(0, 300)] = 30.0
     reset_token_minutes: Annotated[int, _between(1, 1440)] = msgspec.field(
         default=30, name="RESET_TOKEN_EXPIRE_MINUTES")
     smtp_url: Annotated[str, Meta(pattern=r"^$|^smtps?://")] = ""
