@@ -38,7 +38,8 @@ from service.core.times import utcnow
 from tests.factory import Factory, User, at, iso
 from tests.support import Processes, claim_redis_db, log_of, no_overlapping_confirmed, release_redis_db
 from worker.arq_ext import CLAIM_SCRIPT
-from worker.jobs import retry_or_fail
+from worker.jobs import announce, retry_or_fail
+from worker.lock import DoctorLock
 
 
 async def decision(client: httpx.AsyncClient, patient: User, request_id: int, wait: int = 20) -> dict:
@@ -701,3 +702,44 @@ async def test_a_decision_locks_only_the_pending_requests_it_decides_however_man
             cursor.execute("DELETE FROM booking_requests WHERE doctor_id IN %s", (tuple(doctors),))
             cursor.execute("DELETE FROM appointment_types WHERE id = %s", (type_id,))
             cursor.execute("DELETE FROM users WHERE id IN %s", (tuple(doctors + patients),))
+
+
+async def test_after_its_commit_a_job_releases_announces_and_asks_for_delivery_in_one_round_trip(
+    bare_redis: ArqRedis, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """worker/jobs.py's announce: the doctor's lock released (only if still ours), the decisions published to the
+    API processes, a dispatch job queued (folded into one already waiting), all in one pipeline."""
+    decided = Decided(5, utcnow(), [Decision(41, "confirmed", appointment_id=9)])
+    pubsub = bare_redis.pubsub()
+    await pubsub.subscribe(channel(bare_redis, DECISIONS))
+    await pubsub.get_message(timeout=1)  # the subscription's own reply
+    lock = DoctorLock(bare_redis, 5, 10_000)
+    assert await lock.acquire(0.1)
+    calls: list[object] = []
+    original = type(bare_redis).pipeline
+
+    def counting_pipeline(self: ArqRedis, *args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(bare_redis), "pipeline", counting_pipeline)
+        await announce(bare_redis, lock, decided, dispatch=True)
+    assert len(calls) == 1
+    assert not await bare_redis.exists(lock.key)
+    message = await pubsub.get_message(timeout=2)
+    assert read_decided_message(message["data"]) == decided
+    [dispatch] = [job.decode() for job in await bare_redis.zrange("arq:queue", 0, -1)]
+    assert dispatch.startswith("outbox:") and await bare_redis.exists("outbox:dispatch-queued")
+    await announce(bare_redis, None, decided, dispatch=True)  # without a lock; the waiting dispatch job suffices
+    assert len(await bare_redis.zrange("arq:queue", 0, -1)) == 1
+    assert read_decided_message((await pubsub.get_message(timeout=2))["data"]) == decided
+
+    # A lock that lapsed and went to another holder is left to it, and said.
+    lock = DoctorLock(bare_redis, 6, 10_000)
+    await bare_redis.set(lock.key, "someone else's")
+    with caplog.at_level("WARNING", logger="worker"):
+        await announce(bare_redis, lock, Decided(6, utcnow(), []), dispatch=False)
+    assert await bare_redis.get(lock.key) == b"someone else's"
+    assert "expired before the booking finished" in caplog.text
+    await pubsub.aclose()

@@ -128,12 +128,7 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
     log_decisions(decided)
     if faults.armed:
         faults.hit("after_commit")
-    if lock is None:
-        await publish_decisions(redis, decided)
-    else:  # the release and the decisions' announcement in one round trip
-        await release(lock, then_publish=decisions_announcement(redis, decided))
-    if decided_count or decided.decisions:  # each committed batch wrote its events to the outbox: after the lock
-        await enqueue_dispatch(redis)
+    await announce(redis, lock, decided, dispatch=bool(decided_count or decided.decisions))
     for freed_doctor in sorted(freed):  # appointments moved away: their old time may go to someone waiting
         await enqueue_refill(redis, freed_doctor)
     return f"decided {decided_count + len(decided.decisions)}"
@@ -155,8 +150,31 @@ def log_decisions(decided: Decided) -> None:
             f"{d.request_id} {d.status}" + (f" ({d.reason})" if d.reason else "") for d in decided.decisions))
 
 
-async def release(lock: DoctorLock, then_publish: tuple[str, bytes] | None = None) -> None:
-    if not await lock.release(then_publish):
+async def release(lock: DoctorLock) -> None:
+    if not await lock.release():
+        log.warning("%s expired before the booking finished", lock.key)
+
+
+async def announce(redis: Redis, lock: DoctorLock | None, decided: Decided, dispatch: bool) -> None:
+    """After the commit, in one round trip: release the doctor's lock, publish the decisions, and (`dispatch`: the
+    batches wrote events to the outbox) ask for their delivery. A failed release or publish fails the job (its
+    decisions stand: the long polls read them from MySQL once their wait for the message runs out); a dispatch that
+    could not be asked for is left to the sweep."""
+    announcement = decisions_announcement(redis, decided)
+    async with redis.pipeline(transaction=False) as pipe:
+        if lock is not None:
+            lock.release_in(pipe, announcement)
+        elif announcement is not None:
+            pipe.publish(*announcement)
+        if dispatch:
+            await enqueue_dispatch(redis, pipe=pipe)
+        replies = await pipe.execute(raise_on_error=False)
+    if dispatch and isinstance(replies[-1], Exception):
+        log.warning("could not queue the outbox's dispatch (the sweep will): %r", replies[-1])
+        replies = replies[:-1]
+    if errors := [reply for reply in replies if isinstance(reply, Exception)]:
+        raise errors[0]
+    if lock is not None and not replies[0]:
         log.warning("%s expired before the booking finished", lock.key)
 
 

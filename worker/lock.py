@@ -63,3 +63,8 @@ class DoctorLock:
         """
         args = [self.token, *(then_publish or ())]
         return bool(await _release_script(self.redis)(keys=[self.key], args=args))
+
+    def release_in(self, pipe: Pipeline, then_publish: tuple[str, bytes] | None = None) -> None:
+        """`release` queued in the caller's pipeline; its reply (1 if released) comes with the pipeline's. As EVAL:
+        a pipeline of registered scripts asks SCRIPT EXISTS first, a round trip of its own."""
+        pipe.eval(RELEASE_SCRIPT, 1, self.key, self.token, *(then_publish or ()))

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from service.core.logs import current_request_id
@@ -91,16 +92,19 @@ def _enqueue_script(redis: Redis) -> AsyncScript:
 
 
 async def enqueue(redis: Redis, function: str, args: tuple[Any, ...], job_id: str, *, marker: str = "",
-                  fold: bool = False, defer_ms: int = 0) -> bool:
+                  fold: bool = False, defer_ms: int = 0, pipe: Pipeline | None = None) -> bool:
     """Queue one job in one round trip, to start `defer_ms` from now; False if it was not added (the same job id is
     queued or running, or `fold` and the `marker` key is set). `marker`, if given, is set while the job waits. The
-    job carries the current request id (job_kwargs)."""
+    job carries the current request id (job_kwargs). With `pipe`, it is queued in that pipeline (its reply, 1 if
+    added, comes with the pipeline's)."""
     now_ms = int(time.time() * 1000)
     job = serialize_job(function, args, now_ms, job_kwargs())
-    return bool(await _enqueue_script(redis)(
-        keys=[JOB_KEY_PREFIX + job_id, RESULT_KEY_PREFIX + job_id, QUEUE_NAME, marker],
-        args=[JOB_EXPIRES_MS, job, now_ms + defer_ms, job_id, int(fold), QUEUED_MARKER_MS],
-    ))
+    keys = [JOB_KEY_PREFIX + job_id, RESULT_KEY_PREFIX + job_id, QUEUE_NAME, marker]
+    script_args = [JOB_EXPIRES_MS, job, now_ms + defer_ms, job_id, int(fold), QUEUED_MARKER_MS]
+    if pipe is not None:  # as EVAL: a pipeline of registered scripts asks SCRIPT EXISTS first, a round trip more
+        pipe.eval(ENQUEUE_SCRIPT, len(keys), *keys, *script_args)
+        return True
+    return bool(await _enqueue_script(redis)(keys=keys, args=script_args))
 
 
 async def enqueue_booking(redis: Redis, request_id: int, doctor_id: int, *, fold: bool = True) -> bool:
@@ -124,13 +128,14 @@ DISPATCH_QUEUED = "outbox:dispatch-queued"  # set while a dispatch job waits in 
 DISPATCH_GATHER_MS = 200
 
 
-async def enqueue_dispatch(redis: Redis) -> None:
+async def enqueue_dispatch(redis: Redis, pipe: Pipeline | None = None) -> None:
     """Ask a worker to fan out and deliver the outbox's new events (after the commit that wrote them). While a
     dispatch job waits unstarted (its marker is set), none is added: that job reads after this commit (it deletes
-    the marker first, as booking jobs do). If Redis is away, the sweep does it later."""
+    the marker first, as booking jobs do). If Redis is away, the sweep does it later. With `pipe`, it is queued in
+    that pipeline (whose caller sees any error)."""
     try:
         await enqueue(redis, DISPATCH_JOB, (), f"outbox:{uuid.uuid4().hex}", marker=DISPATCH_QUEUED, fold=True,
-                      defer_ms=DISPATCH_GATHER_MS)
+                      defer_ms=DISPATCH_GATHER_MS, pipe=pipe)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not queue the outbox's dispatch (the sweep will): %r", exc)
 def refill_marker_key(doctor_id: int) -> str:
