@@ -66,10 +66,10 @@ SELECT id, doctor_id, patient_id, status, start_time, end_time FROM appointments
 UPDATE appointments SET status = 'rescheduled', status_changed_at = %(now)s
 WHERE id IN %(ids)s AND status = 'confirmed';
 
--- name: link_rescheduled_appointments
-UPDATE appointments old JOIN appointments moved ON moved.rescheduled_from = old.id
-SET old.rescheduled_to = moved.id
-WHERE old.id IN %(ids)s;
+-- name: link_rescheduled_appointment
+-- By primary key: the moved appointment's id is known, so no other appointment is read or locked (a join on
+-- rescheduled_from once took shared locks on rows a cancellation held, which deadlocked with it).
+UPDATE appointments SET rescheduled_to = %(moved_to)s WHERE id = %(id)s;
 
 -- name: list_schedule_between
 -- Everything a decision reads for one range of a batch, in one round trip: the doctor's weekly hours, windows,

@@ -25,6 +25,7 @@ from service.core.booking import (
     fail_request,
 )
 from service.core.db import Database
+from service.core.settings import Settings
 from tests.factory import Factory, User, at, iso
 from tests.support import ROOT, Rig, accepted_ids, no_overlapping_confirmed, problem, rows, settle, snapshot, until
 
@@ -156,6 +157,33 @@ async def test_a_reschedule_moves_the_appointment_atomically_and_links_both(
         ("confirmed", "system", None, "confirmed", None),
         ("requested", "Patient", None, "pending", None),
         ("rescheduled", "system", "confirmed", "rescheduled", None)]
+
+
+async def test_a_reschedule_locks_no_appointment_but_the_one_it_moves(
+    client: httpx.AsyncClient, factory: Factory, settings: Settings,
+) -> None:
+    """A cancellation holding another appointment's row does not stall a move. The link of the old appointment to
+    the new one once joined over appointments and took shared locks on rows it read: with the patient's row locked
+    by the decision, a cancellation of that patient's other appointment (whose update checks the patient's row)
+    deadlocked with it (seen once in the soak)."""
+    doctor, other_doctor, patient = await factory.doctor(), await factory.doctor(), await factory.patient()
+    await factory.window(doctor, at(9), at(12))
+    await factory.window(other_doctor, at(9), at(12))
+    old = await factory.booked(patient, doctor["id"], at(9), at(9.5))
+    elsewhere = await factory.booked(patient, other_doctor["id"], at(11), at(11.5))
+    address = settings.mysql
+    holder = pymysql.connect(host=address.host, port=address.port, user=address.user, password=address.password,
+                             database=address.database, autocommit=False)
+    try:
+        with holder.cursor() as cursor:  # as a cancellation of the other appointment holds it, mid-transaction
+            cursor.execute("SELECT id FROM appointments WHERE id = %s FOR UPDATE", (elsewhere["id"],))
+        response = await reschedule(client, patient, old["id"], at(10), wait=8)
+        assert response.status_code == 201, response.text  # decided meanwhile, not waiting for that row
+    finally:
+        holder.rollback()
+        holder.close()
+    moved = await appointment(client, patient, old["id"])
+    assert (moved["status"], moved["rescheduled_to"]) == ("rescheduled", response.json()["id"])
 
 
 async def test_a_reschedule_to_a_taken_time_is_rejected_and_leaves_the_appointment_untouched(

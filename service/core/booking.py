@@ -365,7 +365,9 @@ async def record_decisions(
                                await tx.fetch_all("appointments_of_requests", {"ids": confirmed_ids})}
         await writes.execute("confirm_booking_requests", {"ids": confirmed_ids, "now": now})
         if moved:
-            await writes.execute("link_rescheduled_appointments", {"ids": moved})
+            await writes.execute_many("link_rescheduled_appointment", [
+                {"id": r.reschedules, "moved_to": appointment_ids[r.id]}
+                for r in confirmed if r.reschedules is not None])
         if held_confirmed := [r for r in confirmed if r.kind == "confirm_hold"]:
             confirmations = [{"id": r.hold_id, "appointment_id": appointment_ids[r.id], "now": now}
                              for r in held_confirmed]
