@@ -30,10 +30,6 @@ LIMIT %(limit)s OFFSET %(offset)s;
 SELECT COUNT(*) FROM booking_requests
 WHERE patient_id = %(patient_id)s AND (%(status)s IS NULL OR status = %(status)s);
 
--- name: lock_doctor_for_decision
--- The doctor's row lock (lock_doctor) and time zone; no row when there is no such doctor.
-SELECT id, timezone FROM users WHERE id = %(doctor_id)s AND role = 'Doctor' FOR UPDATE;
-
 -- name: lock_pending_requests_of_doctor
 -- Oldest first, so a contested slot goes to whoever asked first; each with the rules of its appointment type if
 -- that is one of the doctor's active ones (`type_id` NULL otherwise). Read in the order of the (doctor, status, id)

@@ -16,5 +16,6 @@ UPDATE users SET password_hash = %(password_hash)s, token_version = token_versio
 WHERE id = %(id)s;
 
 -- name: lock_doctor
--- The per-doctor row lock: every writer of a doctor's windows or appointments takes it first.
-SELECT id FROM users WHERE id = %(doctor_id)s AND role = 'Doctor' FOR UPDATE;
+-- The per-doctor row lock: every writer of a doctor's windows or appointments takes it first. No row when there is
+-- no such doctor; the time zone for a decision, which reads the doctor's hours right after.
+SELECT id, timezone FROM users WHERE id = %(doctor_id)s AND role = 'Doctor' FOR UPDATE;

@@ -683,7 +683,7 @@ async def test_a_decision_locks_only_the_pending_requests_it_decides_however_man
     try:
         async with db.transaction() as tx:
             params = {"doctor_id": doctors[0], "limit": 2}
-            doctor, pending = await tx.fetch_batch([("lock_doctor_for_decision", params),
+            doctor, pending = await tx.fetch_batch([("lock_doctor", params),
                                                     ("lock_pending_requests_of_doctor", params)])
             assert [row["id"] for row in doctor] == [doctors[0]]
             assert [row["id"] for row in pending] == [oldest, oldest + 2]

@@ -56,15 +56,12 @@ class DoctorLock:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.025)
 
-    async def release(self, then_publish: tuple[str, bytes] | None = None) -> bool:
-        """Compare-and-delete; False if the lock had already expired (and maybe passed to someone else).
-
-        `then_publish`: a (channel, message) to publish in the same round trip, released or not.
-        """
-        args = [self.token, *(then_publish or ())]
-        return bool(await _release_script(self.redis)(keys=[self.key], args=args))
+    async def release(self) -> bool:
+        """Compare-and-delete; False if the lock had already expired (and maybe passed to someone else)."""
+        return bool(await _release_script(self.redis)(keys=[self.key], args=[self.token]))
 
     def release_in(self, pipe: Pipeline, then_publish: tuple[str, bytes] | None = None) -> None:
-        """`release` queued in the caller's pipeline; its reply (1 if released) comes with the pipeline's. As EVAL:
-        a pipeline of registered scripts asks SCRIPT EXISTS first, a round trip of its own."""
+        """`release` queued in the caller's pipeline, and `then_publish`, a (channel, message), published in the same
+        script, released or not; the reply (1 if released) comes with the pipeline's. As EVAL: a pipeline of
+        registered scripts asks SCRIPT EXISTS first, a round trip of its own."""
         pipe.eval(RELEASE_SCRIPT, 1, self.key, self.token, *(then_publish or ()))

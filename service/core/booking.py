@@ -203,7 +203,7 @@ async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: in
         await tx.fetch_all("lock_users", {"ids": tuple(sorted(locked_first))})
     params = {"doctor_id": doctor_id, "limit": batch_size}
     doctor_rows, rows = await tx.fetch_batch([  # one round trip, the doctor's lock first
-        ("lock_doctor_for_decision", params), ("lock_pending_requests_of_doctor", params)])
+        ("lock_doctor", params), ("lock_pending_requests_of_doctor", params)])
     doctor_exists = bool(doctor_rows)
     now = utcnow()
     requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"],
