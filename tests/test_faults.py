@@ -201,9 +201,14 @@ async def test_an_expired_lock_holder_cannot_release_the_next_holders_lock(priva
         async with client.pubsub() as pubsub:
             await pubsub.subscribe("news")
             # A job ends with one round trip: the release, and its decisions published whether or not it held on.
-            assert not await stale.release(then_publish=("news", b"stale holder's decisions"))
+            async with client.pipeline(transaction=False) as pipe:
+                stale.release_in(pipe, ("news", b"stale holder's decisions"))
+                assert await pipe.execute() == [0]
+            assert not await stale.release()  # a job that failed releases without announcing: the same check
             assert await client.get(current.key) == current.token.encode()
-            assert await current.release(then_publish=("news", b"current holder's decisions"))
+            async with client.pipeline(transaction=False) as pipe:
+                current.release_in(pipe, ("news", b"current holder's decisions"))
+                assert await pipe.execute() == [1]
             assert not await client.exists(current.key)
             heard = [m["data"] for m in [await pubsub.get_message(timeout=1) for _ in range(3)] if m]
         assert heard[1:] == [b"stale holder's decisions", b"current holder's decisions"]  # [0]: subscribed
