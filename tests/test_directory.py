@@ -10,7 +10,10 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pymysql
+import pytest
 
+from service.api.schedule_cache import ScheduleVersions
+from service.core import directory as directory_module
 from service.core.db import Database
 from service.core.directory import DirectoryCache, search
 from tests.factory import Factory, User, iso
@@ -110,7 +113,8 @@ async def test_the_directory_reads_a_few_times_whatever_the_number_of_doctors(
     client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection,
 ) -> None:
     """No round trip per doctor: the statements MariaDB runs for one sorted directory read of 60 doctors are a
-    handful (a loop over doctors would run at least 60, every time)."""
+    handful (a loop over doctors would run at least 60, every time). Asked about three weeks ahead, beyond what the
+    API's cache keeps (the coming COVERED days), so every read goes to MySQL."""
     monday = next_monday()
     for n in range(60):
         await cardiologist(factory, f"Dr {n:02}", "Europe/Berlin", [(1 + n % 5, "09:00", "12:00")])
@@ -126,7 +130,7 @@ async def test_the_directory_reads_a_few_times_whatever_the_number_of_doctors(
     counts = []
     for _ in range(20):
         before = statements()
-        ranked = await directory(client, specialty="Cardiology", available_after=iso(monday),
+        ranked = await directory(client, specialty="Cardiology", available_after=iso(monday + 21 * 24 * H),
                                  sort="next_available", limit=5)
         counts.append(statements() - before - 1)  # less our own SHOW
         assert len(ranked) == 5 and all(d["next_available_slot"] for d in ranked)
@@ -271,3 +275,82 @@ async def test_a_cached_week_ends_when_a_hold_it_read_lapses(
     assert await first_free() == (tomorrow + 10.5 * H).isoformat()  # from the cache
     await asyncio.sleep(2.5)
     assert await first_free() == (tomorrow + 10 * H).isoformat()  # the hold lapsed: read again
+
+
+async def test_a_sorted_search_answered_from_its_ranking_is_the_long_ways_answer_through_changes(
+    factory: Factory, db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A search sorted by next free slot is answered from the cache's ranking of its doctors' slots (one sorted array,
+    walked from the instant asked about) rather than a lookup per doctor and a sort. Its pages are the long way's,
+    at every instant, with ties by name and id, a type's notice and the doctors without a slot; a change reaches
+    it through the change log (the doctor is looked up apart) and enough changes make it again."""
+    versions = ScheduleVersions()
+    cache = DirectoryCache(versions.of, versions.listing, versions)
+    tomorrow = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    specialty = f"Ranked {id(cache)}"
+    doctors = []
+    for number, (name, opens, hours) in enumerate([("Dr Ash", 9, 2), ("Dr Birch", 9, 3), ("Dr Birch", 10, 1),
+                                                   ("Dr Cedar", 8, 1), ("Dr Elm", 13, 4), ("Dr Fir", 9.5, 6)]):
+        doctor = await factory.doctor(name=name, specialty=specialty)
+        for day in range(2):
+            await factory.window(doctor, tomorrow + (24 * day + opens) * H, tomorrow + (24 * day + opens + hours) * H)
+        if number == 4:  # a type of its own with an hour's buffer: its slots are every 90 minutes
+            await factory.appointment_type(doctor, name="Consult", duration_minutes=30, buffer_after_minutes=60)
+        doctors.append(doctor)
+    nobody = await factory.doctor(name="Dr Oak", specialty=specialty)  # no hours: last, by name
+    ids = {doctor["id"] for doctor in [*doctors, nobody]}
+    long_ways = 0
+    long_way = directory_module.next_free_spans
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal long_ways
+        long_ways += 1
+        return await long_way(*args, **kwargs)
+
+    monkeypatch.setattr(directory_module, "next_free_spans", counted)
+
+    async def page(after: datetime, limit: int, offset: int, type_name: str | None = None,
+                   through: DirectoryCache | None = cache) -> list[tuple[int, str | None]]:
+        found, total = await search(db, None, specialty, type_name, after.replace(tzinfo=None), True, limit, offset,
+                                    through)
+        assert total == (len(ids) if type_name is None else 1)
+        return [(row["id"], slot and slot.start_time.isoformat()) for row, slot in found]
+
+    async def agrees(instants: list[datetime]) -> int:
+        """Every page at these instants is the long way's; how many the ranking answered."""
+        answered = 0
+        for after in instants:
+            for limit, offset in ((1, 0), (3, 0), (2, 3), (7, 0), (20, 0)):
+                before = long_ways
+                expected = await page(after, limit, offset, through=None)
+                ranked_before = long_ways
+                assert await page(after, limit, offset) == expected, (after, limit, offset)
+                assert ranked_before == before + 1  # the uncached search went the long way
+                answered += long_ways == ranked_before
+        return answered
+
+    instants = [tomorrow + k * timedelta(minutes=25) for k in range(20, 68)]
+    # The ranking answered every page within the six doctors with a slot; those reaching Dr Oak went the long way.
+    assert await agrees(instants) == len(instants) * 3
+    key = (None, specialty, None)
+    made = cache._rankings[key]
+    assert await agrees(instants[:5]) and cache._rankings[key] is made  # kept while nothing changes
+
+    # A booking of the soonest doctor and a window of another (as their announcements would) are looked up apart.
+    patient = await factory.patient()
+    cedar, fir = doctors[3], doctors[5]
+    await factory.booked(patient, cedar["id"], tomorrow + 8 * H, tomorrow + 8.5 * H)
+    await factory.window(fir, tomorrow + 7 * H, tomorrow + 8 * H)
+    versions.changed(cedar["id"])
+    versions.changed(fir["id"], listing=False)
+    assert await agrees(instants[:12]) and cache._rankings[key] is made
+    assert (await page(tomorrow + 7 * H, 2, 0))[0] == (fir["id"], (tomorrow + 7 * H).isoformat())
+    # Past MAX_CHANGED changed doctors the ranking is made again; so it is when the listing changes.
+    for other in range(directory_module.MAX_CHANGED + 1):
+        versions.changed(nobody["id"] + 1000 + other)  # doctors of other listings, not read
+    assert await agrees(instants[:3]) and cache._rankings[key] is not made
+    # By type: the doctors with a type of that name (one here), by its slots (every 90 minutes).
+    typed = [await page(after, 3, 0, "Consult") for after in instants]
+    assert typed == [await page(after, 3, 0, "Consult", through=None) for after in instants]
+    assert {doctor_id for [(doctor_id, _)] in typed} == {doctors[4]["id"]}
+    assert len({slot for [(_, slot)] in typed}) > 3

@@ -124,7 +124,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     passwords = Passwords(settings.bcrypt_rounds, settings.password_hash_concurrency)
     user_cache = UserCache(settings.auth_cache_seconds)
     schedule_versions = ScheduleVersions()
-    directory_cache = DirectoryCache(schedule_versions.of, schedule_versions.listing)  # retired with the versions
+    # Retired with the versions; its rankings learn from their log which doctors changed.
+    directory_cache = DirectoryCache(schedule_versions.of, schedule_versions.listing, schedule_versions)
     bookable_types = BookableTypes(schedule_versions.listing)
     listener = Notifications(redis, users=user_cache, schedule=schedule_versions)
     cached_responses = MemoryStore()

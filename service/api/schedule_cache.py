@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from functools import partial
 from typing import Any
 
@@ -36,12 +36,16 @@ _KEY_IN_SCOPE = "schedule_cache_key"
 
 
 class ScheduleVersions:
-    """This process's version of each doctor's schedule; bumping one retires every cached answer about it."""
+    """This process's version of each doctor's schedule; bumping one retires every cached answer about it. And a
+    short log of the latest changes (`mark`, `changed_since`), so the directory's ranking, which spans hundreds of
+    doctors, learns which of them changed without asking each one."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_length: int = 256) -> None:
         self._versions: defaultdict[int, int] = defaultdict(int)
         self._epoch = 0
         self._listing = 0
+        self._changes = 0
+        self._log: deque[tuple[int, int]] = deque(maxlen=log_length)  # (change number, doctor id)
 
     def of(self, doctor_id: int) -> str:
         return f"{self._epoch}.{self._versions.get(doctor_id, 0)}"
@@ -55,10 +59,32 @@ class ScheduleVersions:
         self._versions[doctor_id] += 1
         if listing:
             self._listing += 1
+        self._changes += 1
+        self._log.append((self._changes, doctor_id))
 
     def all_changed(self) -> None:
         self._versions.clear()
         self._epoch += 1
+        self._changes += 1
+        self._log.clear()  # what came before is out of reach: changed_since says so
+
+    def mark(self) -> int:
+        """The number of changes so far, to ask `changed_since` about later."""
+        return self._changes
+
+    def changed_since(self, mark: int) -> set[int] | None:
+        """The doctors whose schedule changed after `mark`; None if the log no longer reaches back that far (take it
+        that everything changed)."""
+        if mark == self._changes:
+            return set()
+        if not self._log or self._log[0][0] > mark + 1:
+            return None
+        changed = set()
+        for number, doctor_id in reversed(self._log):
+            if number <= mark:
+                break
+            changed.add(doctor_id)
+        return changed
 
     def cache_key(self, request: Request[Any, Any, Any]) -> str:
         """The response cache's key: the request, and the doctor's version when the request came in.

@@ -4,7 +4,9 @@ A few round trips whatever the number of doctors: every doctor's schedule over a
 slot within a day), then, for those still without one, over longer and longer ranges, each in one query.
 
 With a DirectoryCache (the API keeps one a process), a search's matching doctors and each doctor's slots over the
-coming days are computed once and kept until they change, so a warm search reads nothing from MySQL.
+coming days are computed once and kept until they change, so a warm search reads nothing from MySQL; and a search
+sorted by next free slot is answered from a ranking of its doctors' slots (`_Ranking`), in time proportional to its
+page rather than to the number of doctors it ranks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from service.core.db import Database, Row
@@ -71,6 +74,7 @@ class _Entry:
 
     version: str
     expires: float  # time.monotonic()
+    lapses: float  # time.monotonic() when the first live hold it read lapses (inf: none)
     until: datetime  # the slots cover [made, until)
     length: timedelta
     starts: array
@@ -89,10 +93,12 @@ class DirectoryCache:
     committed in another process reaches this one by pub/sub a moment later, as for the cached slot reads.
     """
 
-    def __init__(self, version_of: Callable[[int], str], listing_version: Callable[[], str], ttl: float = 30.0,
-                 max_slots: int = 5_000_000, max_listed: int = 200_000) -> None:
+    def __init__(self, version_of: Callable[[int], str], listing_version: Callable[[], str],
+                 change_log: ChangeLog | None = None, ttl: float = 30.0, max_slots: int = 5_000_000,
+                 max_listed: int = 200_000) -> None:
         self.version_of = version_of
         self.listing_version = listing_version
+        self.change_log = change_log  # without one, sorted searches look up each doctor's entry (no rankings)
         self.ttl = ttl
         self.max_slots = max_slots  # slots kept in all (4 + 8 bytes each), so memory is bounded whatever is asked
         self.max_listed = max_listed  # doctors' rows kept in all listings
@@ -102,6 +108,9 @@ class DirectoryCache:
         self._listings: dict[tuple[object, ...], tuple[str, float, Listing]] = {}
         self._listed = 0
         self._reading: dict[tuple[object, ...], asyncio.Task[Listing]] = {}
+        self._rankings: dict[tuple[object, ...], _Ranking] = {}
+        self._ranked_slots = 0  # keys in all rankings, bounded by max_slots as the entries are
+        self._ranking_made = asyncio.Lock()  # one made at a time (they are rare: a listing's first, then each `ttl`)
 
     async def listing(self, key: tuple[object, ...], read: Callable[[], Awaitable[Listing]]) -> Listing:
         """What `read` finds for `key` (the doctors, their count and types), from the cache while it holds. One read
@@ -166,10 +175,12 @@ class DirectoryCache:
                 # Each lives between half and all of `ttl`: entries made together are not all made again together.
                 # A live hold's lapse is no change anybody announces: the entry ends with the first one it read (one
                 # lapsed but awaiting its confirmation is retired by that decision).
-                lifetime = min([self.ttl * random.uniform(0.5, 1.0),
-                                *(row["c"] for row in rows if row["kind"] == "held" and (row["c"] or 0) > 0)])
+                lapse = min((row["c"] for row in rows if row["kind"] == "held" and (row["c"] or 0) > 0),
+                            default=float("inf"))
+                made = time.monotonic()
                 self._keep((doctor_id, type_id_of(appointment_type)), _Entry(
-                    versions[doctor_id], time.monotonic() + lifetime, until, length,
+                    versions[doctor_id], made + min(self.ttl * random.uniform(0.5, 1.0), lapse), made + lapse, until,
+                    length,
                     array("i", (minutes(span[0]) for span in spans)),
                     array("q", (span[2].window_id or 0 for span in spans))))
                 if done % FILL_SLICE == 0:
@@ -184,11 +195,173 @@ class DirectoryCache:
         self._entries[key] = entry
         self._slots += len(entry.starts)
 
+    async def ranked(self, db: Database, key: tuple[object, ...], listing: Listing, doctor_ids: set[int],
+                     start: datetime, now: datetime, want: int) -> list[tuple[int, Span]] | None:
+        """The first `want` of `doctor_ids` (of `listing`, ranked by their type in it, else by 30 minutes) with their
+        first free slot at or after `start`, soonest first (then by name and id), from the listing's ranking (made if
+        need be). None where the ranking cannot tell the whole answer: fewer than `want` of them have a slot in what
+        it covers, `start` lies beyond it, or it was not built; the caller ranks them the long way."""
+        if self.change_log is None or not doctor_ids:
+            return None
+        ranking = await self._ranking(db, key, listing, doctor_ids, now)
+        if ranking is None:
+            return None
+        changed = self.change_log.changed_since(ranking.mark)
+        if changed is None:
+            return None
+        start_minute = minutes_from(start)
+        if start_minute >= ranking.until:
+            return None
+        found = ranking.first(start_minute, minutes_from(now), want, changed)
+        if found is None:
+            return None
+        # The doctors changed since the ranking was made: from their own (fresh) entries.
+        if changed := changed & doctor_ids:
+            fresh = await self._firsts(db, listing, changed, start, now)
+            if fresh is None:
+                return None
+            found += [(minutes(span[0]), ranking.rank[doctor_id], span) for doctor_id, span in fresh.items()
+                      if minutes(span[0]) < ranking.until]
+            found.sort(key=lambda candidate: candidate[:2])
+        if len(found) < min(want, len(doctor_ids)):
+            return None  # the rest may have a slot after what the ranking covers: only the long way tells
+        return [(ranking.doctor_ids[rank], span) for _, rank, span in found[:want]]
+
+    async def _firsts(self, db: Database, listing: Listing, doctor_ids: set[int], start: datetime,
+                      now: datetime) -> dict[int, Span] | None:
+        """These doctors' first slots from their entries (filled if need be): those with one in their entry; None if
+        an entry could not be had."""
+        await self.fill(db, doctor_ids, listing.types, zones_of(listing.rows, doctor_ids), now)
+        found: dict[int, Span] = {}
+        clock = time.monotonic()
+        for doctor_id in doctor_ids:
+            appointment_type = listing.types.get(doctor_id)
+            earliest = minutes_from(max(start, now + rules_of(appointment_type).min_notice))
+            span = self.first(doctor_id, type_id_of(appointment_type), start, earliest, clock)
+            if span is False:
+                return None
+            if span:
+                found[doctor_id] = span
+        return found
+
+    async def _ranking(self, db: Database, key: tuple[object, ...], listing: Listing, doctor_ids: set[int],
+                       now: datetime) -> _Ranking | None:
+        """The ranking of these doctors of the listing under `key` while it holds (the listing's version, its
+        lifetime, and at most MAX_CHANGED of its doctors changed since), made again otherwise, one search at a time."""
+        def usable(ranking: _Ranking | None) -> bool:
+            if ranking is None or ranking.listing_version != self.listing_version() or \
+                    ranking.expires < time.monotonic():
+                return False
+            changed = self.change_log.changed_since(ranking.mark)  # type: ignore[union-attr]
+            return changed is not None and len(changed) <= MAX_CHANGED
+
+        if usable(ranking := self._rankings.get(key)):
+            return ranking
+        async with self._ranking_made:
+            if usable(ranking := self._rankings.get(key)):  # made while this search waited
+                return ranking
+            listing_version, mark = self.listing_version(), self.change_log.mark()  # type: ignore[union-attr]
+            await self.fill(db, doctor_ids, listing.types, zones_of(listing.rows, doctor_ids), now)
+            if (kept := self._rankings.pop(key, None)) is not None:
+                self._ranked_slots -= len(kept.keys)
+            ranking = self._rank(listing, doctor_ids, listing_version, mark)
+            if ranking is not None:
+                if self._ranked_slots + len(ranking.keys) > self.max_slots:
+                    self._rankings.clear()
+                    self._ranked_slots = 0
+                self._rankings[key] = ranking
+                self._ranked_slots += len(ranking.keys)
+            return ranking
+
+    def _rank(self, listing: Listing, doctor_ids: set[int], listing_version: str, mark: int) -> _Ranking | None:
+        """Rank the doctors' slots from their entries; None if one has no entry matching its version (a change
+        raced the fill: the next search tries again)."""
+        ranked = sorted((row for row in listing.rows if row["id"] in doctor_ids), key=by_name)
+        entries = []
+        for row in ranked:
+            entry = self._entries.get((row["id"], type_id_of(listing.types.get(row["id"]))))
+            if entry is None or entry.version != self.version_of(row["id"]):
+                return None
+            entries.append(entry)
+        until = min(minutes(entry.until) for entry in entries)
+        keys = array("q", sorted(slot << RANK_BITS | rank for rank, entry in enumerate(entries)
+                                 for slot in entry.starts if slot < until))
+        notice = [rules_of(listing.types.get(row["id"])).min_notice // MINUTE for row in ranked]
+        lifetime = min(self.ttl * random.uniform(0.5, 1.0), *(entry.lapses - time.monotonic() for entry in entries))
+        return _Ranking(listing_version, mark, time.monotonic() + lifetime, until, keys,
+                        [row["id"] for row in ranked], {row["id"]: rank for rank, row in enumerate(ranked)},
+                        entries, notice)
+
+
+class ChangeLog(Protocol):
+    """Which doctors' schedules changed since a mark (the API's ScheduleVersions)."""
+
+    def mark(self) -> int: ...
+
+    def changed_since(self, mark: int) -> set[int] | None: ...  # None: the log no longer reaches back that far
+
+
+RANK_BITS = 20  # a ranking's key: a slot's minute above, the doctor's rank (by name, id) in the low bits
+RANK_MASK = (1 << RANK_BITS) - 1
+MAX_CHANGED = 32  # doctors changed since a ranking was made that a search looks up one by one; past that, made again
+SCAN_LIMIT = 20_000  # keys a search walks in a ranking at most (one doctor's many slots first); then the long way
+
+
+@dataclass(slots=True)
+class _Ranking:
+    """Every slot of a sorted search's doctors (below `until`, which every entry covers) as one sorted array of
+    minute << RANK_BITS | rank, the rank ordering doctors by (name, id): so the first doctors free at or after an
+    instant are the first distinct ranks after a bisection, in that order, ties by name. A snapshot of the entries
+    it was made from: the doctors changed since `mark` are looked up apart, and it lives no longer than an entry
+    would (nor past the first hold lapse it read)."""
+
+    listing_version: str
+    mark: int
+    expires: float  # time.monotonic()
+    until: int  # minutes
+    keys: array
+    doctor_ids: list[int]  # by rank
+    rank: dict[int, int]  # by doctor id
+    entries: list[_Entry]  # by rank
+    notice: list[int]  # minutes, by rank
+
+    def first(self, start: int, now: int, want: int, skip: set[int]) -> list[tuple[int, int, Span]] | None:
+        """(minute, rank, span) of the first `want` doctors free at or after minute `start` and after their notice
+        from minute `now`, leaving out the doctors in `skip`; fewer if fewer have one; None if that takes more than
+        SCAN_LIMIT keys."""
+        keys, found, seen = self.keys, [], set()
+        index = bisect_left(keys, start << RANK_BITS)
+        end = min(len(keys), index + SCAN_LIMIT)
+        while index < end and len(found) < want:
+            key = keys[index]
+            index += 1
+            rank = key & RANK_MASK
+            if rank in seen:
+                continue
+            minute = key >> RANK_BITS
+            if minute < now + self.notice[rank]:
+                continue
+            seen.add(rank)
+            if self.doctor_ids[rank] not in skip:
+                found.append((minute, rank, self.span(rank, minute)))
+        if len(found) < want and end < len(keys):
+            return None
+        return found
+
+    def span(self, rank: int, minute: int) -> Span:
+        entry = self.entries[rank]
+        slot_start = EPOCH + minute * MINUTE
+        return slot_start, slot_start + entry.length, entry.windows[bisect_left(entry.starts, minute)] or None
+
 
 # A listing that no announced change retired (a doctor removed by hand) lives this long.
 LISTING_SECONDS = 5.0
 FILL_SLICE = 100  # doctors computed between two chances for other requests to run
 ALL_SLOTS = 12 * 24 * COVERED.days  # every 5-minute slot of COVERED: an entry is never cut short
+
+
+def by_name(row: Row) -> tuple[str, int]:
+    return row["name"], row["id"]
 
 
 def type_id_of(appointment_type: Row | None) -> int | None:
@@ -289,6 +462,26 @@ async def from_cache(cache: DirectoryCache, db: Database, doctor_ids: set[int], 
     return without
 
 
+async def ranked_page(db: Database, cache: DirectoryCache, key: tuple[object, ...], listing: Listing,
+                      after: datetime, by_type: bool, limit: int, offset: int) -> list[tuple[Row, Span | None]] | None:
+    """A page of the listing sorted by next free slot, from the cache's ranking of it (None where the ranking cannot
+    tell: the long way then). Past the doctors with a slot come those without one (none in reach, or not of the
+    type searched for), by name, as the long way orders them."""
+    now = utcnow()
+    start = max(after, now)
+    doctor_ids = set(listing.types) if by_type else {row["id"] for row in listing.rows}
+    if start >= now + COVERED:
+        return None
+    ranked = await cache.ranked(db, key, listing, doctor_ids, start, now, offset + limit)
+    if ranked is None:
+        return None
+    rows = {row["id"]: row for row in listing.rows}
+    page: list[tuple[Row, Span | None]] = [(rows[doctor_id], span) for doctor_id, span in ranked]
+    if len(page) < offset + limit:  # every doctor searched for is ranked: the others follow
+        page += [(row, None) for row in sorted(listing.rows, key=by_name) if row["id"] not in doctor_ids]
+    return page[offset:offset + limit]
+
+
 async def search(db: Database, name_part: str | None, specialty: str | None, type_name: str | None,
                  after: datetime | None, sort_by_next_free: bool, limit: int,
                  offset: int, cache: DirectoryCache | None = None) -> tuple[list[tuple[Row, Slot | None]], int]:
@@ -315,6 +508,10 @@ async def search(db: Database, name_part: str | None, specialty: str | None, typ
     if listing.total > MAX_SORTED:
         raise InvalidInput(f"{listing.total} doctors match: narrow the search (specialty, q, appointment_type_name) "
                            f"to at most {MAX_SORTED} to sort them by next free slot", field="sort")
+    if cache is not None and (page := await ranked_page(db, cache, (name_part, specialty, type_name), listing, after,
+                                                        type_name is not None, limit, offset)) is not None:
+        return [(row, as_slot(span, zone_named(row["timezone"])) if span else None) for row, span in page], \
+            listing.total
     spans = await next_free_spans(db, listing, after, type_name is not None, cache)
 
     never = datetime.max
