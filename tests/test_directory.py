@@ -335,6 +335,16 @@ async def test_a_sorted_search_answered_from_its_ranking_is_the_long_ways_answer
     key = (None, specialty, None)
     made = cache._rankings[key]
     assert await agrees(instants[:5]) and cache._rankings[key] is made  # kept while nothing changes
+    made.expires = 0  # its lifetime over: it answers while it is made again in the background
+    stale = await page(instants[0], 3, 0)
+    assert cache._rankings[key] is made and key in cache._remaking  # answered by it, made again meanwhile
+    assert stale == await page(instants[0], 3, 0, through=None)
+    for _ in range(100):
+        if cache._rankings[key] is not made:
+            break
+        await asyncio.sleep(0.02)
+    assert cache._rankings[key] is not made and await agrees(instants[:5]) == 15
+    made = cache._rankings[key]
 
     # A booking of the soonest doctor and a window of another (as their announcements would) are looked up apart.
     patient = await factory.patient()

@@ -150,27 +150,28 @@ def notification_email(event: Row, recipient: Row, doctor: Row, patient: Row, ma
     return message
 
 
-Invites = dict[str, list[tuple[str, str, bytes]]]
+Invites = dict[str, list[MIMEText]]
 
 
 def invite_parts(event: Row, doctor: Row, patient: Row, now: datetime, made: Invites | None = None) -> list[MIMEText]:
     """The event's text/calendar attachments: REQUEST (CANCEL on cancellation), and for a move, the old event's
-    CANCEL first, since a move makes a new appointment (a new UID). `made` keeps each event's calendars for its next
-    recipient: the doctor's and the patient's invites are the same."""
+    CANCEL first, since a move makes a new appointment (a new UID). `made` keeps each event's parts for its next
+    recipient: the doctor's and the patient's invites are the same (a part is never changed once made, so two
+    messages may carry it)."""
     made = {} if made is None else made
-    calendars = made.get(event["public_id"])
-    if calendars is None:
+    parts = made.get(event["public_id"])
+    if parts is None:
         data = event["data"]
         appointment, sequence = data["appointment"], data.get("sequence", 0)
         cancelled = event["type"] == CANCELLED
-        calendars = made[event["public_id"]] = []
+        parts = made[event["public_id"]] = []
         if event["type"] == RESCHEDULED and (previous := data.get("previous")):
-            calendars.append(("CANCEL", "cancel.ics",
-                              calendar("CANCEL", [vevent(previous, doctor, patient, sequence, now, True)])))
+            parts.append(calendar_part("CANCEL", "cancel.ics",
+                                       calendar("CANCEL", [vevent(previous, doctor, patient, sequence, now, True)])))
         method = "CANCEL" if cancelled else "REQUEST"
-        calendars.append((method, "invite.ics",
-                          calendar(method, [vevent(appointment, doctor, patient, sequence, now, cancelled)])))
-    return [calendar_part(method, filename, ics) for method, filename, ics in calendars]
+        parts.append(calendar_part(method, "invite.ics",
+                                   calendar(method, [vevent(appointment, doctor, patient, sequence, now, cancelled)])))
+    return parts
 
 
 def calendar_part(method: str, filename: str, ics: bytes) -> MIMEText:

@@ -12,15 +12,17 @@ page rather than to the number of doctors it ranks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from array import array
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -30,6 +32,8 @@ from service.core.errors import InvalidInput
 from service.core.schedule import Slot, doctor_time_from_rows, in_zone, read_bounds, rules_of
 from service.core.times import utcnow
 from service.core.zones import zone_named
+
+log = logging.getLogger("service.directory")
 
 DEFAULT_LENGTH = timedelta(minutes=30)  # without a type: the slot length a plain slot read assumes
 # Each step reads this much further ahead, for the doctors still without a slot: 62 days in all.
@@ -53,6 +57,7 @@ class Listing:
     rows: list[Row]
     total: int
     types: dict[int, Row]
+    by_id: dict[int, Row]  # the rows by doctor id
 
 
 async def read_listing(db: Database, name_part: str | None, specialty: str | None, type_name: str | None,
@@ -63,7 +68,7 @@ async def read_listing(db: Database, name_part: str | None, specialty: str | Non
         for row in await db.fetch_all("list_active_types_named", {"doctor_ids": tuple(row["id"] for row in rows),
                                                                   "type_name": type_name}):
             types.setdefault(row["doctor_id"], row)
-    return Listing(rows, total, types)
+    return Listing(rows, total, types, {row["id"]: row for row in rows})
 
 
 @dataclass(slots=True)
@@ -111,6 +116,7 @@ class DirectoryCache:
         self._rankings: dict[tuple[object, ...], _Ranking] = {}
         self._ranked_slots = 0  # keys in all rankings, bounded by max_slots as the entries are
         self._ranking_made = asyncio.Lock()  # one made at a time (they are rare: a listing's first, then each `ttl`)
+        self._remaking: dict[tuple[object, ...], asyncio.Task[_Ranking | None]] = {}
 
     async def listing(self, key: tuple[object, ...], read: Callable[[], Awaitable[Listing]]) -> Listing:
         """What `read` finds for `key` (the doctors, their count and types), from the cache while it holds. One read
@@ -154,7 +160,7 @@ class DirectoryCache:
         slot_start = EPOCH + entry.starts[index] * MINUTE
         return slot_start, slot_start + entry.length, entry.windows[index] or None
 
-    async def fill(self, db: Database, doctor_ids: set[int], types: dict[int, Row], zones: dict[int, ZoneInfo],
+    async def fill(self, db: Database, doctor_ids: AbstractSet[int], types: dict[int, Row], zones: dict[int, ZoneInfo],
                    now: datetime) -> None:
         """Compute and keep the entries of these doctors (one read of their schedules)."""
         async with self._filling:
@@ -195,7 +201,7 @@ class DirectoryCache:
         self._entries[key] = entry
         self._slots += len(entry.starts)
 
-    async def ranked(self, db: Database, key: tuple[object, ...], listing: Listing, doctor_ids: set[int],
+    async def ranked(self, db: Database, key: tuple[object, ...], listing: Listing, doctor_ids: AbstractSet[int],
                      start: datetime, now: datetime, want: int) -> list[tuple[int, Span]] | None:
         """The first `want` of `doctor_ids` (of `listing`, ranked by their type in it, else by 30 minutes) with their
         first free slot at or after `start`, soonest first (then by name and id), from the listing's ranking (made if
@@ -203,7 +209,7 @@ class DirectoryCache:
         it covers, `start` lies beyond it, or it was not built; the caller ranks them the long way."""
         if self.change_log is None or not doctor_ids:
             return None
-        ranking = await self._ranking(db, key, listing, doctor_ids, now)
+        ranking = await self._ranking(db, key, listing, doctor_ids)
         if ranking is None:
             return None
         changed = self.change_log.changed_since(ranking.mark)
@@ -244,24 +250,37 @@ class DirectoryCache:
                 found[doctor_id] = span
         return found
 
-    async def _ranking(self, db: Database, key: tuple[object, ...], listing: Listing, doctor_ids: set[int],
-                       now: datetime) -> _Ranking | None:
-        """The ranking of these doctors of the listing under `key` while it holds (the listing's version, its
-        lifetime, and at most MAX_CHANGED of its doctors changed since), made again otherwise, one search at a time."""
-        def usable(ranking: _Ranking | None) -> bool:
-            if ranking is None or ranking.listing_version != self.listing_version() or \
-                    ranking.expires < time.monotonic():
-                return False
+    async def _ranking(self, db: Database, key: tuple[object, ...], listing: Listing,
+                       doctor_ids: AbstractSet[int]) -> _Ranking | None:
+        """The ranking of these doctors of the listing under `key` while it holds (the listing's version, and at
+        most MAX_CHANGED of its doctors changed since), made again otherwise. Past its lifetime it is made again in
+        the background, and answers meanwhile (the changes since are still looked up apart): the searches never
+        wait for the few hundred doctors' slots it takes, only the first one does."""
+        ranking = self._rankings.get(key)
+        if ranking is not None and ranking.listing_version == self.listing_version():
             changed = self.change_log.changed_since(ranking.mark)  # type: ignore[union-attr]
-            return changed is not None and len(changed) <= MAX_CHANGED
+            if changed is not None and len(changed) <= MAX_CHANGED:
+                if ranking.expires < time.monotonic() and key not in self._remaking:
+                    remaking = self._remaking[key] = asyncio.ensure_future(
+                        self._make(db, key, listing, doctor_ids, ranking))
+                    remaking.add_done_callback(partial(self._remade, key))
+                return ranking
+        return await self._make(db, key, listing, doctor_ids, ranking)
 
-        if usable(ranking := self._rankings.get(key)):
-            return ranking
+    def _remade(self, key: tuple[object, ...], remaking: asyncio.Task[_Ranking | None]) -> None:
+        del self._remaking[key]
+        if not remaking.cancelled() and (error := remaking.exception()) is not None:
+            log.warning("could not make the directory's ranking again (the next search will try): %r", error)
+
+    async def _make(self, db: Database, key: tuple[object, ...], listing: Listing, doctor_ids: AbstractSet[int],
+                    seen: _Ranking | None) -> _Ranking | None:
+        """Make the ranking (one at a time: a search that waited for another's finds it made, unless the one it saw
+        was `seen`), and keep it."""
         async with self._ranking_made:
-            if usable(ranking := self._rankings.get(key)):  # made while this search waited
+            if (ranking := self._rankings.get(key)) is not seen:
                 return ranking
             listing_version, mark = self.listing_version(), self.change_log.mark()  # type: ignore[union-attr]
-            await self.fill(db, doctor_ids, listing.types, zones_of(listing.rows, doctor_ids), now)
+            await self.fill(db, doctor_ids, listing.types, zones_of(listing.rows, doctor_ids), utcnow())
             if (kept := self._rankings.pop(key, None)) is not None:
                 self._ranked_slots -= len(kept.keys)
             ranking = self._rank(listing, doctor_ids, listing_version, mark)
@@ -273,7 +292,8 @@ class DirectoryCache:
                 self._ranked_slots += len(ranking.keys)
             return ranking
 
-    def _rank(self, listing: Listing, doctor_ids: set[int], listing_version: str, mark: int) -> _Ranking | None:
+    def _rank(self, listing: Listing, doctor_ids: AbstractSet[int], listing_version: str,
+              mark: int) -> _Ranking | None:
         """Rank the doctors' slots from their entries; None if one has no entry matching its version (a change
         raced the fill: the next search tries again)."""
         ranked = sorted((row for row in listing.rows if row["id"] in doctor_ids), key=by_name)
@@ -356,7 +376,7 @@ class _Ranking:
 
 # A listing that no announced change retired (a doctor removed by hand) lives this long.
 LISTING_SECONDS = 5.0
-FILL_SLICE = 100  # doctors computed between two chances for other requests to run
+FILL_SLICE = 25  # doctors computed between two chances for other requests to run
 ALL_SLOTS = 12 * 24 * COVERED.days  # every 5-minute slot of COVERED: an entry is never cut short
 
 
@@ -380,7 +400,7 @@ async def schedules_of(db: Database, doctor_ids: list[int], start: datetime, end
     return rows_of
 
 
-def zones_of(doctors: list[Row], doctor_ids: set[int]) -> dict[int, ZoneInfo]:
+def zones_of(doctors: list[Row], doctor_ids: AbstractSet[int]) -> dict[int, ZoneInfo]:
     return {doctor["id"]: zone_named(doctor["timezone"]) for doctor in doctors if doctor["id"] in doctor_ids}
 
 
@@ -392,6 +412,13 @@ def minutes(moment: datetime) -> int:
 def minutes_from(moment: datetime) -> int:
     """The first whole minute since 1970 at or after `moment`."""
     return -((EPOCH - moment) // MINUTE)
+
+
+@lru_cache(maxsize=16_384)
+def ranked_slot(span: Span, timezone: str) -> Slot:
+    """as_slot, kept: the first slots a busy directory answers with are a few thousand, asked for again and again.
+    (Slots are never changed once made.)"""
+    return as_slot(span, zone_named(timezone))
 
 
 def as_slot(span: Span, zone: ZoneInfo) -> Slot:
@@ -469,14 +496,13 @@ async def ranked_page(db: Database, cache: DirectoryCache, key: tuple[object, ..
     type searched for), by name, as the long way orders them."""
     now = utcnow()
     start = max(after, now)
-    doctor_ids = set(listing.types) if by_type else {row["id"] for row in listing.rows}
+    doctor_ids = listing.types.keys() if by_type else listing.by_id.keys()
     if start >= now + COVERED:
         return None
     ranked = await cache.ranked(db, key, listing, doctor_ids, start, now, offset + limit)
     if ranked is None:
         return None
-    rows = {row["id"]: row for row in listing.rows}
-    page: list[tuple[Row, Span | None]] = [(rows[doctor_id], span) for doctor_id, span in ranked]
+    page: list[tuple[Row, Span | None]] = [(listing.by_id[doctor_id], span) for doctor_id, span in ranked]
     if len(page) < offset + limit:  # every doctor searched for is ranked: the others follow
         page += [(row, None) for row in sorted(listing.rows, key=by_name) if row["id"] not in doctor_ids]
     return page[offset:offset + limit]
@@ -510,8 +536,7 @@ async def search(db: Database, name_part: str | None, specialty: str | None, typ
                            f"to at most {MAX_SORTED} to sort them by next free slot", field="sort")
     if cache is not None and (page := await ranked_page(db, cache, (name_part, specialty, type_name), listing, after,
                                                         type_name is not None, limit, offset)) is not None:
-        return [(row, as_slot(span, zone_named(row["timezone"])) if span else None) for row, span in page], \
-            listing.total
+        return [(row, ranked_slot(span, row["timezone"]) if span else None) for row, span in page], listing.total
     spans = await next_free_spans(db, listing, after, type_name is not None, cache)
 
     never = datetime.max
