@@ -32,6 +32,9 @@ from tests.factory import Factory
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
+# How long a started API or worker may take to answer: a deadline against a hang, not a speed check (under the
+# whole suite on two busy cores, importing the app has taken over 20 s).
+START_SECONDS = 60
 # Child tables first, so deleting in this order breaks no foreign key.
 TABLES_CHILD_FIRST = [
     "deliveries", "outbox_events", "webhooks", "reminders", "calendar_feeds", "appointment_history",
@@ -70,7 +73,7 @@ class Processes:
         self._spawn("api", [str(BIN / "uvicorn"), "service.api.app:app", "--port", str(port), "--no-access-log",
                             "--no-server-header", "--log-level", "warning", "--workers", str(workers)], extra_env)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
             try:
                 httpx.get(f"{url}/health", timeout=1)
@@ -85,7 +88,7 @@ class Processes:
         client = redis.Redis.from_url(env["REDIS_URL"])
         client.delete("arq:queue:health-check")
         proc = self._spawn("worker", [sys.executable, "-m", "worker"], extra_env)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + START_SECONDS
         while not client.exists("arq:queue:health-check"):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"the worker did not start; see {self.log_dir}")
@@ -464,8 +467,9 @@ def started_rig(processes: Processes, database_url: str, redis_url: str) -> Iter
     rig.stop_all()
 
 
-async def until(check: Callable[[], Any], what: str, timeout: float = 15, every: float = 0.02) -> Any:
-    """Poll `check` until it returns something truthy (and return that); fail naming `what` on timeout."""
+async def until(check: Callable[[], Any], what: str, timeout: float = 30, every: float = 0.02) -> Any:
+    """Poll `check` until it returns something truthy (and return that); fail naming `what` on timeout (a deadline
+    against a hang, generous for a busy machine: not a speed check)."""
     deadline = time.monotonic() + timeout
     while not (result := check()):
         if time.monotonic() > deadline:

@@ -83,12 +83,15 @@ async def test_the_worst_schedule_an_attacker_can_build_answers_in_milliseconds(
             "from": iso(first_day + shift * FIVE), "to": iso(last_end - FIVE), "limit": 1000, **params})
         return time.perf_counter() - started, response
 
-    worst = 0.0
+    took: dict[str, list[float]] = {"slots": [], "availability": []}
     for shift in range(3):  # a new range each time: the response cache cannot answer
         for path, params in (("slots", {"duration": 5}), ("availability", {})):
             elapsed, response = await read(path, shift, **params)
             assert response.status_code == 200, response.text
-            worst = max(worst, elapsed)
+            took[path].append(elapsed)
+    # Each kind of read at its best of three: unbounded work shows in every one, a busy moment of the machine
+    # (the suite's other processes) in one.
+    worst = max(min(times) for times in took.values())
     slots = (await read("slots", 3, duration=5))[1].json()["slots"]
     availability = (await read("availability", 4))[1].json()
     assert slots == [] and len(availability) == MAX_UPCOMING_WINDOWS
