@@ -19,3 +19,9 @@ WHERE id = %(id)s;
 -- The per-doctor row lock: every writer of a doctor's windows or appointments takes it first. No row when there is
 -- no such doctor; the time zone for a decision, which reads the doctor's hours right after.
 SELECT id, timezone FROM users WHERE id = %(doctor_id)s AND role = 'Doctor' FOR UPDATE;
+
+-- name: lock_doctors
+-- lock_doctor for the doctors of a group decision (and any others it must hold), in ascending id order, so that two
+-- groups locking overlapping sets cannot deadlock on each other. A row that is not a doctor's is locked too (its
+-- requests are rejected).
+SELECT id, role, timezone FROM users WHERE id IN %(ids)s ORDER BY id FOR UPDATE;

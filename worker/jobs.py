@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from service.core import faults, waitlist
 from service.core.appointments import stale_since
-from service.core.booking import HoldPolicy, decide_for_doctor, fail_request
+from service.core.booking import HoldPolicy, fail_request
 from service.core.db import CONNECTION_LOST_ERRORS, Database, mysql_error_code
 from service.core.logs import current_request_id, new_request_id
 from service.core.queue import (
@@ -33,6 +33,7 @@ from service.core.queue import (
 from service.core.settings import Settings
 from worker import notify
 from worker.arq_ext import lease_commands, renew_leases
+from worker.groups import GroupCommit
 from worker.lock import DoctorLock
 from worker.mail import send_email as deliver_email
 
@@ -61,7 +62,11 @@ def with_request_id(job: Job) -> Job:
 
 async def startup(ctx: Context) -> None:
     """Resources for the jobs, kept in ctx (the settings are there already: read once, in __main__)."""
-    ctx["db"] = await Database.connect(ctx["settings"], min_size=2)
+    settings: Settings = ctx["settings"]
+    ctx["db"] = await Database.connect(settings, min_size=2)
+    ctx["group_commit"] = GroupCommit(ctx["db"], settings.booking_batch_size,
+                                      HoldPolicy(settings.hold_seconds, settings.holds_per_patient),
+                                      settings.worker_max_jobs)
     ctx["leases"] = set()
     ctx["lease_renewal"] = asyncio.create_task(renew_leases(ctx["redis"], ctx["leases"]))
     await notify.startup(ctx)
@@ -92,7 +97,6 @@ async def book_appointment(ctx: Context, request_id: int, doctor_id: int) -> str
 
 async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
     settings: Settings = ctx["settings"]
-    db: Database = ctx["db"]
     redis: Redis = ctx["redis"]
 
     job_try: int = ctx["job_try"]
@@ -108,16 +112,24 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
         if lock is not None:
             lock.try_in(pipe)
         started = await pipe.execute()
-    if lock is not None and not started[-1] and not await lock.acquire(LOCK_WAIT_SECONDS):
-        raise Retry(defer=retry_delay(job_try))
+    group: GroupCommit = ctx["group_commit"]
+    alone = job_try >= 3  # retried twice: on its own, whatever failed (its group's doctors go alone at once)
+    if lock is not None and not started[-1]:
+        # Its marker deleted, this job's request is read by any transaction that starts from now on: one of this
+        # worker's about to start for the doctor decides it, and one running now is followed by ours.
+        if not alone and (shared := group.waiting_for(doctor_id)) is not None:
+            return await decided_with_another_job(ctx, request_id, doctor_id, shared, last_try)
+        if not alone and group.serializes(doctor_id):
+            lock = None
+        elif not await lock.acquire(LOCK_WAIT_SECONDS):
+            raise Retry(defer=retry_delay(job_try))
 
-    batch_size = settings.booking_batch_size
-    policy = HoldPolicy(settings.hold_seconds, settings.holds_per_patient)
+    batch_size = group.batch_size
     decided_count = 0
     freed: set[int] = set()
     try:
         # A full batch may leave requests behind that counted on this job (they were folded into it): go on.
-        while len((decided := await decide(db, doctor_id, batch_size, policy, freed)).decisions) == batch_size:
+        while len((decided := await decide(group, doctor_id, alone, freed)).decisions) == batch_size:
             decided_count += batch_size
             log_decisions(decided)
             await publish_decisions(redis, decided)
@@ -134,9 +146,20 @@ async def decide_request(ctx: Context, request_id: int, doctor_id: int) -> str:
     return f"decided {decided_count + len(decided.decisions)}"
 
 
-async def decide(db: Database, doctor_id: int, batch_size: int, policy: HoldPolicy, freed: set[int]) -> Decided:
-    """One committed batch; adds to `freed` the doctors whose time its reschedules freed."""
-    decided = await decide_for_doctor(db, doctor_id, batch_size, policy=policy)
+async def decided_with_another_job(ctx: Context, request_id: int, doctor_id: int, shared: asyncio.Future[Decided],
+                                   last_try: bool) -> str:
+    """Wait for the decision another job of this worker announces (and does the rest for)."""
+    try:
+        decided = await asyncio.shield(shared)
+    except Exception as exc:
+        return await retry_or_fail(ctx, request_id, doctor_id, exc, last_try)
+    return f"decided with another job of doctor {decided.doctor_id}"
+
+
+async def decide(group: GroupCommit, doctor_id: int, alone: bool, freed: set[int]) -> Decided:
+    """One committed batch, with the group's other doctors or `alone`; adds to `freed` the doctors whose time its
+    reschedules freed."""
+    decided = await (group.alone(doctor_id) if alone else group.decide(doctor_id))
     if any(d.rescheduled_from is not None for d in decided.decisions):
         freed.update({doctor_id, *decided.freed_doctor_ids})
     return decided

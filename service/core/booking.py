@@ -1,7 +1,7 @@
-"""The booking decision: run by the worker, under the doctor's row lock, in one transaction.
+"""The booking decision: run by the worker, under the doctors' row locks, in one transaction.
 
-`decide` is pure (data in, decisions out); `decide_pending_requests` is the I/O around it, and `decide_for_doctor`
-the transaction and its retries.
+`decide` is pure (data in, decisions out); `decide_pending_requests` is the I/O around it (for one doctor or a group),
+and `decide_for_doctors` the transaction and its retries.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class PendingRequest:
     requested_by: int | None = None  # staff who asked on the patient's behalf
     created_at: datetime | None = None  # when it was asked for (its `requested` history row's time)
     requested_in_history: bool = False  # stored before its decision wrote that row (migration 0014): it has one
+    doctor_id: int = 0  # the doctor it asks for (a decision's requests may be of several)
 
 
 @dataclass(slots=True)
@@ -181,97 +182,132 @@ def nearby_clusters(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[da
 
 
 class LockOrder(Exception):
-    """The batch moves appointments of doctors whose ids are below this doctor's: lock them first, in id order."""
+    """The batch moves appointments of doctors whose ids are below a doctor it holds: lock them first, in id order."""
 
     def __init__(self, doctor_ids: set[int]) -> None:
         super().__init__(sorted(doctor_ids))
         self.doctor_ids = doctor_ids
 
 
-async def decide_pending_requests(tx: Connection, doctor_id: int, batch_size: int,
-                                  locked_first: frozenset[int] = frozenset(), policy: HoldPolicy | None = None,
-                                  ) -> Decided:
-    """Decide up to `batch_size` pending requests of one doctor inside the caller's transaction.
+def pending_request(row: Row, doctor_id: int) -> PendingRequest:
+    return PendingRequest(row["id"], row["patient_id"], row["start_time"], row["end_time"], row["notes"],
+                          row["appointment_type_id"], row["reschedules"], row["kind"], row["hold_id"],
+                          row["requested_by"], row["created_at"], bool(row["requested_in_history"]), doctor_id)
 
-    The doctor's row lock serializes every writer of this doctor's schedule (bookings, cancellations, windows,
-    weekly hours, time off, types); the patients' row locks serialize bookings of one patient with different
-    doctors. A reschedule from another doctor also takes that doctor's lock: every doctor lock in ascending id
-    order (`locked_first` are the ones below this doctor, known from an earlier try that raised LockOrder). Reads
+
+async def decide_pending_requests(tx: Connection, doctor_ids: Iterable[int], batch_size: int,
+                                  locked_first: frozenset[int] = frozenset(), policy: HoldPolicy | None = None,
+                                  ) -> list[Decided]:
+    """Decide up to `batch_size` pending requests of each of these doctors inside the caller's transaction: one
+    Decided a doctor, in ascending id order.
+
+    The doctors' row locks serialize every writer of their schedules (bookings, cancellations, windows, weekly
+    hours, time off, types); the patients' row locks serialize bookings of one patient with different doctors. Every
+    lock is taken in ascending id order, doctors first, then patients, so concurrent decisions (of one doctor or of
+    a group) cannot deadlock on each other. A reschedule from another doctor also takes that doctor's lock:
+    `locked_first` are such doctors below one of the group's, known from an earlier try that raised LockOrder. Reads
     come after the locks, and the session runs READ COMMITTED, so they see everything committed before.
+
+    The doctors are decided in turn, in one transaction: a patient's booking confirmed with one doctor is seen by
+    the decision of the next (the patients' time is shared), and all is written in a few round trips, whatever the
+    number of doctors (the worker's group commit, worker/jobs.py).
     """
-    if locked_first:
-        await tx.fetch_all("lock_users", {"ids": tuple(sorted(locked_first))})
-    params = {"doctor_id": doctor_id, "limit": batch_size}
-    doctor_rows, rows = await tx.fetch_batch([  # one round trip, the doctor's lock first
-        ("lock_doctor", params), ("lock_pending_requests_of_doctor", params)])
-    doctor_exists = bool(doctor_rows)
+    doctor_ids = sorted(set(doctor_ids))
+    locks = tuple(sorted({*doctor_ids, *locked_first}))
+    lock_rows, *pending = await tx.fetch_batch([  # one round trip: the locks first, then each doctor's oldest requests
+        ("lock_doctors", {"ids": locks}),
+        *(("lock_pending_requests_of_doctor", {"doctor_id": d, "limit": batch_size}) for d in doctor_ids)])
     now = utcnow()
-    requests = [PendingRequest(r["id"], r["patient_id"], r["start_time"], r["end_time"], r["notes"],
-                               r["appointment_type_id"], r["reschedules"], r["kind"], r["hold_id"], r["requested_by"],
-                               r["created_at"], bool(r["requested_in_history"]))
-                for r in rows]
-    policy = policy or HoldPolicy()
-    types: dict[int, Row] = {}
-    moving: dict[int, Moving] = {}
-    holds = Holds(per_patient=policy.per_patient)
+    batches = {d: [pending_request(row, d) for row in rows] for d, rows in zip(doctor_ids, pending, strict=True)}
+    decisions: dict[int, list[Decision]] = {d: [] for d in doctor_ids}
+    requests = [r for d in doctor_ids for r in batches[d]]
     if not requests:
-        return Decided(doctor_id, now, [])
-    if not doctor_exists:
-        decisions = [Decision(r.id, "rejected", DOCTOR_NOT_FOUND) for r in requests]
-    else:
-        if moving_ids := tuple({r.reschedules for r in requests if r.reschedules is not None}):
-            moving = await lock_moving_appointments(tx, doctor_id, moving_ids, locked_first)
-        if hold_ids := tuple({r.hold_id for r in requests if r.kind == "confirm_hold" and r.hold_id is not None}):
-            holds.holding = {row["id"]: HeldSlot(**row) for row in await tx.fetch_all("find_holds_by_id", {
-                "ids": hold_ids, "doctor_id": doctor_id})}
-        patient_ids = tuple(sorted({r.patient_id for r in requests}))
-        ranges = ranges_to_read(requests)
-        # One round trip: the patients' locks, then (under them) their live holds if the batch makes holds, and
-        # the schedule of each range.
-        counting_holds = any(r.kind == "hold" for r in requests)  # under the patients' locks: none overrun
+        return [Decided(d, now, []) for d in doctor_ids]
+    zones = {row["id"]: row["timezone"] for row in lock_rows if row["role"] == "Doctor"}
+    for d in doctor_ids:
+        if d not in zones:
+            decisions[d] = [Decision(r.id, "rejected", DOCTOR_NOT_FOUND) for r in batches[d]]
+    # Each doctor's active types that its requests name (a request naming another doctor's type finds none).
+    types_of = {d: {r["type_id"]: {name: r[name] for name in TYPE_RULES} for r in rows if r["type_id"] is not None}
+                for d, rows in zip(doctor_ids, pending, strict=True)}
+    types = {type_id: rules for of_doctor in types_of.values() for type_id, rules in of_doctor.items()}
+    policy = policy or HoldPolicy()
+    holds = Holds(per_patient=policy.per_patient)
+    moving: dict[int, Moving] = {}
+    if deciding := [d for d in doctor_ids if d in zones and batches[d]]:
+        live = [r for d in deciding for r in batches[d]]
+        if moving_ids := tuple({r.reschedules for r in live if r.reschedules is not None}):
+            moving = await lock_moving_appointments(tx, set(locks), moving_ids, locked_first)
+        holding = await confirmed_holds(tx, {d: batches[d] for d in deciding})
+        patients_of = {d: tuple(sorted({r.patient_id for r in batches[d]})) for d in deciding}
+        patient_ids = tuple(sorted({r.patient_id for r in live}))
+        ranges = {d: ranges_to_read(batches[d]) for d in deciding}
+        # One round trip: the patients' locks, then (under them) their live holds if the group makes holds, and the
+        # schedule of each doctor's ranges.
+        counting_holds = any(r.kind == "hold" for r in live)  # under the patients' locks: none overrun
         _, *read = await tx.fetch_batch([
             ("lock_users", {"ids": patient_ids}),
             *([("count_live_holds_of_patients", {"ids": patient_ids, "now": now})] if counting_holds else []),
-            *(("list_schedule_between", {"doctor_id": doctor_id, "patient_ids": patient_ids,
-                                         **read_bounds(start, end, now)}) for start, end in ranges)])
+            *(("list_schedule_between", {"doctor_id": d, "patient_ids": patients_of[d],
+                                         **read_bounds(start, end, now)})
+              for d in deciding for start, end in ranges[d])])
         if counting_holds:
             holds.counts = {row["patient_id"]: row["live"] for row in read.pop(0)}
-        moving_keys = set(moving) | {hold_key(hold_id) for hold_id in holds.holding}
-        types = {r["type_id"]: {name: r[name] for name in TYPE_RULES} for r in rows if r["type_id"] is not None}
-        schedule_rows: list[Row] = []
+        moving_keys = set(moving) | {hold_key(hold_id) for held in holding.values() for hold_id in held}
+        schedule_rows: dict[int, list[Row]] = defaultdict(list)
         patient_taken: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
         patient_moving: dict[int, dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
-        for range_rows in read:
-            for row in range_rows:
-                if row["kind"] not in PATIENT_ROWS:
-                    schedule_rows.append(row)
-                    continue
-                key = row["id"] if row["kind"] == "patient" else hold_key(row["id"])
-                if key in moving_keys:
-                    patient_moving[row["patient_id"]][key] = (row["start_time"], row["end_time"])
-                else:
-                    patient_taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
-        doctor = doctor_time_from_rows(schedule_rows, zone_named(doctor_rows[0]["timezone"]), ranges, moving_keys)
+        reads = iter(read)
+        for d in deciding:
+            for _ in ranges[d]:
+                for row in next(reads):
+                    if row["kind"] not in PATIENT_ROWS:
+                        schedule_rows[d].append(row)
+                        continue
+                    key = row["id"] if row["kind"] == "patient" else hold_key(row["id"])
+                    if key in moving_keys:
+                        patient_moving[row["patient_id"]][key] = (row["start_time"], row["end_time"])
+                    else:  # a row read for two doctors' ranges counts once (Taken merges spans)
+                        patient_taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
         patients = {p: Taken(patient_taken.get(p, ()), patient_moving.get(p)) for p in patient_ids}
-        decisions = decide(requests, doctor, patients, now, types, moving, holds)
-    await record_decisions(tx, doctor_id, requests, decisions, now, types, moving, holds, policy)
+        for d in deciding:
+            doctor = doctor_time_from_rows(schedule_rows[d], zone_named(zones[d]), ranges[d], moving_keys)
+            decisions[d] = decide(batches[d], doctor, patients, now, types_of[d], moving,
+                                  Holds(holding.get(d, {}), holds.counts, policy.per_patient))
+        holds.holding = {hold_id: held for of_doctor in holding.values() for hold_id, held in of_doctor.items()}
+    await record_decisions(tx, requests, [x for d in doctor_ids for x in decisions[d]], now, types, moving, holds,
+                           policy)
     if faults.armed:
         faults.hit("before_commit")
-    freed = sorted({moving[d.rescheduled_from].doctor_id for d in decisions if d.rescheduled_from} - {doctor_id})
-    return Decided(doctor_id, now, decisions, freed)
+    return [Decided(d, now, decisions[d], sorted(
+        {moving[x.rescheduled_from].doctor_id for x in decisions[d] if x.rescheduled_from} - {d}))
+        for d in doctor_ids]
 
 
-async def lock_moving_appointments(tx: Connection, doctor_id: int, appointment_ids: tuple[int, ...],
+async def confirmed_holds(tx: Connection, batches: dict[int, list[PendingRequest]]) -> dict[int, dict[int, HeldSlot]]:
+    """The holds the doctors' confirm_hold requests name, each doctor's own only, by doctor and hold id; one round
+    trip if any."""
+    asked = {d: tuple({r.hold_id for r in requests if r.kind == "confirm_hold" and r.hold_id is not None})
+             for d, requests in batches.items()}
+    asking = [d for d, hold_ids in asked.items() if hold_ids]
+    if not asking:
+        return {}
+    found = await tx.fetch_batch([("find_holds_by_id", {"ids": asked[d], "doctor_id": d}) for d in asking])
+    return {d: {row["id"]: HeldSlot(**row) for row in rows} for d, rows in zip(asking, found, strict=True)}
+
+
+async def lock_moving_appointments(tx: Connection, locked: set[int], appointment_ids: tuple[int, ...],
                                    locked_first: frozenset[int]) -> dict[int, Moving]:
     """The appointments the batch's reschedules would move, read once their doctors' rows are locked. Doctors
-    above this one are locked now (ascending order holds); one below it that is not locked yet means starting
-    over with it locked first (LockOrder)."""
+    above every one locked (`locked`) are locked now (ascending order holds); one below that is not locked yet
+    means starting over with it locked first (LockOrder)."""
     doctors = {row["id"]: row["doctor_id"] for row in
                await tx.fetch_all("doctors_of_appointments", {"ids": appointment_ids})}
-    others = set(doctors.values()) - {doctor_id}
-    if missing := {d for d in others if d < doctor_id} - locked_first:
+    others = set(doctors.values()) - locked
+    highest = max(locked)
+    if missing := {d for d in others if d < highest}:
         raise LockOrder(missing | locked_first)
-    if above := sorted(d for d in others if d > doctor_id):
+    if above := sorted(others):
         await tx.fetch_all("lock_users", {"ids": tuple(above)})
     return {row["id"]: Moving(row["id"], row["doctor_id"], row["status"], row["start_time"], row["end_time"],
                               row["patient_id"])
@@ -301,10 +337,9 @@ def buffers_of(appointment_type: Row | None) -> dict[str, int]:
     return {name: appointment_type[name] for name in NO_BUFFERS}
 
 
-def appointment_row(request: PendingRequest, doctor_id: int, now: datetime, types: dict[int, Row],
-                    holds: Holds) -> Row:
+def appointment_row(request: PendingRequest, now: datetime, types: dict[int, Row], holds: Holds) -> Row:
     """The appointment a confirmed request makes: its own span and type's buffers, or its hold's."""
-    row = {"booking_request_id": request.id, "doctor_id": doctor_id, "patient_id": request.patient_id,
+    row = {"booking_request_id": request.id, "doctor_id": request.doctor_id, "patient_id": request.patient_id,
            "appointment_type_id": request.appointment_type_id, "start_time": request.start_time,
            "end_time": request.end_time, "notes": request.notes, "now": now, "rescheduled_from": request.reschedules,
            **buffers_of(types.get(request.appointment_type_id))}
@@ -316,13 +351,13 @@ def appointment_row(request: PendingRequest, doctor_id: int, now: datetime, type
     return row
 
 
-async def record_holds(tx: Connection, doctor_id: int, held: list[PendingRequest], decisions: list[Decision],
+async def record_holds(tx: Connection, held: list[PendingRequest], decisions: list[Decision],
                        now: datetime, types: dict[int, Row], seconds: int) -> list[Row]:
     """Insert the holds of a batch's confirmed hold requests, mark the requests confirmed with their hold ids; the
     history rows to append."""
     expires_at = now + timedelta(seconds=seconds)
     await tx.execute_many("insert_hold", [
-        {"doctor_id": doctor_id, "patient_id": r.patient_id, "appointment_type_id": r.appointment_type_id,
+        {"doctor_id": r.doctor_id, "patient_id": r.patient_id, "appointment_type_id": r.appointment_type_id,
          "start_time": r.start_time, "end_time": r.end_time, "notes": r.notes, "expires_at": expires_at,
          "booking_request_id": r.id, "waitlist_entry_id": None, "now": now,
          **buffers_of(types.get(r.appointment_type_id))} for r in held])
@@ -336,7 +371,7 @@ async def record_holds(tx: Connection, doctor_id: int, held: list[PendingRequest
 
 
 async def record_decisions(
-    tx: Connection, doctor_id: int, requests: list[PendingRequest], decisions: list[Decision], now: datetime,
+    tx: Connection, requests: list[PendingRequest], decisions: list[Decision], now: datetime,
     types: dict[int, Row], moving: dict[int, Moving] | None = None, holds: Holds | None = None,
     policy: HoldPolicy | None = None,
 ) -> None:
@@ -348,13 +383,13 @@ async def record_decisions(
     changes = await requested_rows(tx, requests, now)
     made = [by_id[d.request_id] for d in decisions if d.status == "confirmed"]
     if held := [r for r in made if r.kind == "hold"]:
-        changes += await record_holds(tx, doctor_id, held, decisions, now, types, (policy or HoldPolicy()).seconds)
+        changes += await record_holds(tx, held, decisions, now, types, (policy or HoldPolicy()).seconds)
     confirmed = [r for r in made if r.kind != "hold"]  # those that make an appointment
     if confirmed:
         if moved := tuple(r.reschedules for r in confirmed if r.reschedules is not None):
             # Before the inserts: a move to the same start needs the old appointment's start let go of first.
             await tx.execute("mark_appointments_rescheduled", {"ids": moved, "now": now})
-        appointments = [appointment_row(r, doctor_id, now, types, holds) for r in confirmed]
+        appointments = [appointment_row(r, now, types, holds) for r in confirmed]
         confirmed_ids = tuple(r.id for r in confirmed)
         if len(appointments) == 1:  # the usual batch: the insert itself says the new id
             _, appointment_id = await tx.execute("insert_appointment", appointments[0])
@@ -393,7 +428,7 @@ async def record_decisions(
     await history.record(writes, changes)
     # The batch's events, in the same transaction; the worker asks for their delivery after commit.
     # A slot hold is no appointment yet: its confirmation is the event.
-    await record_events(writes, [decision_event(d, by_id[d.request_id], doctor_id, now, moving or {})
+    await record_events(writes, [decision_event(d, by_id[d.request_id], now, moving or {})
                                  for d in decisions if by_id[d.request_id].kind != "hold"], now=now)
     await writes.send()
 
@@ -411,9 +446,10 @@ async def requested_rows(tx: Connection, requests: list[PendingRequest], now: da
             for r in requests]
 
 
-def decision_event(d: Decision, r: PendingRequest, doctor_id: int, now: datetime, moving: dict[int, Moving]) -> Event:
+def decision_event(d: Decision, r: PendingRequest, now: datetime, moving: dict[int, Moving]) -> Event:
     """appointment.confirmed with the new appointment (appointment.rescheduled, with the old one, for a move), or
     booking.rejected with the request and the reason."""
+    doctor_id = r.doctor_id
     if d.status == "confirmed":
         made = {"id": d.appointment_id, "doctor_id": doctor_id, "patient_id": r.patient_id, "booking_request_id": r.id,
                 "appointment_type_id": r.appointment_type_id, "start_time": r.start_time, "end_time": r.end_time}
@@ -431,21 +467,29 @@ def decision_event(d: Decision, r: PendingRequest, doctor_id: int, now: datetime
 
 async def decide_for_doctor(db: Database, doctor_id: int, batch_size: int, attempts: int = 3,
                             policy: HoldPolicy | None = None) -> Decided:
-    """Run the decision in one transaction; a deadlock or lock-wait timeout rolls back and runs it again (up to
-    `attempts` times), as does a batch that must take lower doctors' locks first (LockOrder: the set only grows)."""
+    """One doctor's pending requests (up to `batch_size`), decided in a transaction of their own."""
+    return (await decide_for_doctors(db, [doctor_id], batch_size, attempts, policy))[0]
+
+
+async def decide_for_doctors(db: Database, doctor_ids: Iterable[int], batch_size: int, attempts: int = 3,
+                             policy: HoldPolicy | None = None) -> list[Decided]:
+    """Run the decision of these doctors' pending requests in one transaction; a deadlock or lock-wait timeout rolls
+    back and runs it again (up to `attempts` times), as does a batch that must take lower doctors' locks first
+    (LockOrder: the set only grows)."""
+    doctor_ids = sorted(set(doctor_ids))
     locked_first: frozenset[int] = frozenset()
     failures = 0
     while True:
         try:
             async with db.transaction() as tx:
-                return await decide_pending_requests(tx, doctor_id, batch_size, locked_first, policy)
+                return await decide_pending_requests(tx, doctor_ids, batch_size, locked_first, policy)
         except LockOrder as lock_order:
             locked_first = frozenset(lock_order.doctor_ids)
         except Exception as exc:
             failures += 1
             if mysql_error_code(exc) not in RETRYABLE_ERRORS or failures == attempts:
                 raise
-            log.info("booking transaction for doctor %s hit MySQL error %s; retrying", doctor_id,
+            log.info("booking transaction for doctor(s) %s hit MySQL error %s; retrying", doctor_ids,
                      mysql_error_code(exc))
             await asyncio.sleep(0.005 * 2**failures)
 
@@ -461,7 +505,8 @@ async def fail_request(db: Database, request_id: int) -> Decided | None:
         await tx.execute("mark_booking_request_failed", {"id": request_id, "reason": RETRIES_EXHAUSTED, "now": now})
         pending = PendingRequest(request_id, request["patient_id"], now, now, None, reschedules=request["reschedules"],
                                  requested_by=request["requested_by"], created_at=request["created_at"],
-                                 requested_in_history=bool(request["requested_in_history"]))
+                                 requested_in_history=bool(request["requested_in_history"]),
+                                 doctor_id=request["doctor_id"])
         await history.record(tx, [*await requested_rows(tx, [pending], now), history.entry(
             "failed", now, appointment_id=request["reschedules"], request_id=request_id, reason=RETRIES_EXHAUSTED)])
     return Decided(request["doctor_id"], now, [Decision(request_id, "failed", RETRIES_EXHAUSTED)])
