@@ -24,7 +24,16 @@ from yoyo import read_migrations
 from scripts.docker_secrets import with_secrets
 from service.api.app import create_app
 from service.api.extensions import resolve_dependencies_in_turn
-from service.core.db import ER_DUP_ENTRY, MIGRATIONS_DIR, QUERIES, Database, load_queries, migrate, mysql_error_code
+from service.core.db import (
+    ER_DUP_ENTRY,
+    MIGRATIONS_DIR,
+    QUERIES,
+    Connection,
+    Database,
+    load_queries,
+    migrate,
+    mysql_error_code,
+)
 from service.core.settings import MySQLAddress, Settings, SettingsError
 from service.core.times import utcnow
 from tests.support import Processes
@@ -380,6 +389,30 @@ async def test_batched_statements_escape_every_value_and_answer_in_order(
             ("find_user_by_email", {"email": sneaky}), ("find_user_by_email", {"email": tag + "plain@example.com"})])
     assert [row["email"] for row in first + second] == [sneaky, tag + "plain@example.com"]
     assert emails_like(mysql, tag) == [sneaky, tag + "plain@example.com"]
+
+
+async def test_a_batch_folds_the_rows_of_an_insert_into_one_statement(db: Database, mysql: pymysql.Connection) -> None:
+    """A batch's execute_many of an INSERT … VALUES is one multi-row statement (MySQL parses and runs one, not one
+    a row), in its place among the others; of any other statement, one a row; of no rows, nothing."""
+    tag = f"fold-{secrets.token_hex(4)}-"
+
+    async def statements(tx: Connection) -> tuple[int, int]:
+        async with tx.raw.cursor() as cursor:
+            await cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN ('Com_insert', 'Com_update')")
+            counts = dict(await cursor.fetchall())
+        return int(counts["Com_insert"]), int(counts["Com_update"])
+
+    async with db.transaction() as tx:
+        before = await statements(tx)
+        writes = tx.batch()
+        await writes.execute("insert_user", user_row(tag + "0@example.com"))
+        await writes.execute_many("insert_user", [user_row(f"{tag}{i}@example.com") for i in (1, 2, 3)])
+        await writes.execute_many("insert_user", [])
+        await writes.execute_many("mark_hold_confirmed", [{"id": 0, "appointment_id": 0, "now": utcnow()}] * 2)
+        await writes.send()
+        after = await statements(tx)
+        assert (after[0] - before[0], after[1] - before[1]) == (2, 2)
+    assert emails_like(mysql, tag) == [f"{tag}{i}@example.com" for i in range(4)]
 
 
 async def test_a_connection_lost_while_being_made_is_cant_connect_not_a_crash(

@@ -75,6 +75,8 @@ async def startup(ctx: Context) -> None:
 
 async def shutdown(ctx: Context) -> None:
     ctx["lease_renewal"].cancel()
+    group: GroupCommit = ctx["group_commit"]
+    log.info("group commit: %d transaction(s) decided %d doctor batch(es)", group.transactions, group.decided_doctors)
     await notify.shutdown(ctx)
     await ctx["db"].close()
 

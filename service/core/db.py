@@ -55,6 +55,11 @@ def mysql_error_code(exc: BaseException) -> int | None:
 
 
 Statement = tuple[str, Mapping[str, Any] | None]  # a named query and its parameters
+Rows = tuple[str, list[Mapping[str, Any]]]  # a named INSERT … VALUES (…) and the rows it inserts
+
+# An INSERT's head, its VALUES tuple and its tail (asyncmy's executemany folds rows the same way).
+INSERT_VALUES = re.compile(r"(\s*(?:INSERT|REPLACE)\b.+\bVALUES\s*)(\(.+\))(\s*(?:ON DUPLICATE.*)?)\Z",
+                           re.IGNORECASE | re.DOTALL)
 
 
 class Connection:
@@ -137,13 +142,20 @@ class Batch:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._statements: list[Statement] = []
+        self._statements: list[Statement | Rows] = []
 
     async def execute(self, query: str, params: Mapping[str, Any] | None = None) -> None:
         self._statements.append((query, params))
 
     async def execute_many(self, query: str, rows: list[Mapping[str, Any]]) -> None:
-        self._statements += [(query, row) for row in rows]
+        """One statement for all the rows if `query` is an INSERT … VALUES (as Connection.execute_many), else one
+        each."""
+        if not rows:
+            return
+        if INSERT_VALUES.match(QUERIES[query]):
+            self._statements.append((query, rows))
+        else:
+            self._statements += [(query, row) for row in rows]
 
     def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._conn.after_commit(callback)
@@ -158,9 +170,16 @@ class Batch:
         self._statements = []
 
 
-def _joined(cursor: Cursor, statements: list[Statement]) -> str:
-    """Named queries with their parameters escaped by the driver (as `execute` does), as one multi-statement."""
-    return ";\n".join(cursor.mogrify(QUERIES[query], params) for query, params in statements)
+def _joined(cursor: Cursor, statements: list[Statement] | list[Statement | Rows]) -> str:
+    """Named queries with their parameters escaped by the driver (as `execute` does), as one multi-statement; the rows
+    of an INSERT given a list (Rows) folded into its VALUES."""
+    return ";\n".join(_folded(cursor, query, params) if isinstance(params, list) else
+                       cursor.mogrify(QUERIES[query], params) for query, params in statements)
+
+
+def _folded(cursor: Cursor, query: str, rows: list[Mapping[str, Any]]) -> str:
+    head, values, tail = INSERT_VALUES.match(QUERIES[query]).groups()  # type: ignore[union-attr]  # Batch checked
+    return head + ",".join(cursor.mogrify(values, row) for row in rows) + tail
 
 
 Writer = Connection | Batch  # where writes whose results nobody reads can go
