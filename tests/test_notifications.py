@@ -328,8 +328,10 @@ async def test_webhooks_are_signed_and_carry_the_event(started, receiver: Receiv
     await register(http, other_doctor, receiver.url)  # sees none of the first doctor's appointments
 
     appointment = await factory.booked(patient, doctor["id"], at(10), at(10.5))
-    taken = await factory.book(await factory.patient(), doctor["id"], at(10), at(10.5), wait=10)
-    assert taken.status_code == 409
+    # Outside the doctor's window: stored, and rejected by the worker (a time known taken is refused at once,
+    # unstored, and makes no event).
+    closed = await factory.book(await factory.patient(), doctor["id"], at(17), at(17.5), wait=10)
+    assert closed.status_code == 409 and closed.json()["request_id"]
     await until(lambda: len(receiver.received) >= 2, "two webhooks")
     await asyncio.sleep(SETTLE)
     assert len(receiver.received) == 2
@@ -343,7 +345,7 @@ async def test_webhooks_are_signed_and_carry_the_event(started, receiver: Receiv
     assert confirmed["data"]["appointment"]["id"] == appointment["id"]
     assert confirmed["data"]["appointment"]["start_time"] == at(10).isoformat().replace("+00:00", "Z")
     assert rejected["type"] == "booking.rejected"
-    assert rejected["data"]["booking_request"]["reason"] == "slot_taken"
+    assert rejected["data"]["booking_request"]["reason"] == "outside_availability"
     assert {h["webhook-id"] for h, _ in receiver.received} == {confirmed["id"], rejected["id"]}
 
     listed = await http.get("/webhooks", headers=doctor.headers)

@@ -150,8 +150,10 @@ async def test_metrics_count_requests_by_route_and_bookings_stored_and_decided(
     assert (await client.get(f"/doctors/{doctor['id']}")).status_code == 200
     assert (await client.get("/auth/me")).status_code == 401  # refused by the token check, before the handler
     await factory.booked(patient, doctor["id"], at(10), at(10.5))
-    rejected = await factory.book(patient, doctor["id"], at(10), at(10.5), wait=10)
-    assert rejected.status_code == 409
+    rejected = await factory.book(patient, doctor["id"], at(13), at(13.5), wait=10)  # outside the window
+    assert rejected.status_code == 409 and rejected.json()["request_id"]
+    refused = await factory.book(patient, doctor["id"], at(10), at(10.5), wait=10)  # known taken: not stored
+    assert refused.status_code == 409 and "request_id" not in refused.json()
 
     def decided() -> Samples | None:
         found = scrape(api_url)
@@ -170,7 +172,8 @@ async def test_metrics_count_requests_by_route_and_bookings_stored_and_decided(
     assert grew("http_requests_total", **{**route, "path": "/auth/me"}, status_code="401") == 1
     assert grew("booking_requests_stored_total") == 2
     assert grew("booking_decisions_total", status="confirmed", reason="") == 1
-    assert grew("booking_decisions_total", status="rejected", reason="slot_taken") == 1
+    assert grew("booking_decisions_total", status="rejected", reason="outside_availability") == 1
+    assert grew("booking_requests_known_taken_total") == 1
     assert 0 < grew("booking_decision_seconds_sum") < 20
     assert grew("booking_decision_seconds_bucket", le="+Inf") == 2
     assert value(after, "booking_queue_depth") >= 0

@@ -173,17 +173,19 @@ async def test_staff_find_a_patient_by_email_and_no_one_else_can(
 async def test_a_staff_booking_is_decided_by_the_worker_and_polled_by_its_requester(
     client: httpx.AsyncClient, factory: Factory, mysql: pymysql.Connection,
 ) -> None:
-    staff, doctor, patient = await factory.staff(), await factory.doctor(), await factory.patient()
-    await factory.window(doctor, at(9), at(17))
-    await factory.booked(patient, doctor["id"], at(10), at(10.5))  # the patient is busy then: staff cannot double-book
+    staff, doctor, other, patient = (await factory.staff(), await factory.doctor(), await factory.doctor(),
+                                     await factory.patient())
+    for each in (doctor, other):
+        await factory.window(each, at(9), at(17))
+    await factory.booked(patient, other["id"], at(10), at(10.5))  # the patient is busy then: staff cannot double-book
     accepted = await client.post("/appointments", json=booking(doctor, patient["id"], hour=10),
                                  headers=staff.headers)
     assert accepted.status_code == 202, accepted.text
     polled = await client.get(accepted.headers["location"], params={"wait": 10}, headers=staff.headers)
-    assert (polled.json()["status"], polled.json()["reason"]) == ("rejected", "slot_taken"), polled.text
+    assert (polled.json()["status"], polled.json()["reason"]) == ("rejected", "patient_busy"), polled.text
     waited = await client.post("/appointments", json=booking(doctor, patient["id"], hour=10),
                                headers={**staff.headers, "Prefer": "wait=10"})
-    assert problem(waited, 409)["reason"] == "slot_taken"
+    assert problem(waited, 409)["reason"] == "patient_busy"
 
 
 async def test_idempotency_keys_are_the_patients_and_a_staff_replay_is_the_same_request(

@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     redis = redis_client(settings)
     passwords = Passwords(settings.bcrypt_rounds, settings.password_hash_concurrency)
     user_cache = UserCache(settings.auth_cache_seconds)
-    schedule_versions = ScheduleVersions()
+    schedule_versions = ScheduleVersions(known_taken_seconds=settings.known_taken_seconds)
     # Retired with the versions; its rankings learn from their log which doctors changed.
     directory_cache = DirectoryCache(schedule_versions.of, schedule_versions.listing, schedule_versions)
     bookable_types = BookableTypes(schedule_versions.listing)

@@ -40,6 +40,8 @@ def count_http_requests(app_config: AppConfig) -> AppConfig:
 
 
 BOOKINGS_STORED = Counter("booking_requests_stored", "Booking requests stored (POST /appointments) by this process")
+KNOWN_TAKEN = Counter("booking_requests_known_taken", "Bookings of a time this process knew was taken: refused at once "
+                      "(409 slot_taken, not stored), unless an Idempotency-Key replayed a stored request")
 DECISIONS = Counter("booking_decisions", "Decisions of the booking requests this process stored, by outcome",
                     ["status", "reason"])
 DECISION_SECONDS = Histogram(

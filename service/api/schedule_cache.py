@@ -11,13 +11,18 @@ change bumps the version, so the next read misses:
 
 Pub/sub is at-most-once and arrives a moment after the commit, so another process may answer from its cache for
 that moment; CACHE_SECONDS bounds any staleness, and a resubscription bumps every version.
+
+The same messages keep `KnownTaken`: the times this process knows the worker has just given away, so that a booking
+for one is refused at once (409 slot_taken) instead of being stored, queued and decided only to lose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict, deque
+import time
+from collections import OrderedDict, defaultdict, deque
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -26,6 +31,7 @@ from litestar.config.response_cache import default_cache_key_builder
 from litestar.stores.memory import MemoryStore
 from redis.asyncio import Redis
 
+from service.api.metrics import KNOWN_TAKEN
 from service.core.db import Connection
 from service.core.queue import enqueue_refill, publish_schedule_changed
 
@@ -35,12 +41,65 @@ CACHE_SECONDS = 1
 _KEY_IN_SCOPE = "schedule_cache_key"
 
 
+class KnownTaken:
+    """Bookings this process knows the worker would reject slot_taken: the span and type of each booking it stored
+    that was confirmed, or rejected slot_taken, a moment ago. The same span of the same type asked for again
+    overlaps that appointment (or what the rejected one clashed with) and passed every earlier rule then (notice,
+    horizon, availability), so it would be rejected slot_taken: it is refused at once. (Only the same span and
+    type: another may fail an earlier rule first, which the worker names instead.)
+
+    Only ever a moment old: a doctor's spans are forgotten on any change but a confirmation (one may free time: a
+    cancellation, a move, a window removed...), announced here at once for this process's own changes and by pub/sub
+    for the others' (ScheduleVersions.changed), everything on a resubscription, and each span after `trust_seconds`
+    anyway, so a missed message costs that long at most. Refusing on what the worker decided a moment ago is
+    answering as if the booking had come a moment earlier (or, within those seconds of its start or notice, naming
+    slot_taken where the worker would name in_past or too_soon). Bounded: `per_doctor` spans, `doctors` doctors.
+    """
+
+    def __init__(self, trust_seconds: float, per_doctor: int = 512, doctors: int = 10_000) -> None:
+        self.trust_seconds = trust_seconds
+        self.per_doctor = per_doctor
+        self.doctors = doctors
+        # doctor id → (start, end, type id) → when it was learned (time.monotonic), oldest first
+        self._spans: dict[int, OrderedDict[tuple[datetime, datetime, int | None], float]] = {}
+
+    def learn(self, doctor_id: int, start: datetime, end: datetime, type_id: int | None) -> None:
+        """A booking of this span and type was confirmed, or rejected slot_taken, just now."""
+        if self.trust_seconds <= 0:
+            return
+        if (spans := self._spans.get(doctor_id)) is None:
+            if len(self._spans) >= self.doctors:
+                self._spans.pop(next(iter(self._spans)))  # the doctor first learned about
+            spans = self._spans[doctor_id] = OrderedDict()
+        spans[start, end, type_id] = time.monotonic()
+        spans.move_to_end((start, end, type_id))
+        if len(spans) > self.per_doctor:
+            spans.popitem(last=False)
+
+    def taken(self, doctor_id: int, start: datetime, end: datetime, type_id: int | None) -> bool:
+        """Whether a booking of [start, end) of type `type_id` is known to be rejected slot_taken."""
+        spans = self._spans.get(doctor_id)
+        learned = spans.get((start, end, type_id)) if spans is not None else None
+        if learned is None or learned < time.monotonic() - self.trust_seconds:
+            return False
+        KNOWN_TAKEN.inc()
+        return True
+
+    def forget(self, doctor_id: int) -> None:
+        self._spans.pop(doctor_id, None)
+
+    def forget_all(self) -> None:
+        self._spans.clear()
+
+
 class ScheduleVersions:
     """This process's version of each doctor's schedule; bumping one retires every cached answer about it. And a
     short log of the latest changes (`mark`, `changed_since`), so the directory's ranking, which spans hundreds of
-    doctors, learns which of them changed without asking each one."""
+    doctors, learns which of them changed without asking each one. And the times it knows are taken (KnownTaken),
+    forgotten with every change that may free time."""
 
-    def __init__(self, log_length: int = 256) -> None:
+    def __init__(self, log_length: int = 256, known_taken_seconds: float = 0) -> None:
+        self.taken = KnownTaken(known_taken_seconds)
         self._versions: defaultdict[int, int] = defaultdict(int)
         self._epoch = 0
         self._listing = 0
@@ -55,7 +114,11 @@ class ScheduleVersions:
         but a booking's decision bumps it, and a doctor's registration."""
         return f"{self._epoch}.{self._listing}"
 
-    def changed(self, doctor_id: int, listing: bool = False) -> None:
+    def changed(self, doctor_id: int, listing: bool = False, took_only: bool = False) -> None:
+        """The doctor's schedule changed: by confirmations alone (`took_only`: time taken, none freed), by any other
+        change of their bookings, or (`listing`) of their windows, hours, zone, time off or types."""
+        if not took_only:
+            self.taken.forget(doctor_id)
         self._versions[doctor_id] += 1
         if listing:
             self._listing += 1
@@ -63,6 +126,7 @@ class ScheduleVersions:
         self._log.append((self._changes, doctor_id))
 
     def all_changed(self) -> None:
+        self.taken.forget_all()
         self._versions.clear()
         self._epoch += 1
         self._changes += 1

@@ -10,6 +10,7 @@ from typing import Literal
 
 from service.core import staff
 from service.core.accounts import CurrentUser
+from service.core.availability import SLOT_TAKEN
 from service.core.db import ER_DUP_ENTRY, Connection, Database, Row, mysql_error_code
 from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from service.core.schedule import BookableTypes, bookable_type
@@ -79,31 +80,37 @@ async def store_request(
     db: Database, actor: CurrentUser, patient_id: int, doctor_id: int, start_time: datetime,
     end_time: datetime | None, notes: str | None, idempotency_key: str | None, type_id: int | None = None,
     reschedules: int | None = None, check_new: Callable[[], None] | None = None, kind: RequestKind | None = None,
-    types: BookableTypes | None = None,
+    types: BookableTypes | None = None, known_taken: KnownTakenCheck | None = None,
 ) -> tuple[int, Row | None]:
     """Store the pending request (a booking, a hold, or the move of appointment `reschedules`), or find the one this
     Idempotency-Key already made. `actor` asks: the patient, or staff on the patient's
-    behalf (kept as `requested_by`). `check_new` may refuse a new request (not a replayed one).
+    behalf (kept as `requested_by`). `check_new` may refuse a new request (not a replayed one); so does
+    `known_taken`, a booking of a time known to be taken (409 slot_taken, nothing stored).
 
     Returns the request id and, if it is new, its row as stored.
     """
     start, end = await requested_span(db, doctor_id, start_time, end_time, type_id, types)
     kind = kind or ("book" if reschedules is None else "reschedule")
     return await store_span_request(db, actor, patient_id, doctor_id, type_id, start, end, notes, idempotency_key,
-                                    kind, reschedules=reschedules, check_new=check_new)
+                                    kind, reschedules=reschedules, check_new=check_new, known_taken=known_taken)
 
 
 async def store_span_request(
     db: Database, actor: CurrentUser, patient_id: int, doctor_id: int, type_id: int | None, start: datetime,
     end: datetime, notes: str | None, idempotency_key: str | None, kind: RequestKind, *,
     reschedules: int | None = None, hold_id: int | None = None, check_new: Callable[[], None] | None = None,
-    check_locked: Callable[[Connection], Awaitable[None]] | None = None,
+    check_locked: Callable[[Connection], Awaitable[None]] | None = None, known_taken: KnownTakenCheck | None = None,
 ) -> tuple[int, Row | None]:
     """store_request for a checked span. `check_locked`, if given, runs first in the inserting transaction (it may
     take locks, and refuse the request by raising)."""
     requested_by = None if actor.id == patient_id else actor.id
     digest = (fingerprint(doctor_id, type_id, start, end, notes, reschedules, requested_by, kind, hold_id)
               if idempotency_key else None)
+    if known_taken is not None and known_taken(doctor_id, start, end, type_id):
+        # The worker would reject it: refused now, unless its Idempotency-Key replays a request stored before.
+        if idempotency_key and (first := await find_by_idempotency_key(db, patient_id, idempotency_key, digest)):
+            return first, None
+        raise Conflict("this time is taken (the booking was refused at once, and not stored)", reason=SLOT_TAKEN)
     # A key's first use is the usual case: with nothing to check before a new request, the insert itself finds a
     # replay (the key is unique per patient) and the lookup runs only then (below).
     if idempotency_key and (check_new is not None or check_locked is not None):
@@ -134,6 +141,10 @@ async def store_span_request(
     access_log.info("booking request %s stored (doctor %s)", request_id, doctor_id)  # the worker logs its decision
     return request_id, {"id": request_id, **stored, "status": "pending", "reason": None, "appointment_id": None,
                         "decided_at": None}
+
+
+# Whether a booking of [start, end) of this doctor (of this type) is known to be taken (the API's KnownTaken.taken).
+KnownTakenCheck = Callable[[int, datetime, datetime, int | None], bool]
 
 
 def stale_since(sweep_after_seconds: int) -> datetime:

@@ -101,6 +101,9 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     booking_lock_ttl_ms: Annotated[int, _between(100, 600_000)] = 10_000
     booking_max_tries: Annotated[int, _between(1, 100)] = 5
     booking_batch_size: Annotated[int, _between(1, 10_000)] = 200
+    # A booking of a time the API process heard the worker give away within this many seconds is refused at once
+    # (409 slot_taken) instead of being stored and decided (api/schedule_cache.py's KnownTaken); 0: never.
+    known_taken_seconds: Annotated[float, _between(0, 60)] = 5.0
     # How long before its start a patient may still cancel or move an appointment (a type may set its own).
     cancel_notice_minutes: Annotated[int, _between(0, 525_600)] = 0
     # A slot hold's lifetime, and how many live holds a patient may have at once (holds.py).

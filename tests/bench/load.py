@@ -106,6 +106,11 @@ class Client:
         key = {"Idempotency-Key": uuid.uuid4().hex} if self.idempotency_keys else None
         status, accepted, location = await self.retrying("POST", path, token, body, key)
         accepted_at = time.perf_counter()
+        if status == 409 and (accepted or {}).get("reason") and "request_id" not in accepted:
+            # Refused at once (a time the API knew was taken): decided, and nothing stored.
+            return {"status": "rejected", "reason": accepted["reason"], "submit": accepted_at - submitted,
+                    "decision": accepted_at - submitted, "accepted_at": accepted_at, "decided_at": accepted_at,
+                    "started": submitted, "polls": 0, "appointment_id": None, "refused_at_once": True}
         if status != 202:
             return {"status": f"http_{status}", "submit": accepted_at - submitted, "started": submitted,
                     "body": accepted}
@@ -258,6 +263,7 @@ def summarize(results: list[dict[str, Any]], began: float) -> dict[str, Any]:
         "submit_ms": {p: percentile([r["submit"] for r in results], p) * ms for p in (50, 95, 99)},
         "decision_ms": {p: percentile([r["decision"] for r in decided], p) * ms for p in (50, 95, 99)},
         "polls_per_request": sum(r["polls"] for r in decided) / max(len(decided), 1),
+        "refused_at_once": sum(1 for r in results if r.get("refused_at_once")),
     }
 
 

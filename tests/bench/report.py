@@ -37,7 +37,8 @@ def steady_rows(r: dict[str, Any]) -> Rows:
         ("submit→202 p50/p95/p99 ms", ms3(r["submit_ms"])),
         ("submit→decision p50/p95/p99 ms", ms3(r["decision_ms"])),
         (f"paced at {p['offered_rate']:.0f}/s: submit→decision p50/p95/p99 ms", ms3(p["decision_ms"])),
-        ("confirmed / rejected / other", f"{confirmed} / {rejected} / {sum(counts.values()) - confirmed - rejected}"),
+        ("confirmed / rejected (refused at once) / other",
+         f"{confirmed} / {rejected} ({r.get('refused_at_once', 0)}) / {sum(counts.values()) - confirmed - rejected}"),
         ("double bookings · pending", f"{r['database']['double_bookings']} · {r['database']['pending']}"),
         ("CPU ms per decided booking (saturated phase):", ""),
         *((f"  {name}", f"{ms:.2f}") for name, ms in r["cpu_ms_per_booking"].items()),
@@ -56,6 +57,7 @@ def rush_rows(r: dict[str, Any]) -> Rows:
         ("attempts · slots", f"{r['attempts']} · {r['slots']}"),
         ("confirmed (must equal the slots)", str(r["confirmed"])),
         ("other outcomes", ", ".join(f"{k} {n}" for k, n in sorted(others.items()))),
+        ("  of which refused at once (409, nothing stored)", str(r.get("refused_at_once", 0))),
         ("5xx · never decided · connections retried", f"{r['http_5xx']} · {r['undecided']} · "
                                                       f"{r['connection_retries']}"),
         ("double bookings · pending", f"{r['double_bookings']} · {r['database']['pending']}"),

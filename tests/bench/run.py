@@ -212,6 +212,7 @@ def steady(options: argparse.Namespace, redis_db: int, _: dict[str, Any]) -> dic
         "paced": paced,
         "cpu_ms_per_booking": saturated["cpu_ms_per_booking"],
         "counts": saturated["counts"],
+        "refused_at_once": saturated["refused_at_once"],
         "connection_retries": measured["connection_retries"],
         "slots_per_s": measured["slots_per_s"],
         "slots_uncached_per_s": measured["slots_uncached_per_s"],

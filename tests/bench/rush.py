@@ -79,6 +79,7 @@ async def load(config: dict[str, Any], session: aiohttp.ClientSession) -> dict[s
         "confirmed": counts.get("confirmed", 0),
         "http_5xx": sum(n for k, n in counts.items() if k.startswith("http_5")),
         "undecided": len(results) - len(decided),
+        "refused_at_once": sum(1 for r in results if r.get("refused_at_once")),
         "connection_retries": client.connection_retries,
         "seconds_to_last_decision": finished - released,
         "decided_per_s": len(decided) / max(finished - released, 1e-9),

@@ -71,7 +71,8 @@ class AppointmentController(Controller):
             "wait for the decision: 201 with the appointment, or 409 with the reason, if it comes in time. "
             "The same `Idempotency-Key` returns the first request instead of making another. A patient books for "
             "themselves; staff book on behalf of the patient named by `patient_id` (the request keeps who asked, "
-            "and its status URL answers both)."
+            "and its status URL answers both). A time this API process knows was given away moments ago is refused "
+            "at once: 409 with `reason` `slot_taken` and no `request_id` (nothing is stored)."
         ),
         responses={HTTP_201_CREATED: ResponseSpec(AppointmentOut, description="Booked (with Prefer: wait)"),
                    **problem_responses(400, 401, 403, 404, 409, 413, 415, 503)},
@@ -84,13 +85,14 @@ class AppointmentController(Controller):
         redis: RedisDep,
         listener: ListenerDep,
         bookable_types: BookableTypesDep,
+        schedule_versions: ScheduleDep,
         idempotency_key: IdempotencyKey = None,
         prefer: Prefer = None,
     ) -> Response[BookingAccepted]:
         patient_id = await staff.booking_patient(db, user, data.patient_id)
         request_id, stored = await appointments.store_request(
             db, user, patient_id, data.doctor_id, data.start_time, data.end_time, data.notes, idempotency_key,
-            data.appointment_type_id, types=bookable_types)
+            data.appointment_type_id, types=bookable_types, known_taken=schedule_versions.taken.taken)
         return await accepted(db, redis, listener, user, data.doctor_id, request_id, stored, prefer)
 
     @post(
