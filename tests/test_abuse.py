@@ -550,7 +550,9 @@ async def test_json_with_a_charset_or_a_json_suffix_is_taken(
     for content_type in ("application/json; charset=utf-8", "APPLICATION/JSON", "application/vnd.clinic+json"):
         response = await client.post("/appointments", content=json.dumps(booking["body"]),
                                      headers={"content-type": content_type, **booking["patient"].headers})
-        assert response.status_code == 202, (content_type, response.text)
+        # Stored (202), or, once the first is decided, refused at once for the same time: the body was read either way.
+        assert response.status_code == 202 or response.json().get("reason") == "slot_taken", (content_type,
+                                                                                              response.text)
 
 
 # --- 4b. numbers and names in paths and query strings ---------------------------------------------------------------
