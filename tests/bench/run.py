@@ -150,7 +150,11 @@ class Stack:
             os.unlink(file.name)
         if done.returncode != 0:
             raise RuntimeError(f"the load generator failed ({scenario}):\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout)
+        try:
+            return json.loads(done.stdout)
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(f"the load generator's output is not its JSON result ({scenario}: {exc}):\n"
+                               f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}") from exc
 
     def check(self) -> dict[str, Any]:
         """The database once every request had its chance to be decided (the processes still run)."""
