@@ -30,7 +30,8 @@ class GroupCommit:
         self.running: asyncio.Task[None] | None = None
         self.deciding: set[int] = set()  # the doctors of the transaction running now
         self.suspects: set[int] = set()  # doctors of failed groups: decided alone until that succeeds
-        self.transactions = 0  # groups committed (or failed): with `decided`, the size of groups under load
+        # Groups run (committed or failed) and the doctor batches they held: their ratio is the size of groups.
+        self.transactions = 0
         self.decided_doctors = 0
 
     async def decide(self, doctor_id: int) -> Decided:

@@ -210,7 +210,7 @@ async def decide_pending_requests(tx: Connection, doctor_ids: Iterable[int], bat
 
     The doctors are decided in turn, in one transaction: a patient's booking confirmed with one doctor is seen by
     the decision of the next (the patients' time is shared), and all is written in a few round trips, whatever the
-    number of doctors (the worker's group commit, worker/jobs.py).
+    number of doctors (the worker's group commit, worker/groups.py).
     """
     doctor_ids = sorted(set(doctor_ids))
     locks = tuple(sorted({*doctor_ids, *locked_first}))

@@ -60,6 +60,9 @@ Rows = tuple[str, list[Mapping[str, Any]]]  # a named INSERT … VALUES (…) an
 # An INSERT's head, its VALUES tuple and its tail (asyncmy's executemany folds rows the same way).
 INSERT_VALUES = re.compile(r"(\s*(?:INSERT|REPLACE)\b.+\bVALUES\s*)(\(.+\))(\s*(?:ON DUPLICATE.*)?)\Z",
                            re.IGNORECASE | re.DOTALL)
+# The named INSERT … VALUES queries, split once: a batch folds their rows into one statement.
+FOLDABLE: dict[str, tuple[str, str, str]] = {
+    name: match.groups() for name, sql in QUERIES.items() if (match := INSERT_VALUES.match(sql))}
 
 
 class Connection:
@@ -152,7 +155,7 @@ class Batch:
         each."""
         if not rows:
             return
-        if INSERT_VALUES.match(QUERIES[query]):
+        if query in FOLDABLE:
             self._statements.append((query, rows))
         else:
             self._statements += [(query, row) for row in rows]
@@ -178,7 +181,7 @@ def _joined(cursor: Cursor, statements: list[Statement] | list[Statement | Rows]
 
 
 def _folded(cursor: Cursor, query: str, rows: list[Mapping[str, Any]]) -> str:
-    head, values, tail = INSERT_VALUES.match(QUERIES[query]).groups()  # type: ignore[union-attr]  # Batch checked
+    head, values, tail = FOLDABLE[query]
     return head + ",".join(cursor.mogrify(values, row) for row in rows) + tail
 
 
