@@ -4,6 +4,7 @@ by METRICS_TOKEN and off in production without one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -27,7 +28,7 @@ from service.core.db import QUERIES
 from service.core.settings import Settings, SettingsError
 from service.core.times import utcnow
 from tests.factory import Factory, at
-from tests.support import Processes, free_port, log_of, own_redis_db, scratch_database, until
+from tests.support import Processes, Rig, free_port, log_of, own_redis_db, scratch_database, until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
@@ -287,3 +288,22 @@ def test_production_refuses_a_guessable_metrics_token() -> None:
     assert Settings.from_env({**production, "METRICS_TOKEN": secrets.token_urlsafe(32)}).metrics_enabled
     assert not Settings.from_env(production).metrics_enabled
     assert Settings.from_env({}).metrics_enabled
+
+
+async def test_a_burst_of_bookings_shares_a_few_redis_connections(rig: Rig) -> None:
+    """40 bookings at once through an API allowed 3 Redis connections: every one is stored and queued, over at most
+    3 connections in all (its pub/sub listener's and the address rate limit's among them). An unbounded pool opened
+    one per booking in flight, and the rate limit's middleware had a copy of the client with a pool of its own."""
+    api = rig.api(REDIS_POOL_SIZE="3")
+    async with rig.client(api) as (http, factory):
+        doctors = [await factory.doctor() for _ in range(40)]  # a doctor each: no booking folds into another's job
+        patients = [await factory.patient() for _ in range(40)]
+        for doctor in doctors:
+            await factory.window(doctor, at(9), at(10))
+        answers = await asyncio.gather(*(factory.book(patient, doctor["id"], at(9), at(9.5))
+                                         for patient, doctor in zip(patients, doctors, strict=True)))
+        assert [answer.status_code for answer in answers] == [202] * 40, [a.text for a in answers]
+    with redis.Redis.from_url(rig.env["REDIS_URL"]) as server:  # a Redis of this test's own: the rest are the API's
+        assert server.zcard("arq:queue") == 40
+        apis = [c for c in server.client_list() if c["id"] != str(server.client_id())]
+        assert 1 <= len(apis) <= 3, [(c["cmd"], c["age"], c.get("name")) for c in apis]

@@ -16,7 +16,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.stores.memory import MemoryStore
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from service.api.controllers.accounts import AuthController
 from service.api.controllers.appointment_types import AppointmentTypeController
@@ -87,10 +87,14 @@ TAGS = [
 
 
 def redis_client(settings: Settings) -> Redis:
-    """A lazily connecting client: the API starts (and /health answers 503) while Redis is away."""
-    pool = ConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=1, socket_timeout=5, health_check_interval=30,
-        retry_on_timeout=False,
+    """A lazily connecting client: the API starts (and /health answers 503) while Redis is away.
+
+    At most REDIS_POOL_SIZE connections, which a crowd of requests waits for in turn: redis-py's unbounded pool
+    opens a connection per concurrent command, one at a time under its lock, so a burst of bookings (the rush in
+    tests/bench) spent seconds connecting before it queued a job."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_pool_size, timeout=5, socket_connect_timeout=1,
+        socket_timeout=5, health_check_interval=30, retry_on_timeout=False,
     )
     return Redis(connection_pool=pool)
 
@@ -134,6 +138,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.db = await Database.connect(settings, min_size=0)
+        app.state.redis = redis  # for middleware, which cannot hold it (api/ratelimit.py)
         app.state.user_cache = user_cache
         listener.start()
         # What startup built (routes, the OpenAPI schema, modules) lives as long as the process: out of the
@@ -162,7 +167,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             # The address limit guards only the account endpoints (guessing, hashing); no other request pays for it.
-            Router("/", route_handlers=[AuthController], middleware=[AddressRateLimit(redis, settings)]),
+            Router("/", route_handlers=[AuthController], middleware=[AddressRateLimit(settings)]),
             DoctorController, WeeklyHoursController, TimeOffController, AppointmentTypeController,
             AppointmentController, BookingRequestController, PatientController, HoldController, WaitlistController,
             WebhookController, CalendarFeedController, HealthController, *metrics_route,

@@ -6,6 +6,7 @@ The address is `scope["client"]`: the TCP peer's, unless that peer is a proxy uv
 
 from __future__ import annotations
 
+from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -27,12 +28,14 @@ def limited_paths(settings: Settings) -> dict[str, tuple[str, int]]:
 
 
 class AddressRateLimit(ASGIMiddleware):
-    """Counts each limited POST against its client address, before the body is read; 429 past the limit."""
+    """Counts each limited POST against its client address, before the body is read; 429 past the limit.
+
+    The app's Redis client is looked up per request: Litestar deep-copies a Router, middleware and all, as it
+    registers it, and a client held here would be a copy with a connection pool of its own."""
 
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
-        self.redis = redis
+    def __init__(self, settings: Settings) -> None:
         self.limits = limited_paths(settings)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
@@ -41,5 +44,6 @@ class AddressRateLimit(ASGIMiddleware):
         if limited is not None:
             action, per_minute = limited
             address = scope["client"][0] if scope.get("client") else "unknown"
-            await ratelimit.limit(self.redis, action, f"address:{address}", per_minute)
+            redis: Redis = Litestar.from_scope(scope).state.redis
+            await ratelimit.limit(redis, action, f"address:{address}", per_minute)
         await next_app(scope, receive, send)

@@ -96,6 +96,7 @@ class Settings(msgspec.Struct, frozen=True, rename="upper", forbid_unknown_field
     smtp_url: Annotated[str, Meta(pattern=r"^$|^smtps?://")] = ""
     mail_from: str = "Doctor Appointments <no-reply@clinic.example>"
     db_pool_size: Annotated[int, _between(1, 1000)] = 20
+    redis_pool_size: Annotated[int, _between(2, 1000)] = 20  # the API's; its pub/sub listener keeps one
     # The per-doctor Redis lock is the fast path; MySQL's row lock is the guarantee either way.
     booking_redis_lock: bool = True
     booking_lock_ttl_ms: Annotated[int, _between(100, 600_000)] = 10_000
