@@ -90,8 +90,10 @@ def test_decide_checks_past_window_doctor_then_patient_in_request_order() -> Non
         patients={7: Taken([(t + 2.5 * h, t + 3.5 * h)])},
         now=t - h,
     )
-    assert decisions == [
-        Decision(1, "confirmed"), Decision(2, "rejected", SLOT_TAKEN), Decision(3, "confirmed"),
+    assert decisions == [  # each confirmation and slot_taken shows its span taken to every API process
+        Decision(1, "confirmed", taken=(t, t + h, None)),
+        Decision(2, "rejected", SLOT_TAKEN, taken=(t + h / 2, t + 1.5 * h, None)),
+        Decision(3, "confirmed", taken=(t + h, t + 2 * h, None)),
         Decision(4, "rejected", OUTSIDE_AVAILABILITY), Decision(5, "rejected", IN_PAST),
         Decision(6, "rejected", PATIENT_BUSY),
     ]

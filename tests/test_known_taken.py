@@ -114,6 +114,28 @@ async def test_a_move_frees_its_old_time_for_the_next_booking_at_once(client: ht
     assert (await factory.booked(next_one, doctor["id"], at(10), at(10.5)))["status"] == "confirmed"
 
 
+async def test_every_api_process_learns_from_every_decision(rig: Rig) -> None:
+    """A booking stored through one API process and confirmed: another process, which stored nothing, refuses the
+    same span and type at once (it heard the decisions message); and likewise for a rejection slot_taken."""
+    apis = [rig.api(KNOWN_TAKEN_SECONDS="60"), rig.api(KNOWN_TAKEN_SECONDS="60")]
+    rig.worker()
+    async with rig.client(apis[0]) as (_, factory), rig.client(apis[1]) as (other, _):
+        doctor, first, second, third = (await factory.doctor(), await factory.patient(), await factory.patient(),
+                                        await factory.patient())
+        await factory.window(doctor, at(9), at(11))
+        await factory.booked(first, doctor["id"], at(10), at(10.5))
+        await asyncio.sleep(1)  # the message reaches the other process within milliseconds
+        refused_at_once(await factory.book(second, doctor["id"], at(10), at(10.5), client=other))
+        assert requests_of(rig.mysql, second) == 0
+
+        # Stored through the other process, rejected slot_taken by the worker (it overlaps 10:00): heard by the first.
+        overlapping = await factory.book(second, doctor["id"], at(10.25), at(10.75), wait=5, client=other)
+        assert problem(overlapping, 409)["reason"] == SLOT_TAKEN and overlapping.json()["request_id"]
+        await asyncio.sleep(1)
+        refused_at_once(await factory.book(third, doctor["id"], at(10.25), at(10.75)))
+        assert requests_of(rig.mysql, third) == 0
+
+
 @pytest.mark.parametrize("change", ["cancel", "window"])
 async def test_a_change_through_another_api_process_is_heard_and_forgotten(rig: Rig, change: str) -> None:
     """Trusted for a minute here, so only the schedule-changed message can explain the booking going through."""

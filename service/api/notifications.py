@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 from service.api.metrics import count_decided, count_stored
 from service.api.schedule_cache import ScheduleVersions
 from service.api.security import UserCache
-from service.core.availability import SLOT_TAKEN
 from service.core.db import Row
 from service.core.queue import DECISIONS, SCHEDULE_CHANGED, USERS_CHANGED, Decision, channel, read_decided_message
 
@@ -70,7 +69,6 @@ class Notifications:
         count_stored()
         if (early := self._early.pop(row["id"], None)) is not None:
             count_decided(early[0], row["created_at"], early[1])
-            self._learn(row, early[0])
             row = decided_row(row, *early)
         self._recent[row["id"]] = row
         too_old = row["created_at"] - RECENT_FOR
@@ -129,12 +127,14 @@ class Notifications:
             self.schedule.changed(decided.doctor_id, took_only=not moved)  # a move frees its old time
         for doctor_id in decided.freed_doctor_ids:  # appointments moved away from them
             self.schedule.changed(doctor_id)
+        for decision in decided.decisions:  # whichever process stored the request
+            if decision.taken is not None:
+                self.schedule.taken.learn(decided.doctor_id, *decision.taken)
         for decision in decided.decisions:
             request_id, outcome = decision.request_id, (decision, decided.decided_at)
             if (row := self._recent.get(request_id)) is not None:
                 if row["status"] == "pending":  # pub/sub is at most once, but the same decision twice is not counted
                     count_decided(decision, row["created_at"], decided.decided_at)
-                    self._learn(row, decision)
                 self._recent[request_id] = decided_row(row, *outcome)
             else:
                 self._early[request_id] = outcome
@@ -143,13 +143,6 @@ class Notifications:
             for waiter in self._waiters.get(request_id, ()):
                 waiter.decided = outcome
                 waiter.event.set()
-
-    def _learn(self, row: Row, decision: Decision) -> None:
-        """What the decision of a booking this process stored says is taken (KnownTaken)."""
-        if row["kind"] not in ("book", "reschedule"):  # a hold's confirmation: its span is the hold's
-            return
-        if decision.status == "confirmed" or (decision.reason == SLOT_TAKEN and row["kind"] == "book"):
-            self.schedule.taken.learn(row["doctor_id"], row["start_time"], row["end_time"], row["appointment_type_id"])
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():

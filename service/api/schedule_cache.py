@@ -42,11 +42,12 @@ _KEY_IN_SCOPE = "schedule_cache_key"
 
 
 class KnownTaken:
-    """Bookings this process knows the worker would reject slot_taken: the span and type of each booking it stored
-    that was confirmed, or rejected slot_taken, a moment ago. The same span of the same type asked for again
-    overlaps that appointment (or what the rejected one clashed with) and passed every earlier rule then (notice,
-    horizon, availability), so it would be rejected slot_taken: it is refused at once. (Only the same span and
-    type: another may fail an earlier rule first, which the worker names instead.)
+    """Bookings this process knows the worker would reject slot_taken: the span and type of each booking confirmed,
+    or rejected slot_taken, a moment ago, whichever API process stored it (the decisions message names them). The
+    same span of the same type asked for again overlaps that appointment (or what the rejected one clashed with) and
+    passed every earlier rule then (notice, horizon, availability), so it would be rejected slot_taken: it is
+    refused at once. (Only the same span and type: another may fail an earlier rule first, which the worker names
+    instead.)
 
     Only ever a moment old: a doctor's spans are forgotten on any change but a confirmation (one may free time: a
     cancellation, a move, a window removed...), announced here at once for this process's own changes and by pub/sub

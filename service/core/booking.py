@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from service.core import faults, history
-from service.core.availability import DoctorTime, Rules, Taken, hold_key
+from service.core.availability import SLOT_TAKEN, DoctorTime, Rules, Taken, hold_key
 from service.core.db import RETRYABLE_ERRORS, Connection, Database, Row, mysql_error_code
 from service.core.outbox import (
     CONFIRMED,
@@ -146,7 +146,7 @@ def decide(
         if reason is None and patient.clash(start, end, own) is not None:
             reason = PATIENT_BUSY
         if reason is not None:
-            decisions.append(Decision(request.id, "rejected", reason))
+            decisions.append(Decision(request.id, "rejected", reason, taken=shown_taken(request, reason)))
             continue
         doctor.take(start, end, rules)
         patient.take(start, end)
@@ -161,8 +161,17 @@ def decide(
         if request.kind == "hold":
             holds.counts[request.patient_id] = holds.counts.get(request.patient_id, 0) + 1
         decisions.append(Decision(request.id, "confirmed", rescheduled_from=request.reschedules,
-                                  hold_id=request.hold_id))
+                                  hold_id=request.hold_id, taken=shown_taken(request, None)))
     return decisions
+
+
+def shown_taken(request: PendingRequest, reason: str | None) -> tuple[datetime, datetime, int | None] | None:
+    """The span and type a decision shows taken, for anyone asking for the same (api/schedule_cache.py's KnownTaken):
+    a booking's or a move's once confirmed, a booking's rejected slot_taken. Not a hold's confirmation (its time is
+    the hold's), nor a move rejected slot_taken (that may be a clash its own patient can resolve)."""
+    if (reason is None and request.kind in ("book", "reschedule")) or (reason == SLOT_TAKEN and request.kind == "book"):
+        return request.start_time, request.end_time, request.appointment_type_id
+    return None
 
 
 def ranges_to_read(requests: list[PendingRequest]) -> list[tuple[datetime, datetime]]:

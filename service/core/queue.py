@@ -174,6 +174,9 @@ class Decision(msgspec.Struct, array_like=True, gc=False):
     appointment_id: int | None = None
     rescheduled_from: int | None = None  # a reschedule: the appointment it moved
     hold_id: int | None = None  # a hold: the hold made; a confirm_hold: the hold confirmed
+    # The span and type it shows taken to anyone asking for the same (api/schedule_cache.py's KnownTaken), which every
+    # API process hearing it may refuse at once for a while (booking.shown_taken).
+    taken: tuple[datetime, datetime, int | None] | None = None
 
 
 class Decided(msgspec.Struct, array_like=True, gc=False):
