@@ -127,10 +127,9 @@ class Notifications:
             self.schedule.changed(decided.doctor_id, took_only=not moved)  # a move frees its old time
         for doctor_id in decided.freed_doctor_ids:  # appointments moved away from them
             self.schedule.changed(doctor_id)
-        for decision in decided.decisions:  # whichever process stored the request
-            if decision.taken is not None:
-                self.schedule.taken.learn(decided.doctor_id, *decision.taken)
         for decision in decided.decisions:
+            if decision.taken is not None:  # whichever process stored the request (the woken polls run after this)
+                self.schedule.taken.learn(decided.doctor_id, *decision.taken)
             request_id, outcome = decision.request_id, (decision, decided.decided_at)
             if (row := self._recent.get(request_id)) is not None:
                 if row["status"] == "pending":  # pub/sub is at most once, but the same decision twice is not counted
