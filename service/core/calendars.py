@@ -1,6 +1,6 @@
-"""Appointments as iCalendar (RFC 5545, built with the `icalendar` library) and the emails that carry them (MIME built
-with the standard library's `email.mime` classes): invites on confirmation, cancellation and rescheduling, reminders,
-and feeds.
+"""Appointments as iCalendar (RFC 5545, written by ical.py) and the emails that carry them (MIME built with the
+standard library's `email.mime` classes): invites on confirmation, cancellation and rescheduling, reminders, and
+feeds.
 
 One UID per appointment, so calendar programs update the same event; a higher SEQUENCE for every later change
 (outbox.sequence_at).
@@ -18,9 +18,7 @@ from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from functools import cache
 from typing import Any
 
-from icalendar import Calendar, vCalAddress
-from icalendar import Event as VEvent
-
+from service.core import ical
 from service.core.db import Row
 from service.core.outbox import CANCELLED, CONFIRMED, REMINDER, RESCHEDULED, WAITLIST_OFFERED
 from service.core.zones import zone_named
@@ -39,46 +37,39 @@ def _utc(value: datetime | str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _address(person: Row, role: str | None = None) -> vCalAddress:
-    address = vCalAddress(f"mailto:{person['email']}")
-    address.params["CN"] = person["name"]
-    if role:
-        address.params["ROLE"] = role
-    return address
-
-
 def vevent(appointment: dict[str, Any], doctor: Row | None, patient: Row | None, sequence: int, now: datetime,
-           cancelled: bool = False) -> VEvent:
-    """One appointment as a VEVENT, in UTC."""
-    event = VEvent()
-    event.add("uid", uid(appointment["id"]))
-    event.add("dtstamp", _utc(now))
-    event.add("dtstart", _utc(appointment["start_time"]))
-    event.add("dtend", _utc(appointment["end_time"]))
-    event.add("sequence", sequence)
-    event.add("status", "CANCELLED" if cancelled else "CONFIRMED")
+           cancelled: bool = False) -> list[str]:
+    """One appointment as a VEVENT's content lines, in UTC; the doctor as its organizer and the patient as its
+    attendee where their emails are given (an invite), by name only otherwise (a feed)."""
     doctor_name = doctor["name"] if doctor else "your doctor"
     patient_name = patient["name"] if patient else "a patient"
-    event.add("summary", f"Appointment: {patient_name} with {doctor_name}")
+    lines = ["BEGIN:VEVENT",
+             f"UID:{ical.text(uid(appointment['id']))}",
+             f"DTSTAMP:{ical.utc(_utc(now))}",
+             f"DTSTART:{ical.utc(_utc(appointment['start_time']))}",
+             f"DTEND:{ical.utc(_utc(appointment['end_time']))}",
+             f"SEQUENCE:{int(sequence)}",
+             f"STATUS:{'CANCELLED' if cancelled else 'CONFIRMED'}",
+             f"SUMMARY:{ical.text(f'Appointment: {patient_name} with {doctor_name}')}"]
     if doctor is not None and "email" in doctor:
-        event.add("organizer", _address(doctor))
+        lines.append(f"ORGANIZER;CN={ical.param(doctor['name'])}:mailto:{doctor['email']}")
     if patient is not None and "email" in patient:
-        event.add("attendee", _address(patient, "REQ-PARTICIPANT"))
-    return event
+        lines.append(f"ATTENDEE;CN={ical.param(patient['name'])};ROLE=REQ-PARTICIPANT:mailto:{patient['email']}")
+    lines.append("END:VEVENT")
+    return lines
 
 
-def calendar(method: str | None, events: list[VEvent], name: str | None = None) -> bytes:
-    cal = Calendar()
-    cal.add("prodid", PRODID)
-    cal.add("version", "2.0")
-    cal.add("calscale", "GREGORIAN")
+def calendar(method: str | None, events: list[list[str]], name: str | None = None) -> bytes:
+    """A VCALENDAR of these VEVENTs (vevent's lines), with METHOD for an invite and a name for a feed."""
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", f"PRODID:{ical.text(PRODID)}", "CALSCALE:GREGORIAN"]
     if method:
-        cal.add("method", method)
+        lines.append(f"METHOD:{method}")
     if name:
-        cal.add("x-wr-calname", name)
+        lines.append(f"X-WR-CALNAME:{ical.text(name)}")
     for event in events:
-        cal.add_component(event)
-    return cal.to_ical()
+        lines += event
+    lines.append("END:VCALENDAR")
+    return ical.document(lines)
 
 
 def local_span(appointment: dict[str, Any], timezone: str) -> str:

@@ -65,8 +65,8 @@ async def render(db: Database, name: str) -> bytes:
     rows = await db.fetch_all("list_appointments_for_user", {
         "doctor_id": feed["user_id"] if doctor else None, "patient_id": None if doctor else feed["user_id"],
         "status": None, "from": now - HISTORY, "to": None, "limit": MAX_EVENTS, "offset": 0})
-    # Off the event loop: a full feed is ~0.15 s of CPU (icalendar), which would hold up every other request of
-    # the process meanwhile; in a thread, they take turns with it.
+    # Off the event loop: a full feed is ~15 ms of CPU, which would hold up every other request of the process
+    # meanwhile; in a thread, they take turns with it.
     return await asyncio.to_thread(feed_text, rows, f"Appointments of {feed['name']}")
 
 
