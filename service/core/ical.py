@@ -17,6 +17,7 @@ _CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
 
 
 def _printable(value: str) -> str:
+    """Without control characters (isprintable is the quick test: it is false for a few printable ones too)."""
     return value if value.isprintable() else value.translate(_CONTROLS)
 
 
@@ -39,8 +40,8 @@ def param(value: str) -> str:
 
 def utc(moment: datetime) -> str:
     """A DATE-TIME in UTC (§3.3.5, form 2) of a moment in UTC: 20300115T090000Z (four digits for any year)."""
-    m = moment
-    return f"{m.year:04d}{m.month:02d}{m.day:02d}T{m.hour:02d}{m.minute:02d}{m.second:02d}Z"
+    return (f"{moment.year:04d}{moment.month:02d}{moment.day:02d}"
+            f"T{moment.hour:02d}{moment.minute:02d}{moment.second:02d}Z")
 
 
 def fold(line: str) -> bytes:
