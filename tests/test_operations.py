@@ -169,6 +169,9 @@ async def test_metrics_count_requests_by_route_and_bookings_stored_and_decided(
     route = {"method": "GET", "path": "/doctors/{doctor_id}", "app_name": "doctor-appointments"}
     assert grew("http_requests_total", **route, status_code="404") == 1
     assert grew("http_requests_total", **route, status_code="200") == 1
+    assert grew("http_request_duration_seconds_count", **route, status_code="200") == 1
+    assert 0 < grew("http_request_duration_seconds_sum", **route, status_code="200") < 10
+    assert value(after, "http_requests_in_progress", **route, status_code="200") == 0  # ended: its gauge back down
     assert not [key for key in after if dict(key[1]).get("path", "").startswith("/doctors/9")]
     assert grew("http_requests_total", **{**route, "path": "/auth/me"}, status_code="401") == 1
     assert grew("booking_requests_stored_total") == 2

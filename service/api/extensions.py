@@ -17,7 +17,6 @@ override can go; the service's own tests fail if one stops working underneath.
 - `SwaggerPage`, `RedocPage`: the docs pages' inline script carries a nonce, so the page's CSP can admit it alone; their
   viewer's files are served from here (docs_assets/), not from CDNs.
 - `around_every_request`: middleware that runs for every request, a route matched or not.
-- `PrometheusMiddlewareSeeingErrors`: a request refused by a middleware's exception is counted with its status.
 """
 
 from __future__ import annotations
@@ -49,17 +48,15 @@ from litestar.openapi.plugins import OpenAPIRenderPlugin, RedocRenderPlugin, Swa
 from litestar.openapi.spec import Operation, Schema
 from litestar.openapi.spec.base import BaseSchemaObject
 from litestar.plugins import OpenAPISchemaPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
 from litestar.router import Router
 from litestar.routes.base import parsers_map as path_parsers
 from litestar.security.jwt import JWTAuthenticationMiddleware, Token
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_204_NO_CONTENT
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp
 from litestar.typing import FieldDefinition
 
 from service.api.headers import CSP_STATE_KEY, REDOC_SOURCES, SWAGGER_UI_SOURCES, docs_page_policy
-from service.api.problems import status_of
 from service.core.accounts import CurrentUser
 from service.core.errors import InvalidInput, UnsupportedMediaType
 
@@ -439,27 +436,3 @@ def around_every_request(app: Litestar, middleware: Callable[[ASGIApp], ASGIApp]
     app-level middleware only once a route matched, so a 404 or a 405 would pass it by. (Litestar wraps its own
     CORS middleware around the same handler, the same way.)"""
     app.asgi_handler = middleware(app.asgi_handler)
-
-
-# --- request metrics -----------------------------------------------------------------------------------------------
-
-
-class PrometheusMiddlewareSeeingErrors(PrometheusMiddleware):
-    """Litestar's Prometheus middleware, counting a request that a middleware inside it refused by raising (the
-    bearer-token check's 401, the address limit's 429) with the status it is answered: Litestar turns that
-    exception into the answer outside this middleware, whose count would say 200."""
-
-    def __init__(self, app: ASGIApp, config: PrometheusConfig) -> None:
-        async def noting_errors(scope: Scope, receive: Receive, send: Send) -> None:
-            try:
-                await app(scope, receive, send)
-            except Exception as exc:
-                send.request_span["status_code"] = status_of(exc)  # type: ignore[attr-defined]
-                raise
-
-        super().__init__(noting_errors, config)
-
-    def _get_wrapped_send(self, send: Send, request_span: dict[str, float]) -> Any:
-        wrapped = super()._get_wrapped_send(send, request_span)
-        wrapped.request_span = request_span  # where noting_errors finds it
-        return wrapped
