@@ -21,9 +21,14 @@ import msgspec
 import pymysql
 import pytest
 import redis
+from litestar import get
+from litestar.exceptions import NotAuthorizedException
+from litestar.testing import create_test_client
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.app import create_app
+from service.api.metrics import CountRequests
 from service.core.db import QUERIES
 from service.core.settings import Settings, SettingsError
 from service.core.times import utcnow
@@ -183,6 +188,42 @@ async def test_metrics_count_requests_by_route_and_bookings_stored_and_decided(
     assert value(after, "booking_queue_depth") >= 0
     assert value(after, "booking_requests_pending_stale") >= 0
 
+
+
+def test_request_metrics_count_errors_and_requests_a_middleware_refused() -> None:
+    """CountRequests on a bare app: a handler's crash is a 500 in the error series too, and a request a middleware
+    inside refused by raising is counted with the status it is answered (401), not the 200 nothing sent."""
+    def refuse(app: Any) -> Any:
+        async def middleware(scope: Any, receive: Any, send: Any) -> None:
+            if scope["path"] == "/guarded":
+                raise NotAuthorizedException()
+            await app(scope, receive, send)
+        return middleware
+
+    @get("/boom", sync_to_thread=False)
+    def boom() -> str:
+        raise RuntimeError("a bug")
+
+    @get("/guarded", sync_to_thread=False)
+    def guarded() -> str:
+        return "in"
+
+    def sample(name: str, path: str, status: str) -> float:
+        labels = {"method": "GET", "path": path, "status_code": status, "app_name": "doctor-appointments"}
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {key: sample(*key) for key in [("http_requests_total", "/boom", "500"),
+                                             ("http_requests_error_total", "/boom", "500"),
+                                             ("http_requests_total", "/guarded", "401"),
+                                             ("http_requests_total", "/guarded", "200")]}
+    with create_test_client([boom, guarded], middleware=[CountRequests, refuse]) as http:
+        assert http.get("/boom").status_code == 500
+        assert http.get("/guarded").status_code == 401
+    assert {key: sample(*key) - count for key, count in before.items()} == {
+        ("http_requests_total", "/boom", "500"): 1, ("http_requests_error_total", "/boom", "500"): 1,
+        ("http_requests_total", "/guarded", "401"): 1, ("http_requests_total", "/guarded", "200"): 0}
+    assert REGISTRY.get_sample_value("http_requests_error_total", {  # no error series without an error
+        "method": "GET", "path": "/guarded", "status_code": "401", "app_name": "doctor-appointments"}) is None
 
 async def test_queue_depth_and_stale_pending_requests_are_read_when_scraped(
     processes: Processes, settings: Settings, test_env: dict[str, str]
