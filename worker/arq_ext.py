@@ -56,10 +56,12 @@ class ClaimingWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
+        if free <= 0:
+            return
         # A job stays in the queue while it runs, so a poll reads this worker's own running jobs again (every 5 ms
         # under load): those are never claimable, and a poll that finds nothing else makes no round trip.
         job_ids = [job_id for job_id in job_ids if not self.running_here(job_id)]
-        if not job_ids or free <= 0:
+        if not job_ids:
             return
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM_SCRIPT)

@@ -44,9 +44,9 @@ class CountRequests:
     The series are those of Litestar's PrometheusMiddleware (names, labels, the in-progress gauge labelled 200, an
     error series only once there is an error), at a third of its cost: it built a Request and its URL and looked
     each series up by its labels, five times a request, some 35 µs (a third of a cached slot read); here each
-    route's series are looked up once. A request
-    that a middleware inside refuses by raising (the bearer-token check's 401, the address limit's 429) is counted
-    with the status Litestar answers it with, outside this middleware.
+    route's series are looked up once. A request that a middleware inside refuses by raising (the bearer-token
+    check's 401, the address limit's 429) is counted with the status Litestar answers it with, outside this
+    middleware.
     """
 
     def __init__(self, app: ASGIApp) -> None:
