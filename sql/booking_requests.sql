@@ -67,42 +67,46 @@ WHERE id IN %(ids)s AND status = 'confirmed';
 -- rescheduled_from once took shared locks on rows a cancellation held, which deadlocked with it).
 UPDATE appointments SET rescheduled_to = %(moved_to)s WHERE id = %(id)s;
 
--- name: list_schedule_between
--- Everything a decision reads for one range of a batch, in one round trip: the doctor's weekly hours, windows,
--- time off, appointments holding their time and live holds (as list_schedule_in_range), and the appointments and
--- live holds of the batch's patients (with any doctor). Each scan is bounded by time on a (…, start_time) index (margins: read_bounds).
+-- name: list_schedules_between
+-- Everything a decision reads, for every doctor of a group and every range of theirs, in one statement: each doctor's
+-- weekly hours; in each range (`ranges`: one {any …} term a range, so each is an interval of a (…, start_time)
+-- index, bounded by time with the margins of read_bounds) the doctor's windows, time off, appointments holding their
+-- time and live holds (as list_schedule_in_range), and the appointments and live holds of the patients asking for
+-- that doctor (with any doctor). A row that two ranges' margins reach comes once a range.
 -- Numbers are CAST: a UNION of unsigned columns with NULL comes back as DECIMAL from MariaDB.
-SELECT 'hours' AS kind, id, NULL AS patient_id, NULL AS start_time, NULL AS end_time,
-       CAST(weekday AS SIGNED) AS a, CAST(start_minute AS SIGNED) AS b, CAST(end_minute AS SIGNED) AS c
-FROM weekly_hours WHERE doctor_id = %(doctor_id)s
+SELECT 'hours' AS kind, id, CAST(doctor_id AS SIGNED) AS doctor_id, NULL AS patient_id, NULL AS start_time,
+       NULL AS end_time, CAST(weekday AS SIGNED) AS a, CAST(start_minute AS SIGNED) AS b, CAST(end_minute AS SIGNED) AS c
+FROM weekly_hours WHERE doctor_id IN %(doctor_ids)s
 UNION ALL
-SELECT 'window', id, NULL, start_time, end_time, NULL, NULL, NULL FROM availabilities
-WHERE doctor_id = %(doctor_id)s
-  AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s
+SELECT 'window', id, CAST(doctor_id AS SIGNED), NULL, start_time, end_time, NULL, NULL, NULL FROM availabilities
+WHERE {any ranges: doctor_id = %(doctor_id)s
+                   AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s}
 UNION ALL
-SELECT 'off', id, NULL, start_time, end_time, NULL, NULL, NULL FROM time_off
-WHERE doctor_id = %(doctor_id)s
-  AND start_time < %(to)s AND start_time > %(year_before)s AND end_time > %(from)s
+SELECT 'off', id, CAST(doctor_id AS SIGNED), NULL, start_time, end_time, NULL, NULL, NULL FROM time_off
+WHERE {any ranges: doctor_id = %(doctor_id)s
+                   AND start_time < %(to)s AND start_time > %(year_before)s AND end_time > %(from)s}
 UNION ALL
-SELECT 'busy', id, NULL, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
+SELECT 'busy', id, CAST(doctor_id AS SIGNED), NULL, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
        CAST(buffer_after_minutes AS SIGNED), NULL FROM appointments
-WHERE doctor_id = %(doctor_id)s AND held_start IS NOT NULL
-  AND start_time < %(day_after)s AND start_time > %(day_before)s
+WHERE held_start IS NOT NULL
+  AND {any ranges: doctor_id = %(doctor_id)s AND start_time < %(day_after)s AND start_time > %(day_before)s}
 UNION ALL
-SELECT 'held', id, NULL, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
+SELECT 'held', id, CAST(doctor_id AS SIGNED), NULL, start_time, end_time, CAST(buffer_before_minutes AS SIGNED),
        CAST(buffer_after_minutes AS SIGNED), NULL FROM holds h
-WHERE doctor_id = %(doctor_id)s AND status = 'held'
-  AND start_time < %(day_after)s AND start_time > %(day_before)s
+WHERE status = 'held'
+  AND {any ranges: doctor_id = %(doctor_id)s AND start_time < %(day_after)s AND start_time > %(day_before)s}
   AND (expires_at > %(now)s OR EXISTS (SELECT 1 FROM booking_requests br WHERE br.hold_id = h.id
                                        AND br.status = 'pending'))
 UNION ALL
-SELECT 'patient', id, CAST(patient_id AS SIGNED), start_time, end_time, NULL, NULL, NULL FROM appointments
-WHERE patient_id IN %(patient_ids)s AND held_start IS NOT NULL
-  AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s
+SELECT 'patient', id, NULL, CAST(patient_id AS SIGNED), start_time, end_time, NULL, NULL, NULL FROM appointments
+WHERE held_start IS NOT NULL
+  AND {any ranges: patient_id IN %(patient_ids)s
+                   AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s}
 UNION ALL
-SELECT 'patient_hold', id, CAST(patient_id AS SIGNED), start_time, end_time, NULL, NULL, NULL FROM holds h
-WHERE patient_id IN %(patient_ids)s AND status = 'held'
-  AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s
+SELECT 'patient_hold', id, NULL, CAST(patient_id AS SIGNED), start_time, end_time, NULL, NULL, NULL FROM holds h
+WHERE status = 'held'
+  AND {any ranges: patient_id IN %(patient_ids)s
+                   AND start_time < %(to)s AND start_time > %(day_before)s AND end_time > %(from)s}
   AND (expires_at > %(now)s OR EXISTS (SELECT 1 FROM booking_requests br WHERE br.hold_id = h.id
                                        AND br.status = 'pending'));
 

@@ -30,6 +30,7 @@ from service.core.db import (
     QUERIES,
     Connection,
     Database,
+    expand_any,
     load_queries,
     migrate,
     mysql_error_code,
@@ -389,6 +390,21 @@ async def test_batched_statements_escape_every_value_and_answer_in_order(
             ("find_user_by_email", {"email": sneaky}), ("find_user_by_email", {"email": tag + "plain@example.com"})])
     assert [row["email"] for row in first + second] == [sneaky, tag + "plain@example.com"]
     assert emails_like(mysql, tag) == [sneaky, tag + "plain@example.com"]
+
+
+def test_an_any_condition_is_one_escaped_term_an_item_joined_by_or(mysql: pymysql.Connection) -> None:
+    """{any NAME: …} (the decision's one statement for every range of a group): a term an item, each with its own
+    parameters escaped (a "%" or a quote in a value included), OR between them, nothing matched by an empty list."""
+    sql = ("SELECT %(label)s AS label, {any items: %(text)s = %(same)s} AS matched, "
+           "{any none: %(text)s = %(text)s} AS matched_by_none")
+    items = [{"text": "50% off", "same": "50% off"}, {"text": "it's", "same": "its"}]
+    with mysql.cursor() as cursor:
+        text = expand_any(cursor, sql, {"label": "100%", "items": items, "none": []})
+        assert text.count(" OR ") == 1 and "FALSE" in text
+        cursor.execute(text)
+        assert cursor.fetchone() == {"label": "100%", "matched": 1, "matched_by_none": 0}
+        cursor.execute(expand_any(cursor, sql, {"label": "x", "items": items[1:], "none": []}))
+        assert cursor.fetchone()["matched"] == 0
 
 
 async def test_a_batch_folds_the_rows_of_an_insert_into_one_statement(db: Database, mysql: pymysql.Connection) -> None:

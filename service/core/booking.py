@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from service.core import faults, history
 from service.core.availability import SLOT_TAKEN, DoctorTime, Rules, Taken, hold_key
@@ -27,7 +28,7 @@ from service.core.outbox import (
     sequence_at,
 )
 from service.core.queue import Decided, Decision
-from service.core.schedule import doctor_time_from_rows, read_bounds, rules_of
+from service.core.schedule import doctor_time_from_rows, range_bounds, rules_of
 from service.core.times import utcnow
 from service.core.zones import zone_named
 
@@ -190,6 +191,14 @@ def nearby_clusters(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[da
     return ranges
 
 
+def schedules_query(ranges: dict[int, list[tuple[datetime, datetime]]], patients_of: dict[int, tuple[int, ...]],
+                    now: datetime) -> dict[str, Any]:
+    """list_schedules_between's parameters: each doctor's ranges, and the patients whose own time is read over them."""
+    return {"doctor_ids": tuple(ranges), "now": now,
+            "ranges": [{"doctor_id": d, "patient_ids": patients_of[d], **range_bounds(start, end)}
+                       for d, of_doctor in ranges.items() for start, end in of_doctor]}
+
+
 class LockOrder(Exception):
     """The batch moves appointments of doctors whose ids are below a doctor it holds: lock them first, in id order."""
 
@@ -252,32 +261,28 @@ async def decide_pending_requests(tx: Connection, doctor_ids: Iterable[int], bat
         patient_ids = tuple(sorted({r.patient_id for r in live}))
         ranges = {d: ranges_to_read(batches[d]) for d in deciding}
         # One round trip: the patients' locks, then (under them) their live holds if the group makes holds, and the
-        # schedule of each doctor's ranges.
+        # schedules of every doctor's ranges (one statement).
         counting_holds = any(r.kind == "hold" for r in live)  # under the patients' locks: none overrun
         _, *read = await tx.fetch_batch([
             ("lock_users", {"ids": patient_ids}),
             *([("count_live_holds_of_patients", {"ids": patient_ids, "now": now})] if counting_holds else []),
-            *(("list_schedule_between", {"doctor_id": d, "patient_ids": patients_of[d],
-                                         **read_bounds(start, end, now)})
-              for d in deciding for start, end in ranges[d])])
+            ("list_schedules_between", schedules_query(
+                {d: ranges[d] for d in deciding}, patients_of, now))])
         if counting_holds:
             holds.counts = {row["patient_id"]: row["live"] for row in read.pop(0)}
         moving_keys = set(moving) | {hold_key(hold_id) for held in holding.values() for hold_id in held}
         schedule_rows: dict[int, list[Row]] = defaultdict(list)
         patient_taken: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
         patient_moving: dict[int, dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
-        reads = iter(read)
-        for d in deciding:
-            for _ in ranges[d]:
-                for row in next(reads):
-                    if row["kind"] not in PATIENT_ROWS:
-                        schedule_rows[d].append(row)
-                        continue
-                    key = row["id"] if row["kind"] == "patient" else hold_key(row["id"])
-                    if key in moving_keys:
-                        patient_moving[row["patient_id"]][key] = (row["start_time"], row["end_time"])
-                    else:  # a row read for two doctors' ranges counts once (Taken merges spans)
-                        patient_taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
+        for row in read[0]:
+            if row["kind"] not in PATIENT_ROWS:
+                schedule_rows[row["doctor_id"]].append(row)
+                continue
+            key = row["id"] if row["kind"] == "patient" else hold_key(row["id"])
+            if key in moving_keys:
+                patient_moving[row["patient_id"]][key] = (row["start_time"], row["end_time"])
+            else:  # a row read for two ranges counts once (Taken merges spans)
+                patient_taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
         patients = {p: Taken(patient_taken.get(p, ()), patient_moving.get(p)) for p in patient_ids}
         for d in deciding:
             doctor = doctor_time_from_rows(schedule_rows[d], zone_named(zones[d]), ranges[d], moving_keys)
@@ -325,7 +330,7 @@ async def lock_moving_appointments(tx: Connection, locked: set[int], appointment
 
 # The columns of a request's type that a decision uses (lock_pending_requests_of_doctor reads them with it).
 TYPE_RULES = ("buffer_before_minutes", "buffer_after_minutes", "min_notice_minutes", "max_days_ahead")
-PATIENT_ROWS = ("patient", "patient_hold")  # list_schedule_between's rows of the batch's patients' own time
+PATIENT_ROWS = ("patient", "patient_hold")  # list_schedules_between's rows of the batch's patients' own time
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,48 @@ INSERT_VALUES = re.compile(r"(\s*(?:INSERT|REPLACE)\b.+\bVALUES\s*)(\(.+\))(\s*(
 FOLDABLE: dict[str, tuple[str, str, str]] = {
     name: match.groups() for name, sql in QUERIES.items() if (match := INSERT_VALUES.match(sql))}
 
+# "{any NAME: condition}" in a named query: the condition once for each item of the list parameter NAME (the item
+# its parameters), joined by OR. Each term is an interval of one index (a doctor's range), which MySQL's range
+# optimizer scans as such: one statement reads every range of a group, where a query a range cost a statement each.
+ANY_OF = re.compile(r"\{any (\w+):\s*(.*?)\}", re.DOTALL)
+PARAMETER = re.compile(r"%\((\w+)\)s")
+REPEATING = frozenset(name for name, sql in QUERIES.items() if ANY_OF.search(sql))
+
+
+def render(cursor: Any, query: str, params: Mapping[str, Any] | None) -> str:
+    """A named query as MySQL gets it: parameters escaped by the driver (`cursor`: asyncmy's or PyMySQL's), its
+    {any …} conditions expanded."""
+    if query in REPEATING:
+        return expand_any(cursor, QUERIES[query], params or {})
+    return cursor.mogrify(QUERIES[query], params)
+
+
+def expand_any(cursor: Any, sql: str, params: Mapping[str, Any]) -> str:
+    """`sql` with each {any NAME: condition} expanded (an empty list matches nothing) and every parameter escaped:
+    item i's `x` becomes the parameter NAME_i_x, so each value is escaped once however many terms use it."""
+    flat: dict[str, Any] = {}
+    counts = []
+    for name, value in params.items():
+        if isinstance(value, list):
+            counts.append((name, len(value)))
+            flat.update((f"{name}_{i}_{key}", v) for i, item in enumerate(value) for key, v in item.items())
+        else:
+            flat[name] = value
+    return cursor.mogrify(_expanded(sql, tuple(counts)), flat)
+
+
+@lru_cache(maxsize=512)
+def _expanded(sql: str, counts: tuple[tuple[str, int], ...]) -> str:
+    """`sql` with its {any …} conditions written out for lists of these lengths (parameters renamed per item)."""
+    lengths = dict(counts)
+
+    def terms(match: re.Match[str]) -> str:
+        name, condition = match.groups()
+        return "(" + " OR ".join(
+            "(" + PARAMETER.sub(rf"%({name}_{i}_\1)s", condition) + ")"
+            for i in range(lengths[name])) + ")" if lengths[name] else "FALSE"
+    return ANY_OF.sub(terms, sql)
+
 
 class Connection:
     """One pooled connection; runs named queries with named parameters.
@@ -96,12 +139,12 @@ class Connection:
 
     async def fetch_one(self, query: str, params: Mapping[str, Any] | None = None) -> Row | None:
         async with self.raw.cursor(DictCursor) as cursor:
-            await self._run(cursor, QUERIES[query], params)
+            await self._run(cursor, *_statement(cursor, query, params))
             return await cursor.fetchone()
 
     async def fetch_all(self, query: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         async with self.raw.cursor(DictCursor) as cursor:
-            await self._run(cursor, QUERIES[query], params)
+            await self._run(cursor, *_statement(cursor, query, params))
             return list(await cursor.fetchall())
 
     async def fetch_batch(self, statements: list[Statement]) -> list[list[Row]]:
@@ -115,14 +158,14 @@ class Connection:
 
     async def fetch_value(self, query: str, params: Mapping[str, Any] | None = None) -> Any:
         async with self.raw.cursor() as cursor:
-            await self._run(cursor, QUERIES[query], params)
+            await self._run(cursor, *_statement(cursor, query, params))
             row = await cursor.fetchone()
             return row[0] if row else None
 
     async def execute(self, query: str, params: Mapping[str, Any] | None = None) -> tuple[int, int]:
         """Run a write; return (rows affected, last insert id)."""
         async with self.raw.cursor() as cursor:
-            affected = await self._run(cursor, QUERIES[query], params)
+            affected = await self._run(cursor, *_statement(cursor, query, params))
             return affected, cursor.lastrowid
 
     async def execute_many(self, query: str, rows: list[Mapping[str, Any]]) -> int:
@@ -177,7 +220,12 @@ def _joined(cursor: Cursor, statements: list[Statement] | list[Statement | Rows]
     """Named queries with their parameters escaped by the driver (as `execute` does), as one multi-statement; the rows
     of an INSERT given a list (Rows) folded into its VALUES."""
     return ";\n".join(_folded(cursor, query, params) if isinstance(params, list) else
-                       cursor.mogrify(QUERIES[query], params) for query, params in statements)
+                       render(cursor, query, params) for query, params in statements)
+
+
+def _statement(cursor: Cursor, query: str, params: Mapping[str, Any] | None) -> tuple[str, Mapping[str, Any] | None]:
+    """What `_run` executes for a named query: its text and parameters, or the rendered text of one with {any …}."""
+    return (render(cursor, query, params), None) if query in REPEATING else (QUERIES[query], params)
 
 
 def _folded(cursor: Cursor, query: str, rows: list[Mapping[str, Any]]) -> str:

@@ -83,7 +83,7 @@ def blocked_span(row: Row) -> tuple[datetime, datetime]:
 
 def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo, ranges: Iterable[tuple[datetime, datetime]],
                           moving_ids: set[int] | frozenset[int] = frozenset()) -> DoctorTime:
-    """A DoctorTime from the rows of list_schedule_in_range / list_schedule_between (kinds hours, window, off,
+    """A DoctorTime from the rows of list_schedule_in_range / list_schedules_between (kinds hours, window, off,
     busy, held), with the weekly hours laid out over each range read. Appointments a batch may move and holds it
     may confirm (`moving_ids`: appointment ids and hold_key()s) are kept apart (availability.Taken)."""
     hours, windows, time_off, blocked = [], set(), [], []
@@ -107,17 +107,20 @@ def doctor_time_from_rows(rows: Iterable[Row], zone: ZoneInfo, ranges: Iterable[
 
 
 def read_bounds(start: datetime, end: datetime, now: datetime | None = None) -> dict[str, datetime]:
+    """range_bounds, and `now`, which tells a live hold from an expired one (a decision passes its own)."""
+    return {**range_bounds(start, end), "now": now or utcnow()}
+
+
+def range_bounds(start: datetime, end: datetime) -> dict[str, datetime]:
     """[from, to) and the margins the schedule queries scan around it, clamped to the years 1-9999 (MySQL's own
-    date arithmetic past them gives NULL, which would silently match nothing); and `now`, which tells a live hold
-    from an expired one (a decision passes its own)."""
+    date arithmetic past them gives NULL, which would silently match nothing)."""
     def shifted(moment: datetime, delta: timedelta) -> datetime:
         try:
             return moment + delta
         except OverflowError:
             return datetime.max if delta > ZERO else datetime.min
     return {"from": start, "to": end, "day_before": shifted(start, -timedelta(days=1)),
-            "day_after": shifted(end, timedelta(days=1)), "year_before": shifted(start, -timedelta(days=366)),
-            "now": now or utcnow()}
+            "day_after": shifted(end, timedelta(days=1)), "year_before": shifted(start, -timedelta(days=366))}
 
 
 def resolve_range(start: str | None, end: str | None) -> tuple[datetime, datetime]:

@@ -20,11 +20,11 @@ from zoneinfo import ZoneInfo
 from service.core import faults, history, outbox
 from service.core.accounts import CurrentUser
 from service.core.availability import DoctorTime, Rules, Taken
-from service.core.booking import PATIENT_ROWS, buffers_of, nearby_clusters
+from service.core.booking import PATIENT_ROWS, buffers_of, nearby_clusters, schedules_query
 from service.core.db import Connection, Database, Row
 from service.core.doctors import find_doctor, lock_doctor
 from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from service.core.schedule import MAX_RANGE, bookable_type, doctor_time_from_rows, read_bounds, rules_of
+from service.core.schedule import MAX_RANGE, bookable_type, doctor_time_from_rows, rules_of
 from service.core.staff import sees_every_appointment
 from service.core.times import to_db, utcnow
 from service.core.zones import zone_named
@@ -260,18 +260,17 @@ async def fits_for(conn: Connection, doctor_id: int, timezone: str, now: datetim
 
 async def read_schedule(tx: Connection, doctor_id: int, zone: ZoneInfo, patient_ids: tuple[int, ...],
                         spans: list[tuple[datetime, datetime]], now: datetime) -> tuple[DoctorTime, dict[int, Taken]]:
-    """The doctor's time and the patients' over the entries' ranges, read under the locks in one query per
-    cluster of nearby ranges (as a booking batch reads)."""
+    """The doctor's time and the patients' over the entries' ranges (one a cluster of nearby ones), read under the
+    locks in one query (as a booking batch reads)."""
     ranges = nearby_clusters(spans)
     schedule_rows: list[Row] = []
     taken: dict[int, list[tuple[datetime, datetime]]] = {p: [] for p in patient_ids}
-    for start, end in ranges:
-        for row in await tx.fetch_all("list_schedule_between", {"doctor_id": doctor_id, "patient_ids": patient_ids,
-                                                                **read_bounds(start, end, now)}):
-            if row["kind"] in PATIENT_ROWS:
-                taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
-            else:
-                schedule_rows.append(row)
+    for row in await tx.fetch_all("list_schedules_between",
+                                  schedules_query({doctor_id: ranges}, {doctor_id: patient_ids}, now)):
+        if row["kind"] in PATIENT_ROWS:
+            taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
+        else:
+            schedule_rows.append(row)
     return (doctor_time_from_rows(schedule_rows, zone, ranges),
             {patient: Taken(spans) for patient, spans in taken.items()})
 
