@@ -138,6 +138,51 @@ async def test_a_failed_group_fails_its_jobs_whose_doctors_then_go_alone(
     assert outcomes(rig)[requests[0]] == ("confirmed", None)
 
 
+async def test_a_group_reading_more_ranges_than_a_statement_holds_reads_them_all(
+    rig: Rig, rig_db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two ranges a statement here (RANGES_A_STATEMENT), requests on five days two apart (a range each, NEARBY being
+    a day): three statements in the round trip, and what only the later ones read still decides (a slot taken on
+    day 8, a patient busy with another doctor on day 10)."""
+    monkeypatch.setattr(booking, "RANGES_A_STATEMENT", 2)
+    api = rig.api()
+    async with rig.client(api) as (_, factory):
+        doctor, other = sorted([await factory.doctor() for _ in range(2)], key=lambda d: d["id"])
+        asker, holder, busy = [await factory.patient() for _ in range(3)]
+        for d in (2, 4, 6, 8, 10):
+            await factory.window(doctor, at(9, d), at(12, d))
+        await factory.window(other, at(9, 10), at(12, 10))
+        worker = rig.worker()  # the appointments already there, decided the usual way
+        await factory.booked(holder, doctor["id"], at(10, 8), at(11, 8))
+        await factory.booked(busy, other["id"], at(10, 10), at(11, 10))
+        rig.processes.stop(worker)
+
+        async def store_on(patient: User, d: int, hour: float = 10) -> int:  # not the span just given away:
+            [request_id] = accepted_ids([  # that one the API would refuse at once (KnownTaken)
+                await factory.book(patient, doctor["id"], at(hour, d), at(hour + 1, d))])
+            return request_id
+        free = [await store_on(asker, d) for d in (2, 4, 6)]
+        taken = await store_on(asker, 8, hour=10.5)
+        clash = await store_on(busy, 10)
+
+    statements: list[int] = []
+    real = booking.schedule_reads
+
+    def counted(*args: Any) -> Any:
+        reads = real(*args)
+        statements.append(len(reads))
+        return reads
+    monkeypatch.setattr(booking, "schedule_reads", counted)
+
+    decided = await group_of(rig_db).decide(doctor["id"])
+    assert statements == [3]  # five ranges (one a day), two a statement
+    assert {x.request_id for x in decided.decisions} == {*free, taken, clash}
+    found = outcomes(rig)
+    assert [found[r] for r in free] == [("confirmed", None)] * 3
+    assert found[taken] == ("rejected", SLOT_TAKEN) and found[clash] == ("rejected", PATIENT_BUSY)
+    no_overlapping_confirmed(rig.mysql)
+
+
 async def test_a_job_of_a_doctor_already_waiting_shares_its_decision(rig: Rig, rig_db: Database) -> None:
     api = rig.api()
     async with rig.client(api) as (_, factory):

@@ -13,7 +13,7 @@ import pymysql
 import pytest
 
 from service.core.availability import Available, DoctorTime, Taken
-from service.core.booking import PendingRequest, ranges_to_read, schedules_query
+from service.core.booking import RANGES_A_STATEMENT, PendingRequest, ranges_to_read, schedule_reads
 from service.core.db import render
 from service.core.hours import MAX_UPCOMING_TIME_OFF, MAX_WEEKLY_INTERVALS
 from service.core.schedule import read_bounds
@@ -22,7 +22,7 @@ from tests.factory import Factory, at, day, iso
 
 M = timedelta(minutes=1)
 FIVE = 5 * M
-YEAR = timedelta(days=365)
+DAY = timedelta(days=1)
 CREATED = datetime(2026, 1, 1)
 
 
@@ -247,9 +247,10 @@ def test_schedule_queries_read_a_bounded_part_of_the_index(
     bound = {"doctor_id": doctor_id, "patient_ids": (patient_id,), **{k: values[v] for k, v in params.items()}}
     if "from" in bound:
         bound |= read_bounds(bound["from"], bound["to"])
-    if query == "list_schedules_between":  # two ranges of the doctor, a year apart, both in the history's future
-        bound = schedules_query({doctor_id: [(window, window + FIVE), (window + YEAR, window + YEAR + FIVE)]},
-                                {doctor_id: (patient_id,)}, window)
+    if query == "list_schedules_between":  # as many ranges of the doctor as one statement reads, all in the future
+        spans = [(window + k * DAY, window + k * DAY + FIVE) for k in range(RANGES_A_STATEMENT)]
+        [(_, bound)] = schedule_reads({doctor_id: spans}, {doctor_id: (patient_id,)}, window)
+        assert len(bound["ranges"]) == RANGES_A_STATEMENT
     with mysql.cursor() as cursor:
         cursor.execute("EXPLAIN " + render(cursor, query, bound))
         plan = cursor.fetchall()

@@ -12,11 +12,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from service.core import faults, history
 from service.core.availability import SLOT_TAKEN, DoctorTime, Rules, Taken, hold_key
-from service.core.db import RETRYABLE_ERRORS, Connection, Database, Row, mysql_error_code
+from service.core.db import RETRYABLE_ERRORS, Connection, Database, Row, Statement, mysql_error_code
 from service.core.outbox import (
     CONFIRMED,
     REJECTED,
@@ -48,6 +47,11 @@ TOO_MANY_HOLDS = "too_many_holds"  # the patient has HOLDS_PER_PATIENT live hold
 # Requests of a batch whose times lie closer than this are read from MySQL in one range; farther ones in another,
 # so a batch never reads a doctor's whole calendar between two far-apart requests.
 NEARBY = timedelta(days=1)
+# A decision reads the ranges of its doctors (as many as their requests, in the worst case) up to this many a
+# statement: each is an OR term that the range optimizer keeps as an interval of the index, and with thousands it
+# gives up and scans the table (MariaDB 10.11's EXPLAIN: still ranges at 1,000 terms, the whole table at 5,000;
+# MySQL stops at range_optimizer_max_mem_size).
+RANGES_A_STATEMENT = 64
 
 
 @dataclass(slots=True)
@@ -191,12 +195,16 @@ def nearby_clusters(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[da
     return ranges
 
 
-def schedules_query(ranges: dict[int, list[tuple[datetime, datetime]]], patients_of: dict[int, tuple[int, ...]],
-                    now: datetime) -> dict[str, Any]:
-    """list_schedules_between's parameters: each doctor's ranges, and the patients whose own time is read over them."""
-    return {"doctor_ids": tuple(ranges), "now": now,
-            "ranges": [{"doctor_id": d, "patient_ids": patients_of[d], **range_bounds(start, end)}
-                       for d, of_doctor in ranges.items() for start, end in of_doctor]}
+def schedule_reads(ranges: dict[int, list[tuple[datetime, datetime]]], patients_of: dict[int, tuple[int, ...]],
+                   now: datetime) -> list[Statement]:
+    """The list_schedules_between statements that read each doctor's ranges, and the patients' own time over them:
+    one for every RANGES_A_STATEMENT ranges."""
+    items = [(d, start, end) for d, of_doctor in ranges.items() for start, end in of_doctor]
+    return [("list_schedules_between", {
+        "doctor_ids": tuple(sorted({d for d, _, _ in chunk})), "now": now,
+        "ranges": [{"doctor_id": d, "patient_ids": patients_of[d], **range_bounds(start, end)}
+                   for d, start, end in chunk]})
+        for chunk in (items[i:i + RANGES_A_STATEMENT] for i in range(0, len(items), RANGES_A_STATEMENT))]
 
 
 class LockOrder(Exception):
@@ -266,15 +274,14 @@ async def decide_pending_requests(tx: Connection, doctor_ids: Iterable[int], bat
         _, *read = await tx.fetch_batch([
             ("lock_users", {"ids": patient_ids}),
             *([("count_live_holds_of_patients", {"ids": patient_ids, "now": now})] if counting_holds else []),
-            ("list_schedules_between", schedules_query(
-                {d: ranges[d] for d in deciding}, patients_of, now))])
+            *schedule_reads({d: ranges[d] for d in deciding}, patients_of, now)])
         if counting_holds:
             holds.counts = {row["patient_id"]: row["live"] for row in read.pop(0)}
         moving_keys = set(moving) | {hold_key(hold_id) for held in holding.values() for hold_id in held}
         schedule_rows: dict[int, list[Row]] = defaultdict(list)
         patient_taken: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
         patient_moving: dict[int, dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
-        for row in read[0]:
+        for row in (row for rows in read for row in rows):
             if row["kind"] not in PATIENT_ROWS:
                 schedule_rows[row["doctor_id"]].append(row)
                 continue

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from service.core import faults, history, outbox
 from service.core.accounts import CurrentUser
 from service.core.availability import DoctorTime, Rules, Taken
-from service.core.booking import PATIENT_ROWS, buffers_of, nearby_clusters, schedules_query
+from service.core.booking import PATIENT_ROWS, buffers_of, nearby_clusters, schedule_reads
 from service.core.db import Connection, Database, Row
 from service.core.doctors import find_doctor, lock_doctor
 from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -261,12 +261,12 @@ async def fits_for(conn: Connection, doctor_id: int, timezone: str, now: datetim
 async def read_schedule(tx: Connection, doctor_id: int, zone: ZoneInfo, patient_ids: tuple[int, ...],
                         spans: list[tuple[datetime, datetime]], now: datetime) -> tuple[DoctorTime, dict[int, Taken]]:
     """The doctor's time and the patients' over the entries' ranges (one a cluster of nearby ones), read under the
-    locks in one query (as a booking batch reads)."""
+    locks in one round trip (as a booking batch reads)."""
     ranges = nearby_clusters(spans)
     schedule_rows: list[Row] = []
     taken: dict[int, list[tuple[datetime, datetime]]] = {p: [] for p in patient_ids}
-    for row in await tx.fetch_all("list_schedules_between",
-                                  schedules_query({doctor_id: ranges}, {doctor_id: patient_ids}, now)):
+    reads = await tx.fetch_batch(schedule_reads({doctor_id: ranges}, {doctor_id: patient_ids}, now))
+    for row in (row for rows in reads for row in rows):
         if row["kind"] in PATIENT_ROWS:
             taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
         else:
