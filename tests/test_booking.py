@@ -717,15 +717,13 @@ async def test_a_decision_locks_only_the_pending_requests_it_decides_however_man
             assert [row["id"] for row in doctor] == [doctors[0]]
             assert [row["id"] for row in pending] == [oldest, oldest + 2]
             assert {row["type_id"] for row in pending} == {type_id}
+            # InnoDB refreshes innodb_trx's snapshot when it is over 0.1 s old: one taken by another test just
+            # before these locks would show this transaction with fewer rows locked, or not at all.
+            await asyncio.sleep(0.11)
             async with tx.raw.cursor() as cursor:
-                for _ in range(20):  # InnoDB refreshes this table's snapshot at most every 0.1 s: a read of it
-                    await cursor.execute(  # by another test just before may not show this transaction yet
-                        "SELECT trx_rows_locked FROM information_schema.innodb_trx"
-                        " WHERE trx_mysql_thread_id = CONNECTION_ID()")
-                    if found := await cursor.fetchall():
-                        break
-                    await asyncio.sleep(0.11)
-                [(locked,)] = found
+                await cursor.execute("SELECT trx_rows_locked FROM information_schema.innodb_trx"
+                                     " WHERE trx_mysql_thread_id = CONNECTION_ID()")
+                [(locked,)] = await cursor.fetchall()
             # The doctor, the 2 requests (index entry and row), their type: a handful, not the 200 pending.
             assert locked <= 10, f"{locked} rows locked for a batch of 2"
             raise LookupError("roll back")

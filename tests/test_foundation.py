@@ -30,6 +30,7 @@ from service.core.db import (
     QUERIES,
     Connection,
     Database,
+    check_any_of,
     expand_any,
     load_queries,
     migrate,
@@ -405,6 +406,16 @@ def test_an_any_condition_is_one_escaped_term_an_item_joined_by_or(mysql: pymysq
         assert cursor.fetchone() == {"label": "100%", "matched": 1, "matched_by_none": 0}
         cursor.execute(expand_any(cursor, sql, {"label": "x", "items": items[1:], "none": []}))
         assert cursor.fetchone()["matched"] == 0
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1 WHERE {any items: %(a)s = '}'}",  # the first "}" would end the condition
+    "SELECT %(items_0_a)s WHERE {any items: %(a)s = 1}",  # the query's own parameter named as an item's
+    "SELECT 1 WHERE {any items: %(a)s = 1} AND {b}",
+])
+def test_a_query_whose_any_condition_would_expand_wrongly_is_refused(sql: str) -> None:
+    with pytest.raises(ValueError, match="query 'q'"):
+        check_any_of("q", sql)
 
 
 async def test_a_batch_folds_the_rows_of_an_insert_into_one_statement(db: Database, mysql: pymysql.Connection) -> None:

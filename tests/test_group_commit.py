@@ -142,8 +142,9 @@ async def test_a_group_reading_more_ranges_than_a_statement_holds_reads_them_all
     rig: Rig, rig_db: Database, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two ranges a statement here (RANGES_A_STATEMENT), requests on five days two apart (a range each, NEARBY being
-    a day): three statements in the round trip, and what only the later ones read still decides (a slot taken on
-    day 8, a patient busy with another doctor on day 10)."""
+    a day) and two with a second doctor of the group: four statements in the round trip, and what only the later ones
+    read still decides (a slot taken on day 8, a patient busy with the other doctor on day 10), each doctor by its
+    own windows (the other has one on day 10 only)."""
     monkeypatch.setattr(booking, "RANGES_A_STATEMENT", 2)
     api = rig.api()
     async with rig.client(api) as (_, factory):
@@ -164,6 +165,8 @@ async def test_a_group_reading_more_ranges_than_a_statement_holds_reads_them_all
         free = [await store_on(asker, d) for d in (2, 4, 6)]
         taken = await store_on(asker, 8, hour=10.5)
         clash = await store_on(busy, 10)
+        [closed, open_] = accepted_ids([await factory.book(holder, other["id"], at(10, 2), at(11, 2)),
+                                        await factory.book(asker, other["id"], at(9, 10), at(10, 10))])
 
     statements: list[int] = []
     real = booking.schedule_reads
@@ -174,12 +177,14 @@ async def test_a_group_reading_more_ranges_than_a_statement_holds_reads_them_all
         return reads
     monkeypatch.setattr(booking, "schedule_reads", counted)
 
-    decided = await group_of(rig_db).decide(doctor["id"])
-    assert statements == [3]  # five ranges (one a day), two a statement
-    assert {x.request_id for x in decided.decisions} == {*free, taken, clash}
+    group = group_of(rig_db)
+    decided = await asyncio.gather(group.decide(doctor["id"]), group.decide(other["id"]))
+    assert group.transactions == 1 and statements == [4]  # seven ranges (one a day and doctor), two a statement
+    assert [{x.request_id for x in d.decisions} for d in decided] == [{*free, taken, clash}, {closed, open_}]
     found = outcomes(rig)
     assert [found[r] for r in free] == [("confirmed", None)] * 3
     assert found[taken] == ("rejected", SLOT_TAKEN) and found[clash] == ("rejected", PATIENT_BUSY)
+    assert found[closed] == ("rejected", OUTSIDE_AVAILABILITY) and found[open_] == ("confirmed", None)
     no_overlapping_confirmed(rig.mysql)
 
 

@@ -13,7 +13,14 @@ import pymysql
 import pytest
 
 from service.core.availability import Available, DoctorTime, Taken
-from service.core.booking import RANGES_A_STATEMENT, PendingRequest, ranges_to_read, schedule_reads
+from service.core.booking import (
+    PATIENTS_A_STATEMENT,
+    RANGES_A_STATEMENT,
+    PendingRequest,
+    range_reads,
+    ranges_to_read,
+    schedule_reads,
+)
 from service.core.db import render
 from service.core.hours import MAX_UPCOMING_TIME_OFF, MAX_WEEKLY_INTERVALS
 from service.core.schedule import read_bounds
@@ -200,6 +207,25 @@ def test_a_batch_reads_one_range_per_cluster_of_nearby_requests() -> None:
     assert ranges_to_read(requests) == [(t, t + 4 * h), (t + timedelta(days=300), t + timedelta(days=300, hours=6))]
 
 
+def test_each_range_is_read_with_the_patients_asking_in_it_and_statements_stay_within_their_budgets() -> None:
+    t = datetime(2031, 1, 6, 9)
+    ranges = [(t, t + FIVE), (t + 3 * DAY, t + 3 * DAY + FIVE)]
+    assert range_reads(7, ranges, [(t + 3 * DAY, 2), (t, 1), (t + M, 3), (t + 3 * DAY, 1)]) == [
+        (7, t, t + FIVE, (1, 3)), (7, t + 3 * DAY, t + 3 * DAY + FIVE, (1, 2))]
+    crowded = tuple(range(1000, 1000 + PATIENTS_A_STATEMENT + 1))  # one range asked for by too many patients
+    reads = [(1, t, t + FIVE, crowded)] + [(2, t + k * 3 * DAY, t + k * 3 * DAY + FIVE, (k,))
+                                           for k in range(1, RANGES_A_STATEMENT + 2)]
+    statements = schedule_reads(reads, t)
+    terms = [term for _, params in statements for term in params["ranges"]]
+    assert [len(params["ranges"]) for _, params in statements] == [1, RANGES_A_STATEMENT, 2]
+    assert all(sum(len(term["patient_ids"]) for term in params["ranges"]) <= PATIENTS_A_STATEMENT
+               and len(params["ranges"]) <= RANGES_A_STATEMENT for _, params in statements)
+    # Every range read, every patient of it with it, and the doctors' hours with their ranges.
+    assert sorted({(term["doctor_id"], term["from"]) for term in terms}) == sorted({(d, s) for d, s, _, _ in reads})
+    assert sorted(p for term in terms if term["doctor_id"] == 1 for p in term["patient_ids"]) == list(crowded)
+    assert [params["doctor_ids"] for _, params in statements] == [(1,), (1, 2), (2,)]
+
+
 def test_taken_time_merges_and_answers_clashes_by_binary_search() -> None:
     t = datetime(2031, 1, 6, 9)
     taken = Taken([(t, t + FIVE), (t + FIVE, t + 2 * FIVE), (t + 6 * FIVE, t + 7 * FIVE)])
@@ -247,9 +273,13 @@ def test_schedule_queries_read_a_bounded_part_of_the_index(
     bound = {"doctor_id": doctor_id, "patient_ids": (patient_id,), **{k: values[v] for k, v in params.items()}}
     if "from" in bound:
         bound |= read_bounds(bound["from"], bound["to"])
-    if query == "list_schedules_between":  # as many ranges of the doctor as one statement reads, all in the future
-        spans = [(window + k * DAY, window + k * DAY + FIVE) for k in range(RANGES_A_STATEMENT)]
-        [(_, bound)] = schedule_reads({doctor_id: spans}, {doctor_id: (patient_id,)}, window)
+    if query == "list_schedules_between":
+        # As much as one statement reads: RANGES_A_STATEMENT ranges, three days apart (so many intervals, not one),
+        # of this doctor and three others, with PATIENTS_A_STATEMENT (range, patient) pairs in all.
+        per_range = PATIENTS_A_STATEMENT // RANGES_A_STATEMENT
+        reads = [(doctor_id + k % 4, window + k * 3 * DAY, window + k * 3 * DAY + FIVE,
+                  tuple(patient_id + 10 * k + p for p in range(per_range))) for k in range(RANGES_A_STATEMENT)]
+        [(_, bound)] = schedule_reads(reads, window)
         assert len(bound["ranges"]) == RANGES_A_STATEMENT
     with mysql.cursor() as cursor:
         cursor.execute("EXPLAIN " + render(cursor, query, bound))

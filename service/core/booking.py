@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,11 +48,13 @@ TOO_MANY_HOLDS = "too_many_holds"  # the patient has HOLDS_PER_PATIENT live hold
 # Requests of a batch whose times lie closer than this are read from MySQL in one range; farther ones in another,
 # so a batch never reads a doctor's whole calendar between two far-apart requests.
 NEARBY = timedelta(days=1)
-# A decision reads the ranges of its doctors (as many as their requests, in the worst case) up to this many a
-# statement: each is an OR term that the range optimizer keeps as an interval of the index, and with thousands it
-# gives up and scans the table (MariaDB 10.11's EXPLAIN: still ranges at 1,000 terms, the whole table at 5,000;
-# MySQL stops at range_optimizer_max_mem_size).
+# A decision reads its doctors' ranges (as many as their requests, in the worst case), and its patients' own time
+# in them, with at most this many ranges and (range, patient) pairs a statement: each is an interval of an index
+# that the range optimizer keeps, until it has built too many (MariaDB's optimizer_max_sel_args, MySQL's
+# range_optimizer_max_mem_size) and scans the whole table instead. MariaDB 10.11's EXPLAIN: ranges still at 1,000
+# terms or 1,024 pairs, the whole appointments table at 5,000 terms or 2,000 pairs.
 RANGES_A_STATEMENT = 64
+PATIENTS_A_STATEMENT = 256
 
 
 @dataclass(slots=True)
@@ -195,16 +198,40 @@ def nearby_clusters(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[da
     return ranges
 
 
-def schedule_reads(ranges: dict[int, list[tuple[datetime, datetime]]], patients_of: dict[int, tuple[int, ...]],
-                   now: datetime) -> list[Statement]:
-    """The list_schedules_between statements that read each doctor's ranges, and the patients' own time over them:
-    one for every RANGES_A_STATEMENT ranges."""
-    items = [(d, start, end) for d, of_doctor in ranges.items() for start, end in of_doctor]
+RangeRead = tuple[int, datetime, datetime, tuple[int, ...]]  # a doctor, a range of theirs, the patients asking in it
+
+
+def range_reads(doctor_id: int, ranges: list[tuple[datetime, datetime]],
+                asking: Iterable[tuple[datetime, int]]) -> list[RangeRead]:
+    """Each of the doctor's ranges (nearby_clusters, in order) with the patients who ask for a time starting in it:
+    a patient's own time matters only around what they ask for."""
+    starts = [start for start, _ in ranges]
+    patients: list[set[int]] = [set() for _ in ranges]
+    for start, patient_id in asking:
+        patients[bisect_right(starts, start) - 1].add(patient_id)
+    return [(doctor_id, start, end, tuple(sorted(of_range))) for (start, end), of_range in zip(ranges, patients,
+                                                                                                strict=True)]
+
+
+def schedule_reads(reads: list[RangeRead], now: datetime) -> list[Statement]:
+    """The list_schedules_between statements that read these doctors' ranges and the patients' own time in them,
+    each within RANGES_A_STATEMENT ranges and PATIENTS_A_STATEMENT (range, patient) pairs (a range with more
+    patients is read once a share of them)."""
+    terms = [(d, start, end, patients[i:i + PATIENTS_A_STATEMENT]) for d, start, end, patients in reads
+             for i in range(0, max(len(patients), 1), PATIENTS_A_STATEMENT)]  # none skipped, ever
+    chunks: list[list[RangeRead]] = []
+    pairs = 0
+    for term in terms:
+        if not chunks or len(chunks[-1]) == RANGES_A_STATEMENT or pairs + len(term[3]) > PATIENTS_A_STATEMENT:
+            chunks.append([])
+            pairs = 0
+        chunks[-1].append(term)
+        pairs += len(term[3])
     return [("list_schedules_between", {
-        "doctor_ids": tuple(sorted({d for d, _, _ in chunk})), "now": now,
-        "ranges": [{"doctor_id": d, "patient_ids": patients_of[d], **range_bounds(start, end)}
-                   for d, start, end in chunk]})
-        for chunk in (items[i:i + RANGES_A_STATEMENT] for i in range(0, len(items), RANGES_A_STATEMENT))]
+        "doctor_ids": tuple(sorted({d for d, *_ in chunk})), "now": now,
+        "ranges": [{"doctor_id": d, "patient_ids": patients, **range_bounds(start, end)}
+                   for d, start, end, patients in chunk]})
+        for chunk in chunks]
 
 
 class LockOrder(Exception):
@@ -265,16 +292,17 @@ async def decide_pending_requests(tx: Connection, doctor_ids: Iterable[int], bat
         if moving_ids := tuple({r.reschedules for r in live if r.reschedules is not None}):
             moving = await lock_moving_appointments(tx, set(locks), moving_ids, locked_first)
         holding = await confirmed_holds(tx, {d: batches[d] for d in deciding})
-        patients_of = {d: tuple(sorted({r.patient_id for r in batches[d]})) for d in deciding}
         patient_ids = tuple(sorted({r.patient_id for r in live}))
         ranges = {d: ranges_to_read(batches[d]) for d in deciding}
+        reads = [read for d in deciding
+                 for read in range_reads(d, ranges[d], [(r.start_time, r.patient_id) for r in batches[d]])]
         # One round trip: the patients' locks, then (under them) their live holds if the group makes holds, and the
-        # schedules of every doctor's ranges (one statement).
+        # schedules of every doctor's ranges (one statement, or a few for many ranges or patients).
         counting_holds = any(r.kind == "hold" for r in live)  # under the patients' locks: none overrun
         _, *read = await tx.fetch_batch([
             ("lock_users", {"ids": patient_ids}),
             *([("count_live_holds_of_patients", {"ids": patient_ids, "now": now})] if counting_holds else []),
-            *schedule_reads({d: ranges[d] for d in deciding}, patients_of, now)])
+            *schedule_reads(reads, now)])
         if counting_holds:
             holds.counts = {row["patient_id"]: row["live"] for row in read.pop(0)}
         moving_keys = set(moving) | {hold_key(hold_id) for held in holding.values() for hold_id in held}

@@ -73,6 +73,22 @@ PARAMETER = re.compile(r"%\((\w+)\)s")
 REPEATING = frozenset(name for name, sql in QUERIES.items() if ANY_OF.search(sql))
 
 
+def check_any_of(name: str, sql: str) -> None:
+    """Refuse, as the queries load, what would expand wrongly: a brace inside a condition (the first "}" ends it),
+    or a parameter of the query's own named as an item's renamed ones are (NAME_i_key)."""
+    rest = ANY_OF.sub("", sql)
+    outer = set(PARAMETER.findall(rest))
+    if "{" in rest or "}" in rest:
+        raise ValueError(f"query {name!r}: a brace outside a whole {{any NAME: condition}}")
+    for list_name, condition in ANY_OF.findall(sql):
+        if "{" in condition or list_name in outer or any(p.startswith(f"{list_name}_") for p in outer):
+            raise ValueError(f"query {name!r}: {{any {list_name}: …}} clashes with a brace or a parameter")
+
+
+for _name in REPEATING:
+    check_any_of(_name, QUERIES[_name])
+
+
 def render(cursor: Any, query: str, params: Mapping[str, Any] | None) -> str:
     """A named query as MySQL gets it: parameters escaped by the driver (`cursor`: asyncmy's or PyMySQL's), its
     {any …} conditions expanded."""
@@ -84,15 +100,16 @@ def render(cursor: Any, query: str, params: Mapping[str, Any] | None) -> str:
 def expand_any(cursor: Any, sql: str, params: Mapping[str, Any]) -> str:
     """`sql` with each {any NAME: condition} expanded (an empty list matches nothing) and every parameter escaped:
     item i's `x` becomes the parameter NAME_i_x, so each value is escaped once however many terms use it."""
-    flat: dict[str, Any] = {}
-    counts = []
-    for name, value in params.items():
-        if isinstance(value, list):
-            counts.append((name, len(value)))
-            flat.update((f"{name}_{i}_{key}", v) for i, item in enumerate(value) for key, v in item.items())
-        else:
-            flat[name] = value
-    return cursor.mogrify(_expanded(sql, tuple(counts)), flat)
+    lists = _any_names(sql)
+    flat = {name: value for name, value in params.items() if name not in lists}
+    for name in lists:
+        flat.update((f"{name}_{i}_{key}", v) for i, item in enumerate(params[name]) for key, v in item.items())
+    return cursor.mogrify(_expanded(sql, tuple((name, len(params[name])) for name in lists)), flat)
+
+
+@lru_cache(maxsize=64)
+def _any_names(sql: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for name, _ in ANY_OF.findall(sql)))
 
 
 @lru_cache(maxsize=512)

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from service.core import faults, history, outbox
 from service.core.accounts import CurrentUser
 from service.core.availability import DoctorTime, Rules, Taken
-from service.core.booking import PATIENT_ROWS, buffers_of, nearby_clusters, schedule_reads
+from service.core.booking import PATIENT_ROWS, buffers_of, nearby_clusters, range_reads, schedule_reads
 from service.core.db import Connection, Database, Row
 from service.core.doctors import find_doctor, lock_doctor
 from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -238,8 +238,9 @@ async def fits_for(conn: Connection, doctor_id: int, timezone: str, now: datetim
             wanted.append((entry, appointment_type, length, earliest, latest))
     if not wanted:
         return []
-    doctor_time, patients = await read_schedule(conn, doctor_id, zone_named(timezone), patient_ids,
-                                                [(earliest, latest) for *_, earliest, latest in wanted], now)
+    doctor_time, patients = await read_schedule(
+        conn, doctor_id, zone_named(timezone), patient_ids,
+        [(earliest, latest, entry["patient_id"]) for entry, *_, earliest, latest in wanted], now)
     fits = []
     for entry, appointment_type, length, earliest, latest in wanted:
         patient = entry["patient_id"]
@@ -259,13 +260,15 @@ async def fits_for(conn: Connection, doctor_id: int, timezone: str, now: datetim
 
 
 async def read_schedule(tx: Connection, doctor_id: int, zone: ZoneInfo, patient_ids: tuple[int, ...],
-                        spans: list[tuple[datetime, datetime]], now: datetime) -> tuple[DoctorTime, dict[int, Taken]]:
-    """The doctor's time and the patients' over the entries' ranges (one a cluster of nearby ones), read under the
-    locks in one round trip (as a booking batch reads)."""
-    ranges = nearby_clusters(spans)
+                        asking: list[tuple[datetime, datetime, int]], now: datetime,
+                        ) -> tuple[DoctorTime, dict[int, Taken]]:
+    """The doctor's time over the entries' ranges (one a cluster of nearby ones), and each entry's patient's time
+    in its own, read under the locks in one round trip (as a booking batch reads)."""
+    ranges = nearby_clusters([(start, end) for start, end, _ in asking])
     schedule_rows: list[Row] = []
     taken: dict[int, list[tuple[datetime, datetime]]] = {p: [] for p in patient_ids}
-    reads = await tx.fetch_batch(schedule_reads({doctor_id: ranges}, {doctor_id: patient_ids}, now))
+    reads = await tx.fetch_batch(schedule_reads(
+        range_reads(doctor_id, ranges, [(start, patient_id) for start, _, patient_id in asking]), now))
     for row in (row for rows in reads for row in rows):
         if row["kind"] in PATIENT_ROWS:
             taken[row["patient_id"]].append((row["start_time"], row["end_time"]))

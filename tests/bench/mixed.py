@@ -129,23 +129,29 @@ class Day(Client):
 
         def ended(task: asyncio.Task[dict[str, Any]]) -> None:
             in_flight.discard(task)
-            if task.cancelled() or task.exception() is not None:  # a bug in the load: the run fails
-                failed.append(task.exception() or asyncio.CancelledError())
+            if task.cancelled():  # a bug in the load: the run fails
+                failed.append(asyncio.CancelledError())
+            elif (error := task.exception()) is not None:
+                failed.append(error)
             else:
                 records.append(task.result())
 
-        while n / rate < seconds and not failed:
-            if (delay := began + n / rate - time.perf_counter()) > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(self.one(self.rng.choices(ops, weights)[0], began))
-            in_flight.add(task)
-            task.add_done_callback(ended)
-            n += 1
-        if in_flight:
-            await asyncio.wait(in_flight)
+        try:
+            while n / rate < seconds and not failed:
+                if (delay := began + n / rate - time.perf_counter()) > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(self.one(self.rng.choices(ops, weights)[0], began))
+                in_flight.add(task)
+                task.add_done_callback(ended)
+                n += 1
+            if in_flight:
+                await asyncio.wait(in_flight)
+        finally:
+            for task in in_flight:  # only if the run itself was stopped
+                task.cancel()
         if failed:
             raise failed[0]
-        return records
+        return sorted(records, key=lambda record: record["t"])  # in the order they were sent
 
 
 def summary(day: Day, records: list[dict[str, Any]], rate: float, seconds: float) -> dict[str, Any]:
