@@ -72,11 +72,13 @@ UPDATE appointments SET rescheduled_to = %(moved_to)s WHERE id = %(id)s;
 -- booking.schedule_reads): each doctor's weekly hours; in each range (`ranges`: one {any …} term a range, so each
 -- is an interval of a (…, start_time) index, bounded by time with the margins of range_bounds) the doctor's windows,
 -- time off, appointments holding their time and live holds (as list_schedule_in_range), and the appointments and
--- live holds of the patients asking in it (with any doctor). A row that two ranges' margins reach comes once (the OR); read by two statements of a
--- group (booking.schedule_reads), twice, which the decision's merging of spans makes harmless.
+-- live holds of the patients asking in it (with any doctor). A row that two ranges' margins reach comes once (the
+-- OR); read by two statements of a group (booking.schedule_reads), twice, which the decision's merging of spans
+-- makes harmless.
 -- Numbers are CAST: a UNION of unsigned columns with NULL comes back as DECIMAL from MariaDB.
 SELECT 'hours' AS kind, id, CAST(doctor_id AS SIGNED) AS doctor_id, NULL AS patient_id, NULL AS start_time,
-       NULL AS end_time, CAST(weekday AS SIGNED) AS a, CAST(start_minute AS SIGNED) AS b, CAST(end_minute AS SIGNED) AS c
+       NULL AS end_time, CAST(weekday AS SIGNED) AS a, CAST(start_minute AS SIGNED) AS b,
+       CAST(end_minute AS SIGNED) AS c
 FROM weekly_hours WHERE doctor_id IN %(doctor_ids)s
 UNION ALL
 SELECT 'window', id, CAST(doctor_id AS SIGNED), NULL, start_time, end_time, NULL, NULL, NULL FROM availabilities

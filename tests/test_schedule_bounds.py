@@ -16,9 +16,7 @@ from service.core.availability import Available, DoctorTime, Taken
 from service.core.booking import (
     PATIENTS_A_STATEMENT,
     RANGES_A_STATEMENT,
-    PendingRequest,
     range_reads,
-    ranges_to_read,
     schedule_reads,
 )
 from service.core.db import render
@@ -202,16 +200,17 @@ async def test_schedule_reads_are_cut_at_limit_and_link_to_the_rest(
 def test_a_batch_reads_one_range_per_cluster_of_nearby_requests() -> None:
     t = datetime(2031, 1, 6, 9)
     h = timedelta(hours=1)
-    requests = [PendingRequest(i, 1, start, start + h, None) for i, start in enumerate(
-        [t, t + 3 * h, t + timedelta(days=300), t + 2 * h, t + timedelta(days=300, hours=5)])]
-    assert ranges_to_read(requests) == [(t, t + 4 * h), (t + timedelta(days=300), t + timedelta(days=300, hours=6))]
+    asking = [(start, start + h, 1) for start in
+              [t, t + 3 * h, t + timedelta(days=300), t + 2 * h, t + timedelta(days=300, hours=5)]]
+    assert [(start, end) for _, start, end, _ in range_reads(9, asking)] == [
+        (t, t + 4 * h), (t + timedelta(days=300), t + timedelta(days=300, hours=6))]
 
 
 def test_each_range_is_read_with_the_patients_asking_in_it_and_statements_stay_within_their_budgets() -> None:
     t = datetime(2031, 1, 6, 9)
-    ranges = [(t, t + FIVE), (t + 3 * DAY, t + 3 * DAY + FIVE)]
-    assert range_reads(7, ranges, [(t + 3 * DAY, 2), (t, 1), (t + M, 3), (t + 3 * DAY, 1)]) == [
-        (7, t, t + FIVE, (1, 3)), (7, t + 3 * DAY, t + 3 * DAY + FIVE, (1, 2))]
+    later = t + 3 * DAY
+    assert range_reads(7, [(later, later + FIVE, 2), (t, t + M, 1), (t + M, t + FIVE, 3), (later, later + M, 1)]) == [
+        (7, t, t + FIVE, (1, 3)), (7, later, later + FIVE, (1, 2))]
     crowded = tuple(range(1000, 1000 + PATIENTS_A_STATEMENT + 1))  # one range asked for by too many patients
     reads = [(1, t, t + FIVE, crowded)] + [(2, t + k * 3 * DAY, t + k * 3 * DAY + FIVE, (k,))
                                            for k in range(1, RANGES_A_STATEMENT + 2)]

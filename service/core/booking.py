@@ -182,11 +182,6 @@ def shown_taken(request: PendingRequest, reason: str | None) -> tuple[datetime, 
     return None
 
 
-def ranges_to_read(requests: list[PendingRequest]) -> list[tuple[datetime, datetime]]:
-    """The time ranges a batch's decision must read: one per cluster of nearby requests."""
-    return nearby_clusters([(r.start_time, r.end_time) for r in requests])
-
-
 def nearby_clusters(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
     """Spans merged where they lie within NEARBY of each other: the ranges one read each covers."""
     ranges: list[tuple[datetime, datetime]] = []
@@ -201,13 +196,14 @@ def nearby_clusters(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[da
 RangeRead = tuple[int, datetime, datetime, tuple[int, ...]]  # a doctor, a range of theirs, the patients asking in it
 
 
-def range_reads(doctor_id: int, ranges: list[tuple[datetime, datetime]],
-                asking: Iterable[tuple[datetime, int]]) -> list[RangeRead]:
-    """Each of the doctor's ranges (nearby_clusters, in order) with the patients who ask for a time starting in it:
-    a patient's own time matters only around what they ask for."""
+def range_reads(doctor_id: int, asking: list[tuple[datetime, datetime, int]]) -> list[RangeRead]:
+    """The ranges to read for what patients ask of a doctor (start, end, patient): one a cluster of nearby spans
+    (nearby_clusters, in order), each with the patients asking in it, since a patient's own time matters only around
+    what they ask for."""
+    ranges = nearby_clusters([(start, end) for start, end, _ in asking])
     starts = [start for start, _ in ranges]
     patients: list[set[int]] = [set() for _ in ranges]
-    for start, patient_id in asking:
+    for start, _, patient_id in asking:
         patients[bisect_right(starts, start) - 1].add(patient_id)
     return [(doctor_id, start, end, tuple(sorted(of_range))) for (start, end), of_range in zip(ranges, patients,
                                                                                                 strict=True)]
@@ -293,16 +289,15 @@ async def decide_pending_requests(tx: Connection, doctor_ids: Iterable[int], bat
             moving = await lock_moving_appointments(tx, set(locks), moving_ids, locked_first)
         holding = await confirmed_holds(tx, {d: batches[d] for d in deciding})
         patient_ids = tuple(sorted({r.patient_id for r in live}))
-        ranges = {d: ranges_to_read(batches[d]) for d in deciding}
-        reads = [read for d in deciding
-                 for read in range_reads(d, ranges[d], [(r.start_time, r.patient_id) for r in batches[d]])]
+        reads = {d: range_reads(d, [(r.start_time, r.end_time, r.patient_id) for r in batches[d]]) for d in deciding}
+        ranges = {d: [(start, end) for _, start, end, _ in reads[d]] for d in deciding}
         # One round trip: the patients' locks, then (under them) their live holds if the group makes holds, and the
         # schedules of every doctor's ranges (one statement, or a few for many ranges or patients).
         counting_holds = any(r.kind == "hold" for r in live)  # under the patients' locks: none overrun
         _, *read = await tx.fetch_batch([
             ("lock_users", {"ids": patient_ids}),
             *([("count_live_holds_of_patients", {"ids": patient_ids, "now": now})] if counting_holds else []),
-            *schedule_reads(reads, now)])
+            *schedule_reads([read for d in deciding for read in reads[d]], now)])
         if counting_holds:
             holds.counts = {row["patient_id"]: row["live"] for row in read.pop(0)}
         moving_keys = set(moving) | {hold_key(hold_id) for held in holding.values() for hold_id in held}

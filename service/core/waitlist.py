@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from service.core import faults, history, outbox
 from service.core.accounts import CurrentUser
 from service.core.availability import DoctorTime, Rules, Taken
-from service.core.booking import PATIENT_ROWS, buffers_of, nearby_clusters, range_reads, schedule_reads
+from service.core.booking import PATIENT_ROWS, buffers_of, range_reads, schedule_reads
 from service.core.db import Connection, Database, Row
 from service.core.doctors import find_doctor, lock_doctor
 from service.core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -264,17 +264,15 @@ async def read_schedule(tx: Connection, doctor_id: int, zone: ZoneInfo, patient_
                         ) -> tuple[DoctorTime, dict[int, Taken]]:
     """The doctor's time over the entries' ranges (one a cluster of nearby ones), and each entry's patient's time
     in its own, read under the locks in one round trip (as a booking batch reads)."""
-    ranges = nearby_clusters([(start, end) for start, end, _ in asking])
+    reads = range_reads(doctor_id, asking)
     schedule_rows: list[Row] = []
     taken: dict[int, list[tuple[datetime, datetime]]] = {p: [] for p in patient_ids}
-    reads = await tx.fetch_batch(schedule_reads(
-        range_reads(doctor_id, ranges, [(start, patient_id) for start, _, patient_id in asking]), now))
-    for row in (row for rows in reads for row in rows):
+    for row in (row for rows in await tx.fetch_batch(schedule_reads(reads, now)) for row in rows):
         if row["kind"] in PATIENT_ROWS:
             taken[row["patient_id"]].append((row["start_time"], row["end_time"]))
         else:
             schedule_rows.append(row)
-    return (doctor_time_from_rows(schedule_rows, zone, ranges),
+    return (doctor_time_from_rows(schedule_rows, zone, [(start, end) for _, start, end, _ in reads]),
             {patient: Taken(spans) for patient, spans in taken.items()})
 
 
